@@ -1,0 +1,51 @@
+"""The geoseg code location: one Definitions object with assets, checks, sensors and resources."""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from geoseg_assets.assets.scenes import scenes
+from geoseg_assets.assets.tiles import tiles
+from geoseg_assets.checks import scene_integrity, tile_stats_sanity
+from geoseg_assets.sensors import new_scene_sensor
+from resources.data_store import DataStore
+from resources.scene_sources import LandingFolderSource
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir() -> Path:
+    """The data root: $GEOSEG_DATA_DIR, else the repository's ignored `data/` folder."""
+    return Path(os.environ.get("GEOSEG_DATA_DIR", REPO_ROOT / "data")).resolve()
+
+
+def default_resources(data_dir: Path) -> dict:
+    """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`."""
+    return {
+        "data_store": DataStore(root=str(data_dir / "store")),
+        "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
+    }
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "geoseg_automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
+
+imagery_job = dg.define_asset_job(
+    "imagery_job",
+    selection=dg.AssetSelection.assets(scenes, tiles),
+    description="scenes -> tiles for the selected region x date partition(s).",
+)
+
+defs = dg.Definitions(
+    assets=[scenes, tiles],
+    asset_checks=[scene_integrity, tile_stats_sanity],
+    sensors=[new_scene_sensor, automation_sensor],
+    jobs=[imagery_job],
+    resources=default_resources(default_data_dir()),
+)

@@ -1,0 +1,1 @@
+"""Pure raster/vector code (no Dagster): windows, validation, COG writing, tiling, previews, synthetic scenes."""

@@ -1,0 +1,13 @@
+"""Errors raised for bad input: each names the offending file, what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class SceneError(ValueError):
+    """A scene file that cannot be used as it is."""
+
+    def __init__(self, path: str, problem: str, fix: str):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}. Fix: {fix}")

@@ -1,0 +1,28 @@
+"""Partitions: dynamic `region` x daily `date`. Build keys with `partition_key()`, never by hand."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+REGION = "region"
+DATE = "date"
+DATE_START = "2010-01-01"
+
+region_partitions = dg.DynamicPartitionsDefinition(name=REGION)
+date_partitions = dg.DailyPartitionsDefinition(start_date=DATE_START)
+region_date_partitions = dg.MultiPartitionsDefinition({REGION: region_partitions, DATE: date_partitions})
+
+
+def partition_key(region: str, date: str) -> dg.MultiPartitionKey:
+    """The multi-partition key of one region/date (dimension order is handled by Dagster)."""
+    return dg.MultiPartitionKey({REGION: region, DATE: date})
+
+
+def partition_dims(context) -> dict[str, str]:
+    """{'region': ..., 'date': ...} of the partition an asset/check context is running for."""
+    key = context.partition_key
+    if isinstance(key, dg.MultiPartitionKey):
+        by_dim = key.keys_by_dimension
+    else:  # plain "date|region" string: values are ordered by dimension name
+        by_dim = dict(zip(sorted([REGION, DATE]), str(key).split("|")))
+    return {REGION: by_dim[REGION], DATE: by_dim[DATE]}

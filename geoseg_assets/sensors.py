@@ -1,0 +1,68 @@
+"""Sensors: `new_scene_sensor` turns landed scenes into region partitions and `scenes` runs."""
+
+
+import datetime as dt
+import json
+
+import dagster as dg
+
+from geoseg_assets.assets.scenes import scenes
+from geoseg_assets.partitions import DATE_START, partition_key, region_partitions
+from resources.scene_sources import SceneSource
+
+FINGERPRINT_TAG = "geoseg/scene_fingerprint"
+
+
+def plan_scene_runs(scan, cursor: dict, known_regions: set[str]):
+    """Pure planning step: which regions to add and which partitions to (re)run.
+
+    `cursor["seen"]` maps partition key -> fingerprint of the content last requested; a partition
+    is requested again only when its fingerprint changes (a replaced file), never for the same bytes.
+    """
+    seen: dict[str, str] = dict(cursor.get("seen", {}))
+    start = dt.date.fromisoformat(DATE_START)
+    problems = list(scan.problems)
+    new_regions: list[str] = []
+    requests: list[dg.RunRequest] = []
+    for ref in scan.refs:
+        if dt.date.fromisoformat(ref.date) < start:
+            problems.append(f"{ref.paths[0]}: date {ref.date} is before the first date partition {DATE_START}; skipped")
+            continue
+        if ref.region not in known_regions and ref.region not in new_regions:
+            new_regions.append(ref.region)
+        key = partition_key(ref.region, ref.date)
+        if seen.get(str(key)) == ref.fingerprint:
+            continue
+        seen[str(key)] = ref.fingerprint
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{key}:{ref.fingerprint}",
+                partition_key=key,
+                tags={FINGERPRINT_TAG: ref.fingerprint},
+            )
+        )
+    return new_regions, requests, seen, problems
+
+
+@dg.sensor(
+    target=scenes,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Scans the scene source; adds new regions as partitions and requests `scenes` for new or replaced files.",
+)
+def new_scene_sensor(context: dg.SensorEvaluationContext, scene_source: SceneSource) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    digests = cursor.get("digests", {})
+    scan = scene_source.scan(digest_cache=digests)
+    known = set(context.instance.get_dynamic_partitions(region_partitions.name))
+    new_regions, requests, seen, problems = plan_scene_runs(scan, cursor, known)
+    for problem in problems:
+        context.log.warning(problem)
+    present = {p for ref in scan.refs for p in ref.paths}
+    digests = {p: v for p, v in digests.items() if p in present}
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[region_partitions.build_add_request(new_regions)] if new_regions else [],
+        cursor=json.dumps({"seen": seen, "digests": digests}, sort_keys=True),
+        skip_reason=None if requests else dg.SkipReason(f"no new or changed scenes in {scene_source.location()}"),
+    )

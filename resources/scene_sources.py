@@ -1,0 +1,264 @@
+"""Scene sources behind one interface (adapter pattern): landing folder, STAC catalog, synthetic.
+
+A source answers two questions: which scenes exist (`scan`, used by the new-scene sensor) and
+where the files of one region/date are (`fetch`, used by the `scenes` asset). Each scene carries a
+content fingerprint so unchanged files are never reprocessed and replaced files are.
+"""
+
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import Config, ConfigurableResource
+from pydantic import Field
+
+from geoseg_assets.geo.scene_io import SceneSpec, sha256_file
+from geoseg_assets.geo import synthetic
+from resources.data_store import UnsafePartitionKeyError, check_partition_value
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+REGION_SPEC_FILE = "region.json"
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """The file(s) of one region/date and a fingerprint of their content."""
+
+    region: str
+    date: str
+    paths: tuple[str, ...]
+    fingerprint: str  # changes whenever any file's content changes
+    sha256: tuple[str, ...] = ()  # per file, in `paths` order (empty until the files exist)
+
+
+@dataclass
+class ScanResult:
+    refs: list[SceneRef] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # entries skipped, each naming the path and why
+
+
+class RegionSpec(Config):
+    """Product spec of one region's scenes when it differs from the source default."""
+
+    band_names: list[str]
+    dtype: str | None = None
+
+
+def check_date(value: str) -> str:
+    """Return an ISO date string or raise naming the expected format."""
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"date {value!r} is not YYYY-MM-DD") from exc
+
+
+def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple[str, ...]]:
+    """Combined and per-file sha256 of files (sorted); `cache` maps path -> [size, mtime_ns, sha]
+    so a sensor re-hashes only files whose size or mtime changed."""
+    combined = hashlib.sha256()
+    shas = []
+    for p in sorted(paths):
+        st = os.stat(p)
+        hit = cache.get(p) if cache is not None else None
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            sha = hit[2]
+        else:
+            sha = sha256_file(p)
+            if cache is not None:
+                cache[p] = [st.st_size, st.st_mtime_ns, sha]
+        shas.append(sha)
+        combined.update(f"{Path(p).name}:{sha};".encode())
+    return combined.hexdigest(), tuple(shas)
+
+
+def _ref(region: str, date: str, files: list[str], cache: dict[str, list] | None) -> SceneRef:
+    files = sorted(files)
+    fingerprint, shas = _digest(files, cache)
+    return SceneRef(region, date, tuple(files), fingerprint, shas)
+
+
+class SceneSource(ConfigurableResource):
+    """Base of all scene sources: the expected product spec plus the scan/fetch contract."""
+
+    band_names: list[str] = Field(default=list(synthetic.BAND_NAMES), description="Expected bands, in file order.")
+    dtype: str | None = Field(default="uint16", description="Expected pixel dtype (None accepts any).")
+    region_specs: dict[str, RegionSpec] = Field(default_factory=dict, description="Per-region product specs.")
+
+    def spec_for(self, region: str) -> SceneSpec:
+        spec = self.region_specs.get(region)
+        if spec is not None:
+            return SceneSpec(band_names=tuple(spec.band_names), dtype=spec.dtype)
+        return SceneSpec(band_names=tuple(self.band_names) if self.band_names else None, dtype=self.dtype)
+
+    def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
+        raise NotImplementedError
+
+    def fetch(self, region: str, date: str) -> SceneRef:
+        """Local file(s) of one partition; raises FileNotFoundError naming where it looked."""
+        for ref in self.scan().refs:
+            if ref.region == region and ref.date == date:
+                return ref
+        raise FileNotFoundError(f"{type(self).__name__}: no scene for region={region!r} date={date!r} in {self.location()}")
+
+    def location(self) -> str:
+        raise NotImplementedError
+
+
+class LandingFolderSource(SceneSource):
+    """Scenes dropped as `<root>/<region>/<YYYY-MM-DD>/<name>.tif` (several files are mosaicked).
+
+    A region folder may hold a `region.json` ({"band_names": [...], "dtype": "uint8"}) declaring
+    its product when it differs from the source default; `region_specs` config wins over it.
+    """
+
+    root: str = Field(description="Landing folder.")
+
+    def location(self) -> str:
+        return self.root
+
+    def spec_for(self, region: str) -> SceneSpec:
+        sidecar = Path(self.root) / region / REGION_SPEC_FILE
+        if region not in self.region_specs and sidecar.is_file():
+            data = json.loads(sidecar.read_text())
+            return SceneSpec(band_names=tuple(data["band_names"]), dtype=data.get("dtype"))
+        return super().spec_for(region)
+
+    def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
+        result = ScanResult()
+        root = Path(self.root)
+        if not root.is_dir():
+            result.problems.append(f"{root}: landing folder does not exist; create it or fix the source root")
+            return result
+        for region_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                region = check_partition_value(region_dir.name, "region")
+            except UnsafePartitionKeyError as exc:
+                result.problems.append(f"{region_dir}: skipped, {exc}")
+                continue
+            for date_dir in sorted(p for p in region_dir.iterdir() if p.is_dir()):
+                try:
+                    date = check_date(date_dir.name)
+                except ValueError as exc:
+                    result.problems.append(f"{date_dir}: skipped, {exc}; name date folders like 2024-06-01")
+                    continue
+                files = sorted(
+                    str(p) for p in date_dir.iterdir()
+                    if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+                )
+                if files:
+                    result.refs.append(_ref(region, date, files, digest_cache))
+        return result
+
+    def fetch(self, region: str, date: str) -> SceneRef:
+        date_dir = Path(self.root) / check_partition_value(region, "region") / check_date(date)
+        files = sorted(str(p) for p in date_dir.glob("*") if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"{date_dir}: no .tif scene for region={region!r} date={date!r}; land one there")
+        return _ref(region, date, files, None)
+
+
+class StacCatalogSource(SceneSource):
+    """Scenes listed in a local static STAC catalog: one item per scene with a datetime, a region
+    property and a GeoTIFF asset."""
+
+    catalog_path: str = Field(description="Path of the catalog.json.")
+    region_property: str = Field(default="region", description="Item property holding the region name.")
+    asset_key: str | None = Field(default=None, description="Asset to read; default: the first GeoTIFF asset.")
+
+    def location(self) -> str:
+        return self.catalog_path
+
+    def _href(self, item) -> str | None:
+        if self.asset_key is not None:
+            asset = item.assets.get(self.asset_key)
+            return asset.get_absolute_href() if asset else None
+        for asset in item.assets.values():
+            if "tiff" in (asset.media_type or "") or asset.href.lower().endswith(RASTER_SUFFIXES):
+                return asset.get_absolute_href()
+        return None
+
+    def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
+        import pystac
+
+        result = ScanResult()
+        try:
+            catalog = pystac.Catalog.from_file(self.catalog_path)
+        except Exception as exc:  # pystac raises several types for missing/invalid JSON
+            result.problems.append(f"{self.catalog_path}: cannot read STAC catalog ({exc}); check the path and JSON")
+            return result
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for item in catalog.get_items(recursive=True):
+            where = f"{self.catalog_path} item {item.id!r}"
+            region = item.properties.get(self.region_property)
+            when = item.datetime or item.common_metadata.start_datetime
+            href = self._href(item)
+            try:
+                if region is None:
+                    raise ValueError(f"has no {self.region_property!r} property")
+                check_partition_value(str(region), "region")
+                if when is None:
+                    raise ValueError("has no datetime")
+                if href is None or not Path(href).is_file():
+                    raise ValueError(f"has no readable local GeoTIFF asset (href {href!r})")
+            except ValueError as exc:
+                result.problems.append(f"{where}: skipped, {exc}")
+                continue
+            grouped.setdefault((str(region), when.date().isoformat()), []).append(href)
+        for (region, date), files in sorted(grouped.items()):
+            result.refs.append(_ref(region, date, files, digest_cache))
+        return result
+
+
+class SyntheticSource(SceneSource):
+    """Deterministic synthetic scenes with ground truth (see geo/synthetic.py), cached as GeoTIFFs
+    under `cache_dir/<region>/<date>/scene.tif` (the landing-folder layout)."""
+
+    cache_dir: str = Field(description="Where generated scenes and labels are written.")
+    regions: list[str] = Field(default=["alpha", "beta"])
+    dates: list[str] = Field(default=["2024-04-15", "2024-06-15", "2024-08-15"])
+    width: int = 1024
+    height: int = 1024
+    seed: int = 0
+    nodata_margin: float = 0.0
+    brightness_shifts: dict[str, float] = Field(default_factory=dict, description="Per-date relative brightness shift.")
+
+    def location(self) -> str:
+        return f"synthetic source (cache {self.cache_dir})"
+
+    def params(self, region: str, date: str) -> synthetic.SyntheticParams:
+        return synthetic.SyntheticParams(
+            region=region, date=date, width=self.width, height=self.height, seed=self.seed,
+            nodata_margin=self.nodata_margin, brightness_shift=self.brightness_shifts.get(date, 0.0),
+        )
+
+    def scene_path(self, region: str, date: str) -> Path:
+        return Path(self.cache_dir) / check_partition_value(region, "region") / check_date(date) / "scene.tif"
+
+    def labels_path(self, region: str) -> Path:
+        return Path(self.cache_dir) / "labels" / f"{check_partition_value(region, 'region')}.gpkg"
+
+    def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
+        refs = [
+            SceneRef(r, d, (str(self.scene_path(r, d)),), self.params(r, d).fingerprint())
+            for r in self.regions
+            for d in self.dates
+        ]
+        return ScanResult(refs=refs)
+
+    def fetch(self, region: str, date: str) -> SceneRef:
+        if region not in self.regions or check_date(date) not in self.dates:
+            raise FileNotFoundError(f"synthetic source has no scene for region={region!r} date={date!r}; add them to regions/dates")
+        params = self.params(region, date)
+        path = self.scene_path(region, date)
+        stamp = path.with_suffix(".fingerprint")
+        if not path.exists() or not stamp.exists() or stamp.read_text() != params.fingerprint():
+            synthetic.write_scene(params, path)
+            stamp.write_text(params.fingerprint())
+        labels = self.labels_path(region)
+        if not labels.exists():
+            synthetic.write_labels(params, labels)
+        return SceneRef(region, date, (str(path),), params.fingerprint(), (sha256_file(path),))
