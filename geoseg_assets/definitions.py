@@ -42,10 +42,17 @@ imagery_job = dg.define_asset_job(
     description="scenes -> tiles for the selected region x date partition(s).",
 )
 
-defs = dg.Definitions(
-    assets=[scenes, tiles],
-    asset_checks=[scene_integrity, tile_stats_sanity],
-    sensors=[new_scene_sensor, automation_sensor],
-    jobs=[imagery_job],
-    resources=default_resources(default_data_dir()),
-)
+
+
+def build_defs(resources: dict) -> dg.Definitions:
+    """The code location with the given resources (tests and other deployments swap them)."""
+    return dg.Definitions(
+        assets=[scenes, tiles],
+        asset_checks=[scene_integrity, tile_stats_sanity],
+        sensors=[new_scene_sensor, automation_sensor],
+        jobs=[imagery_job],
+        resources=resources,
+    )
+
+
+defs = build_defs(default_resources(default_data_dir()))

@@ -18,9 +18,13 @@ from resources.data_store import DataStore, UnsafePartitionKeyError
 TILES_FILE = "tiles.parquet"
 GRID_PREVIEW_FILE = "grid.png"
 
-# Re-run when the scene changes, for any date (not only the latest window), once its blocking
-# integrity check has passed.
-FOLLOW_UPSTREAM = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+# Re-run when the scene changes, for ANY date (eager() alone only acts on the latest time window,
+# so a replaced scene of an old date would never reach its tiles), and only once the scene's
+# blocking integrity check has passed. Both are asserted in tests/test_automation.py.
+FOLLOW_UPSTREAM = (
+    dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+)
 
 
 class TilesConfig(dg.Config):

@@ -66,10 +66,10 @@ def quicklook_image(path: str, band_names: Sequence[str], max_side: int = 768) -
 
 
 def draw_tile_grid(image: Image.Image, scale: float, kept, dropped) -> Image.Image:
-    """Outline tile windows (col, row, width, height in scene pixels): kept in green, dropped in red."""
+    """Outline tile windows (col, row, width, height in scene pixels): kept in yellow, dropped in red."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out, "RGBA")
-    for windows, colour in ((dropped, (230, 40, 40, 200)), (kept, (40, 220, 90, 160))):
+    for windows, colour in ((dropped, (230, 40, 40, 200)), (kept, (255, 230, 0, 200))):
         for col, row, w, h in windows:
             box = [col / scale, row / scale, (col + w) / scale - 1, (row + h) / scale - 1]
             draw.rectangle(box, outline=colour, width=1)

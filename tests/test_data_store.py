@@ -1,0 +1,27 @@
+import pytest
+
+from resources.data_store import DataStore, UnsafePartitionKeyError
+
+
+@pytest.mark.parametrize("bad", ["../x", "..", "a/b", "", "x" * 65, "a|b", ".hidden", "a\\b", "a b", "../../etc"])
+def test_unsafe_partition_keys_are_rejected_with_the_rule(store, bad):
+    with pytest.raises(UnsafePartitionKeyError) as err:
+        store.path("scenes", {"region": bad, "date": "2024-01-01"}, "scene.tif")
+    assert "region" in str(err.value) or "empty" in str(err.value)
+
+
+def test_paths_are_laid_out_by_dimension_under_the_root(store, tmp_path):
+    path = store.path("scenes", {"region": "alpha", "date": "2024-06-15"}, "scene.tif")
+    assert path == tmp_path / "store" / "scenes" / "region=alpha" / "date=2024-06-15" / "scene.tif"
+    assert store.partition_dir("dataset") == tmp_path / "store" / "dataset"
+
+
+def test_atomic_write_replaces_only_on_success(store):
+    target = store.path("scenes", {"region": "alpha", "date": "2024-06-15"}, "scene.json")
+    store.write_bytes(target, b"good")
+    with pytest.raises(RuntimeError):
+        with store.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half-writ")
+            raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in target.parent.iterdir()] == ["scene.json"]  # no temp file left behind
