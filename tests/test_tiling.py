@@ -33,3 +33,15 @@ def test_tile_stats_match_numpy_on_valid_pixels(tmp_path):
     with rasterio.open(cog) as ds:
         first = records[0]
         assert first.bounds == pytest.approx((ds.bounds.left, ds.bounds.top - 128 * 10, ds.bounds.left + 128 * 10, ds.bounds.top))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_fast_percentiles_equal_numpy(dtype):
+    from geoseg_assets.geo.tiling import percentiles
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 1000, 65536):
+        values = (rng.gamma(2.0, 300.0, size=n) - (100 if dtype == "int16" else 0)).clip(
+            np.iinfo(dtype).min if dtype != "float32" else -1e9, np.iinfo(dtype).max if dtype != "float32" else 1e9
+        ).astype(dtype)
+        np.testing.assert_allclose(percentiles(values, (0, 2, 50, 98, 100)), np.percentile(values, [0, 2, 50, 98, 100]))
