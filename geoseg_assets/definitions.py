@@ -6,11 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from geoseg_assets.assets.masks import import_labels_job, masks
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
 from geoseg_assets.checks import scene_integrity, tile_stats_sanity
-from geoseg_assets.sensors import new_scene_sensor
+from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
 from resources.data_store import DataStore
+from resources.label_store import ClassMapResource, GeoPackageLabelStore
 from resources.scene_sources import LandingFolderSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,10 +24,13 @@ def default_data_dir() -> Path:
 
 
 def default_resources(data_dir: Path) -> dict:
-    """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`."""
+    """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
+    labels in `<data>/labels.gpkg`, the synthetic source's class map."""
     return {
         "data_store": DataStore(root=str(data_dir / "store")),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
+        "label_store": GeoPackageLabelStore(path=str(data_dir / "labels.gpkg")),
+        "class_map": ClassMapResource(),
     }
 
 
@@ -38,8 +43,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 imagery_job = dg.define_asset_job(
     "imagery_job",
-    selection=dg.AssetSelection.assets(scenes, tiles),
-    description="scenes -> tiles for the selected region x date partition(s).",
+    selection=dg.AssetSelection.assets(scenes, tiles, masks),
+    description="scenes -> tiles and masks (with their checks) for the selected region x date partition(s).",
 )
 
 
@@ -47,10 +52,10 @@ imagery_job = dg.define_asset_job(
 def build_defs(resources: dict) -> dg.Definitions:
     """The code location with the given resources (tests and other deployments swap them)."""
     return dg.Definitions(
-        assets=[scenes, tiles],
+        assets=[scenes, tiles, masks],
         asset_checks=[scene_integrity, tile_stats_sanity],
-        sensors=[new_scene_sensor, automation_sensor],
-        jobs=[imagery_job],
+        sensors=[new_scene_sensor, label_change_sensor, automation_sensor],
+        jobs=[imagery_job, import_labels_job],
         resources=resources,
     )
 

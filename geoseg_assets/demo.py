@@ -1,9 +1,12 @@
-"""`make demo`: stage a demo landing folder, let the new-scene sensor pick it up, materialize it.
+"""`make demo`: stage a demo landing folder and run the pipeline the way the sensors would.
 
 Stages 2 synthetic regions x 3 dates (with ground-truth labels) and the bundled real Landsat pair
-of Pucallpa, evaluates `new_scene_sensor` against the instance in $DAGSTER_HOME (SQLite by
-default), adds the region partitions it asks for and materializes every asset for every requested
-partition, then prints where the outputs are and how to open the UI.
+of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
+1. `new_scene_sensor` adds the region partitions and requests every scene; each request runs
+   `imagery_job` (scenes -> tiles, masks, with their checks);
+2. `import_labels_job` imports the synthetic ground truth of each synthetic region;
+3. `label_change_sensor` sees the new labels and re-runs only those regions' masks.
+It prints where the outputs are and how to open the UI.
 """
 
 import json
@@ -16,7 +19,8 @@ import dagster as dg
 
 from geoseg_assets.definitions import REPO_ROOT, default_data_dir, defs
 from geoseg_assets.partitions import region_partitions
-from geoseg_assets.sensors import new_scene_sensor
+from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, masks
+from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
 from resources.scene_sources import REGION_SPEC_FILE, SyntheticSource
 
 REAL_SCENES = {  # region -> {date: bundled file}
@@ -28,7 +32,7 @@ REAL_SCENES = {  # region -> {date: bundled file}
 REAL_SPECS = {"pucallpa": {"band_names": ["SWIR1", "NIR", "R", "G"], "dtype": "uint8"}}
 
 
-def stage_landing(landing: Path) -> None:
+def stage_landing(landing: Path) -> SyntheticSource:
     """Fill the landing folder: synthetic scenes + labels, and the bundled real scenes."""
     synthetic = SyntheticSource(cache_dir=str(landing), nodata_margin=0.03)
     for ref in synthetic.scan().refs:
@@ -40,35 +44,55 @@ def stage_landing(landing: Path) -> None:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
         (landing / region / REGION_SPEC_FILE).write_text(json.dumps(REAL_SPECS[region]))
+    return synthetic
+
+
+def run_requests(job, instance, requests, what: str, asset_selection=None) -> list:
+    """Execute each run request in-process (recorded in the instance); return the failed keys."""
+    failures = []
+    for request in requests:
+        run = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags,
+                                     asset_selection=asset_selection, raise_on_error=False)
+        print(f"  {'ok' if run.success else 'FAILED':6} {what:16} {request.partition_key}  run {run.run_id[:8]}")
+        if not run.success:
+            failures.append(request.partition_key)
+    return failures
 
 
 def main() -> int:
     data_dir = default_data_dir()
     landing = data_dir / "landing"
     started = time.time()
-    stage_landing(landing)
+    synthetic = stage_landing(landing)
 
     instance = dg.DagsterInstance.get()
     resources = defs.resources
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        result = new_scene_sensor(context)
-    for request in result.dynamic_partitions_requests:
+        scene_tick = new_scene_sensor(context)
+    for request in scene_tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(region_partitions.name, list(request.partition_keys))
     job = defs.resolve_job_def("imagery_job")
-    failures = []
-    for request in result.run_requests:
-        run = job.execute_in_process(
-            partition_key=request.partition_key, instance=instance, tags=request.tags, raise_on_error=False
-        )
-        status = "ok" if run.success else "FAILED"
-        print(f"  {status:6} scenes + tiles  {request.partition_key}  run {run.run_id[:8]}")
+    failures = run_requests(job, instance, scene_tick.run_requests, "scenes+tiles+masks")
+
+    importer = defs.resolve_job_def(import_labels_job.name)
+    for region in synthetic.regions:
+        config = ImportLabelsConfig(path=str(synthetic.labels_path(region)), region=region, class_column="class_name",
+                                    source="synthetic", annotator="geoseg.synthetic", replace=True)
+        run = importer.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={"import_labels": config}),
+                                          raise_on_error=False)
+        print(f"  {'ok' if run.success else 'FAILED':6} {'import labels':16} {region}  run {run.run_id[:8]}")
         if not run.success:
-            failures.append(request.partition_key)
+            failures.append(region)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        label_tick = label_change_sensor(context)
+    failures += run_requests(job, instance, label_tick.run_requests, "masks", asset_selection=[masks.key])
 
     store = Path(resources["data_store"].root)
-    print(f"\nDemo finished in {time.time() - started:.0f}s: {len(result.run_requests)} partitions, {len(failures)} failed.")
+    print(f"\nDemo finished in {time.time() - started:.0f}s: {len(scene_tick.run_requests)} partitions, "
+          f"{len(label_tick.run_requests)} mask updates, {len(failures)} failed.")
     print(f"  landing folder : {landing}")
-    print(f"  outputs        : {store}  (scenes/, tiles/ by region=/date=)")
+    print(f"  labels         : {resources['label_store'].path}")
+    print(f"  outputs        : {store}  (scenes/, tiles/, masks/ by region=/date=)")
     print(f"  Dagster home   : {instance.root_directory}")
     print("  open the UI    : make ui   -> http://127.0.0.1:3000")
     return 1 if failures else 0

@@ -26,3 +26,12 @@ def partition_dims(context) -> dict[str, str]:
     else:  # plain "date|region" string: values are ordered by dimension name
         by_dim = dict(zip(sorted([REGION, DATE]), str(key).split("|")))
     return {REGION: by_dim[REGION], DATE: by_dim[DATE]}
+
+
+# Re-run a partition when its upstream partition changes, for ANY date (eager() alone only acts on
+# the latest time window, so a replaced scene of an old date would never propagate), and only once
+# the upstream's blocking checks have passed. Both are asserted in tests/test_automation.py.
+FOLLOW_UPSTREAM = (
+    dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+)

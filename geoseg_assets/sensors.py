@@ -1,4 +1,4 @@
-"""Sensors: `new_scene_sensor` turns landed scenes into region partitions and `scenes` runs."""
+"""Sensors: new scenes become region partitions and `scenes` runs; label changes re-run masks."""
 
 
 import datetime as dt
@@ -6,8 +6,10 @@ import json
 
 import dagster as dg
 
+from geoseg_assets.assets.masks import LABEL_FINGERPRINT_TAG, masks
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.partitions import DATE_START, partition_key, region_partitions
+from resources.label_store import LabelStore
 from resources.scene_sources import SceneSource
 
 FINGERPRINT_TAG = "geoseg/scene_fingerprint"
@@ -65,4 +67,45 @@ def new_scene_sensor(context: dg.SensorEvaluationContext, scene_source: SceneSou
         dynamic_partitions_requests=[region_partitions.build_add_request(new_regions)] if new_regions else [],
         cursor=json.dumps({"seen": seen, "digests": digests}, sort_keys=True),
         skip_reason=None if requests else dg.SkipReason(f"no new or changed scenes in {scene_source.location()}"),
+    )
+
+
+def plan_mask_runs(fingerprints: dict[str, str], cursor: dict, scene_partitions: list[str]):
+    """Pure planning step: regions whose label fingerprint changed -> their scene partitions' masks.
+
+    `scene_partitions` are materialized `scenes` keys ("date|region"); only partitions of changed
+    regions are requested, so one region's label edit never re-runs another region.
+    """
+    seen: dict[str, str] = dict(cursor.get("labels", {}))
+    requests: list[dg.RunRequest] = []
+    for region, fingerprint in sorted(fingerprints.items()):
+        if seen.get(region) == fingerprint:
+            continue
+        seen[region] = fingerprint
+        for key in sorted(scene_partitions):
+            date, key_region = key.split("|")
+            if key_region == region:
+                requests.append(dg.RunRequest(
+                    run_key=f"masks:{key}:{fingerprint}",
+                    partition_key=partition_key(region, date),
+                    tags={LABEL_FINGERPRINT_TAG: fingerprint},
+                ))
+    return requests, seen
+
+
+@dg.sensor(
+    target=masks,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Watches the label store per region (content fingerprint) and re-runs only the changed regions' masks.",
+)
+def label_change_sensor(context: dg.SensorEvaluationContext, label_store: LabelStore) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    fingerprints = {region: label_store.fingerprint(region) for region in label_store.regions()}
+    scene_partitions = [str(k) for k in context.instance.get_materialized_partitions(scenes.key)]
+    requests, seen = plan_mask_runs(fingerprints, cursor, scene_partitions)
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps({"labels": seen}, sort_keys=True),
+        skip_reason=None if requests else dg.SkipReason("no label changes"),
     )

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,14 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def with_label_resources(resources: dict) -> dict:
+    """Add a GeoPackage label store (next to the data store) and the default class map if missing."""
+    from resources.label_store import ClassMapResource, GeoPackageLabelStore
+
+    root = Path(resources["data_store"].root).parent
+    return {"label_store": GeoPackageLabelStore(path=str(root / "labels.gpkg")), "class_map": ClassMapResource(), **resources}
+
+
 def materialize_partition(instance, resources, region, date, *, raise_on_error=True, selection=None):
     """Materialize scenes + tiles (+ their checks) of one partition, as the imagery job does."""
     import dagster as dg
@@ -84,8 +94,27 @@ def materialize_partition(instance, resources, region, date, *, raise_on_error=T
 
     if region not in instance.get_dynamic_partitions("region"):
         instance.add_dynamic_partitions("region", [region])
-    job = build_defs(resources).resolve_job_def("imagery_job")
+    job = build_defs(with_label_resources(resources)).resolve_job_def("imagery_job")
     return job.execute_in_process(
         partition_key=partition_key(region, date), instance=instance, raise_on_error=raise_on_error,
         asset_selection=selection,
     )
+
+
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+
+
+@contextmanager
+def throwaway_database():
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    import psycopg2
+
+    name = f"geoseg_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(dbname="postgres", **PG)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

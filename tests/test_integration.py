@@ -1,8 +1,7 @@
-"""Materialize scenes + tiles for 2 regions x 2 dates through the new-scene sensor on a SQLite
+"""Materialize scenes, tiles and masks for 2 regions x 2 dates through the new-scene sensor on a SQLite
 instance and on a real PostgreSQL instance configured by the repository's dagster.yaml."""
 
 import shutil
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -13,9 +12,9 @@ from geoseg_assets.definitions import build_defs
 from geoseg_assets.sensors import new_scene_sensor
 from resources.data_store import DataStore
 from resources.scene_sources import SyntheticSource
+from tests.conftest import PG, throwaway_database, with_label_resources
 
 REPO = Path(__file__).resolve().parent.parent
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
 REGIONS, DATES = ["alpha", "beta"], ["2024-04-15", "2024-06-15"]
 
 
@@ -23,7 +22,7 @@ def run_pipeline(instance, tmp_path):
     """What `make demo` does: sensor tick, partitions added, imagery job per requested partition."""
     synthetic = SyntheticSource(cache_dir=str(tmp_path / "landing"), regions=REGIONS, dates=DATES, width=384, height=384)
     resources = {"data_store": DataStore(root=str(tmp_path / "store")), "scene_source": synthetic}
-    defs = build_defs(resources)
+    defs = build_defs(with_label_resources(resources))
     with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         tick = new_scene_sensor(ctx)
     for request in tick.dynamic_partitions_requests:
@@ -38,7 +37,7 @@ def assert_recorded(instance, tick, results, store_root: Path):
     assert len(tick.run_requests) == 4 and all(r.success for r in results)
     runs = instance.get_runs()
     assert len(runs) == 4 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-    for asset in ("scenes", "tiles"):
+    for asset in ("scenes", "tiles", "masks"):
         key = dg.AssetKey(asset)
         assert sorted(instance.get_materialized_partitions(key)) == sorted(str(r.partition_key) for r in tick.run_requests)
         records = instance.fetch_materializations(key, limit=10).records
@@ -65,19 +64,14 @@ def test_sqlite_instance_records_runs_and_materializations(tmp_path):
 @pytest.fixture
 def postgres_home(tmp_path, monkeypatch):
     """A throwaway database on the local server and a DAGSTER_HOME holding the repo's dagster.yaml."""
-    db = f"geoseg_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(dbname="postgres", **PG)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{db}"')
-    home = tmp_path / "pg_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    for var, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
-                       "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}.items():
-        monkeypatch.setenv(var, value)
-    yield db
-    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    admin.close()
+    with throwaway_database() as db:
+        home = tmp_path / "pg_home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        for var, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
+                           "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}.items():
+            monkeypatch.setenv(var, value)
+        yield db
 
 
 @pytest.mark.postgres
@@ -96,6 +90,6 @@ def test_postgres_instance_records_runs_and_materializations(tmp_path, postgres_
         cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
         assert cur.fetchone()[0] == 4
         cur.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
-        assert cur.fetchone()[0] == 8
+        assert cur.fetchone()[0] == 12  # scenes, tiles, masks x 4 partitions
         cur.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = 'region' ORDER BY partition")
         assert [r[0] for r in cur.fetchall()] == REGIONS

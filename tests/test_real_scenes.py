@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from resources.data_store import DataStore
 from resources.scene_sources import LandingFolderSource, RegionSpec
-from tests.conftest import DATA, land, materialize_partition
+from tests.conftest import DATA, land, materialize_partition, with_label_resources
 
 REAL = {
     # region: (file, band names, dtype, date)
@@ -85,7 +85,7 @@ def test_geographic_scene_is_tiled_in_degrees_or_reprojected(real_resources):
     from geoseg_assets.definitions import build_defs
     from geoseg_assets.partitions import partition_key
 
-    job = build_defs(real_resources).resolve_job_def("imagery_job")
+    job = build_defs(with_label_resources(real_resources)).resolve_job_def("imagery_job")
     result = job.execute_in_process(
         partition_key=partition_key("pucallpa", "2010-07-01"),
         instance=instance,

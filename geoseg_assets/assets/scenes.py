@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from geoseg_assets import metadata as md
-from geoseg_assets.geo.errors import SceneError
+from geoseg_assets.geo.errors import InputError, SceneError
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
 from geoseg_assets.geo.scene_io import write_scene_cog
 from geoseg_assets.partitions import partition_dims, region_date_partitions
@@ -31,7 +31,7 @@ class ScenesConfig(dg.Config):
 def fail_on_bad_input(exc: Exception, **extra) -> dg.Failure:
     """A non-retryable run failure that names the input and the fix."""
     meta = {"error": str(exc), **extra}
-    if isinstance(exc, SceneError):
+    if isinstance(exc, InputError):
         meta.update(file=exc.path, problem=exc.problem, fix=exc.fix)
     return dg.Failure(description=str(exc), metadata=meta, allow_retries=False)
 

@@ -12,19 +12,12 @@ from geoseg_assets import metadata as md
 from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, fail_on_bad_input, scenes
 from geoseg_assets.geo.preview import draw_tile_grid, png_bytes, quicklook_image
 from geoseg_assets.geo.tiling import compute_tiles
-from geoseg_assets.partitions import partition_dims, region_date_partitions
+from geoseg_assets.partitions import FOLLOW_UPSTREAM, partition_dims, region_date_partitions
 from resources.data_store import DataStore, UnsafePartitionKeyError
 
 TILES_FILE = "tiles.parquet"
 GRID_PREVIEW_FILE = "grid.png"
 
-# Re-run when the scene changes, for ANY date (eager() alone only acts on the latest time window,
-# so a replaced scene of an old date would never reach its tiles), and only once the scene's
-# blocking integrity check has passed. Both are asserted in tests/test_automation.py.
-FOLLOW_UPSTREAM = (
-    dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
-    & dg.AutomationCondition.all_deps_blocking_checks_passed()
-)
 
 
 class TilesConfig(dg.Config):

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 
-class SceneError(ValueError):
-    """A scene file that cannot be used as it is."""
+class InputError(ValueError):
+    """An input file that cannot be used as it is."""
 
     def __init__(self, path: str, problem: str, fix: str):
         self.path = str(path)
         self.problem = problem
         self.fix = fix
         super().__init__(f"{self.path}: {problem}. Fix: {fix}")
+
+
+class SceneError(InputError):
+    """A scene raster that cannot be used as it is."""
+
+
+class LabelError(InputError):
+    """A label file (or label set) that cannot be used as it is."""
