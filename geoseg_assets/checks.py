@@ -1,4 +1,4 @@
-"""Asset checks: scene integrity blocks bad scenes from flowing on; tile statistics must be sane."""
+"""Asset checks: bad scenes, invalid labels and leaking datasets must not flow on; tile stats must be sane."""
 
 
 import json
@@ -7,11 +7,14 @@ import dagster as dg
 import geopandas as gpd
 import numpy as np
 
+from geoseg_assets.assets.datasets import dataset
+from geoseg_assets.assets.masks import masks
 from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, scenes
 from geoseg_assets.assets.tiles import TILES_FILE, tiles
 from geoseg_assets.geo.audit import audit_scene_cog, audit_tile_stats
 from geoseg_assets.partitions import partition_dims, region_date_partitions
 from resources.data_store import DataStore
+from resources.label_store import LabelStore
 from resources.scene_sources import SceneSource
 
 
@@ -55,3 +58,54 @@ def tile_stats_sanity(context: dg.AssetCheckExecutionContext, data_store: DataSt
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
     problems = audit_tile_stats(frame, summary["band_names"], summary["bounds"], (float(info.min), float(info.max)))
     return _result(problems, tile_count=len(frame))
+
+
+def _manifest(data_store: DataStore) -> dict | None:
+    path = data_store.partition_dir("dataset") / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@dg.asset_check(asset=dataset, blocking=True,
+                description="No tile id, spatial block or place (region + window) appears in two splits.")
+def dataset_no_leakage(data_store: DataStore) -> dg.AssetCheckResult:
+    manifest = _manifest(data_store)
+    if manifest is None:
+        return _result(["manifest.json is missing; materialize the dataset"])
+    problems = []
+    for what, key in (("tile id", lambda t: (t["region"], t["date"], t["tile_id"])),
+                      ("spatial block", lambda t: t["block"]),
+                      ("place", lambda t: (t["region"], t["row"], t["col"]))):
+        owner: dict = {}
+        for split, content in manifest["splits"].items():
+            for tile in content["tiles"]:
+                k = key(tile)
+                if owner.setdefault(k, split) != split:
+                    problems.append(f"{what} {k} is in {owner[k]} and {split}")
+                    break
+    counts = {s: c["tile_count"] for s, c in manifest["splits"].items()}
+    return _result(problems[:20], tile_counts=counts)
+
+
+@dg.asset_check(asset=dataset, description="Every class has pixels in the train split (warns otherwise).")
+def dataset_class_coverage(data_store: DataStore) -> dg.AssetCheckResult:
+    manifest = _manifest(data_store)
+    if manifest is None:
+        return _result(["manifest.json is missing; materialize the dataset"])
+    train = manifest["class_distribution"]["train"]["pixels"]
+    missing = sorted(name for name in manifest["class_map"]["classes"] if train.get(name, 0) == 0)
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"classes_without_train_pixels": missing or ["none"], "train_pixels": train},
+    )
+
+
+@dg.asset_check(asset=masks, blocking=True, partitions_def=region_date_partitions,
+                description="The region's valid labels are valid polygons in the scene CRS after import repair.")
+def label_geometries_valid(context: dg.AssetCheckExecutionContext, label_store: LabelStore) -> dg.AssetCheckResult:
+    dims = partition_dims(context)
+    labels = label_store.labels(dims["region"], date=dims["date"])
+    invalid = int((~labels.geometry.is_valid).sum()) if len(labels) else 0
+    non_polygon = int((~labels.geometry.geom_type.isin(["Polygon", "MultiPolygon"])).sum()) if len(labels) else 0
+    problems = ([f"{invalid} invalid geometries"] if invalid else []) + ([f"{non_polygon} non-polygons"] if non_polygon else [])
+    return _result(problems, label_count=len(labels))

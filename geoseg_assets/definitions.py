@@ -6,12 +6,20 @@ from pathlib import Path
 
 import dagster as dg
 
+from geoseg_assets.assets.datasets import dataset
 from geoseg_assets.assets.masks import import_labels_job, masks
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
-from geoseg_assets.checks import scene_integrity, tile_stats_sanity
+from geoseg_assets.checks import (
+    dataset_class_coverage,
+    dataset_no_leakage,
+    label_geometries_valid,
+    scene_integrity,
+    tile_stats_sanity,
+)
 from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
 from resources.data_store import DataStore
+from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
 from resources.scene_sources import LandingFolderSource
 
@@ -25,12 +33,14 @@ def default_data_dir() -> Path:
 
 def default_resources(data_dir: Path) -> dict:
     """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
-    labels in `<data>/labels.gpkg`, the synthetic source's class map."""
+    labels in `<data>/labels.gpkg`, the synthetic source's class map, this repository as the DVC
+    repo with its default remote `<repo>/data/dvc-remote`."""
     return {
         "data_store": DataStore(root=str(data_dir / "store")),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
         "label_store": GeoPackageLabelStore(path=str(data_dir / "labels.gpkg")),
         "class_map": ClassMapResource(),
+        "dvc": DvcStore(repo_dir=str(REPO_ROOT)),
     }
 
 
@@ -39,6 +49,12 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+)
+
+dataset_job = dg.define_asset_job(
+    "dataset_job",
+    selection=dg.AssetSelection.assets(dataset),
+    description="Build the training set from every labelled partition and version it with DVC.",
 )
 
 imagery_job = dg.define_asset_job(
@@ -52,10 +68,11 @@ imagery_job = dg.define_asset_job(
 def build_defs(resources: dict) -> dg.Definitions:
     """The code location with the given resources (tests and other deployments swap them)."""
     return dg.Definitions(
-        assets=[scenes, tiles, masks],
-        asset_checks=[scene_integrity, tile_stats_sanity],
+        assets=[scenes, tiles, masks, dataset],
+        asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
+                      dataset_class_coverage],
         sensors=[new_scene_sensor, label_change_sensor, automation_sensor],
-        jobs=[imagery_job, import_labels_job],
+        jobs=[imagery_job, import_labels_job, dataset_job],
         resources=resources,
     )
 

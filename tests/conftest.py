@@ -77,12 +77,15 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def with_label_resources(resources: dict) -> dict:
-    """Add a GeoPackage label store (next to the data store) and the default class map if missing."""
+def with_test_resources(resources: dict) -> dict:
+    """Fill in what a test does not exercise: a GeoPackage label store next to the data store, the
+    default class map, and a DVC store on that folder (only used when `dataset` is materialized)."""
+    from resources.dvc_store import DvcStore
     from resources.label_store import ClassMapResource, GeoPackageLabelStore
 
     root = Path(resources["data_store"].root).parent
-    return {"label_store": GeoPackageLabelStore(path=str(root / "labels.gpkg")), "class_map": ClassMapResource(), **resources}
+    return {"label_store": GeoPackageLabelStore(path=str(root / "labels.gpkg")), "class_map": ClassMapResource(),
+            "dvc": DvcStore(repo_dir=str(root)), **resources}
 
 
 def materialize_partition(instance, resources, region, date, *, raise_on_error=True, selection=None):
@@ -94,7 +97,7 @@ def materialize_partition(instance, resources, region, date, *, raise_on_error=T
 
     if region not in instance.get_dynamic_partitions("region"):
         instance.add_dynamic_partitions("region", [region])
-    job = build_defs(with_label_resources(resources)).resolve_job_def("imagery_job")
+    job = build_defs(with_test_resources(resources)).resolve_job_def("imagery_job")
     return job.execute_in_process(
         partition_key=partition_key(region, date), instance=instance, raise_on_error=raise_on_error,
         asset_selection=selection,

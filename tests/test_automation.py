@@ -5,7 +5,7 @@ import dagster as dg
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
-from tests.conftest import materialize_partition, with_label_resources
+from tests.conftest import materialize_partition, with_test_resources
 
 OLD, NEW = "2024-04-15", "2024-06-15"
 
@@ -17,7 +17,7 @@ def requested(result, key):
 def test_update_of_an_old_date_propagates_to_tiles_of_that_partition_only(synthetic_source, store):
     instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": synthetic_source}
-    defs = build_defs(with_label_resources(resources))
+    defs = build_defs(with_test_resources(resources))
     for date in (OLD, NEW):
         assert materialize_partition(instance, resources, "alpha", date).success
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
@@ -37,7 +37,7 @@ def test_failed_blocking_scene_check_holds_tiles_back(synthetic_source, store, m
 
     instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": synthetic_source}
-    defs = build_defs(with_label_resources(resources))
+    defs = build_defs(with_test_resources(resources))
     assert materialize_partition(instance, resources, "alpha", OLD).success
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
 

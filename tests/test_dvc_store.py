@@ -19,13 +19,27 @@ def git(cwd, *args):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
+DVC_YAML = """stages:
+  dataset:
+    cmd: python -c "print('built by the pipeline')"
+    deps:
+      - data/store/tiles
+    outs:
+      - data/store/dataset
+"""
+
+
 def new_git_repo(path):
+    """A git repo laid out like geoseg's: ignored data root, a dvc.yaml with the dataset stage."""
     path.mkdir(parents=True)
     git(path, "init", "-q")
     git(path, "config", "user.name", "geoseg tests")
     git(path, "config", "user.email", "tests@geoseg.invalid")
     (path / ".gitignore").write_text("/data/\n")  # the data root is git-ignored, like the real repo
-    git(path, "add", ".gitignore")
+    (path / "dvc.yaml").write_text(DVC_YAML)
+    (path / "data" / "store" / "tiles").mkdir(parents=True)
+    (path / "data" / "store" / "tiles" / "tiles.parquet").write_bytes(b"tiles")
+    git(path, "add", ".gitignore", "dvc.yaml")
     git(path, "commit", "-qm", "init")
     return path
 
@@ -50,25 +64,31 @@ def tracked(tmp_path):
     store = DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "remote"))
     store.ensure_repo()
     write_dataset(repo / DATASET)
-    return store, repo, store.track(DATASET)
+    return store, repo, store.commit("dataset")
+
+
+def tmp_remote(repo):
+    return repo.parent / "remote"
 
 
 def test_version_follows_the_bytes(tracked):
     store, repo, first = tracked
     assert first.md5.endswith(".dir") and len(first.md5) == 36
-    assert first.pointer == repo / "datasets" / "dataset.dvc" and first.nfiles == 3
-    assert store.version(DATASET) == first.md5
-    assert store.track(DATASET).md5 == first.md5  # same bytes, same version
+    assert first.pointer == repo / "dvc.lock" and first.nfiles == 3
+    assert store.version("dataset") == first.md5
+    assert store.commit("dataset").md5 == first.md5  # same bytes, same version
     masks = repo / DATASET / "masks.npy"
     data = bytearray(masks.read_bytes())
     data[-1] ^= 1
     masks.write_bytes(bytes(data))
-    changed = store.track(DATASET)
-    assert changed.md5 != first.md5 and store.version(DATASET) == changed.md5
-    # The pointer is committable (the data root is ignored) and git does not see the data itself.
-    assert git(repo, "status", "--porcelain", "--untracked-files=all").count("data/store") == 0
-    assert "datasets/dataset.dvc" in git(repo, "status", "--porcelain", "--untracked-files=all")
-    assert "analytics = false" in (repo / ".dvc" / "config").read_text()
+    changed = store.commit("dataset")
+    assert changed.md5 != first.md5 and store.version("dataset") == changed.md5
+    # dvc.lock is committable (the data root is ignored) and git does not see the data itself.
+    status = git(repo, "status", "--porcelain", "--untracked-files=all")
+    assert status.count("data/store") == 0 and "dvc.lock" in status
+    config = (repo / ".dvc" / "config").read_text()
+    assert "analytics = false" in config and "url = ../data/dvc-remote" in config  # no machine paths committed
+    assert str(tmp_remote(repo)) in (repo / ".dvc" / "config.local").read_text()
 
 
 def test_pull_restores_dataset_and_cache_byte_for_byte(tracked, tmp_path):
@@ -77,14 +97,14 @@ def test_pull_restores_dataset_and_cache_byte_for_byte(tracked, tmp_path):
     assert len(list((tmp_path / "remote").rglob("*.dir"))) == 1  # pushed to the real remote
     shutil.rmtree(repo / DATASET)
     shutil.rmtree(repo / ".dvc" / "cache")
-    store.pull(DATASET)
+    store.pull("dataset")
     assert digests(repo / DATASET) == before
     assert (repo / ".dvc" / "cache" / "files" / "md5" / version.md5[:2] / version.md5[2:]).is_file()
     # Local edits are not overwritten silently; force=True restores the recorded bytes.
     (repo / DATASET / "manifest.json").write_text("{}")
     with pytest.raises(DvcError, match="force=True"):
-        store.pull(DATASET)
-    store.pull(DATASET, force=True)
+        store.pull("dataset")
+    store.pull("dataset", force=True)
     assert digests(repo / DATASET) == before
 
 
@@ -96,11 +116,26 @@ def test_fresh_clone_pulls_the_same_bytes(tracked, tmp_path):
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / DATASET).exists()
-    # Plain `dvc pull`, as a user would run it: the committed .dvc/config knows the remote.
-    subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=clone, check=True, capture_output=True,
+    # A teammate points the clone at the shared remote (config.local), then runs plain `dvc pull`.
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "--local", "-f", "-d", "local", str(tmp_path / "remote")],
+                   cwd=clone, check=True, capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    subprocess.run([sys.executable, "-m", "dvc", "pull", "dataset"], cwd=clone, check=True, capture_output=True,
                    env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     assert digests(clone / DATASET) == before
-    assert DvcStore(repo_dir=str(clone), remote_url=str(tmp_path / "remote")).version(DATASET) == version.md5
+    assert DvcStore(repo_dir=str(clone), remote_url=str(tmp_path / "remote")).version("dataset") == version.md5
+
+
+def test_default_remote_lives_in_the_checkouts_data_root(tmp_path):
+    repo = new_git_repo(tmp_path / "repo")
+    store = DvcStore(repo_dir=str(repo))
+    write_dataset(repo / DATASET, seed=3)
+    before = digests(repo / DATASET)
+    version = store.commit("dataset")
+    assert list((repo / "data" / "dvc-remote").rglob("*.dir"))[0].name == version.md5[2:]
+    shutil.rmtree(repo / DATASET)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    store.pull("dataset")
+    assert digests(repo / DATASET) == before
 
 
 def test_bad_repo_and_remote_name_the_path_and_the_fix(tmp_path):
@@ -114,8 +149,10 @@ def test_bad_repo_and_remote_name_the_path_and_the_fix(tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(DvcError, match=r"a-file/remote.*remote_url"):
         DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "a-file" / "remote")).ensure_repo()
-    with pytest.raises(DvcError, match="not inside the repository"):
-        DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "r")).track(tmp_path)
+    with pytest.raises(DvcError, match="no stage 'model'"):
+        DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "r")).commit("model")
+    with pytest.raises(DvcError, match="does not exist; build the dataset first"):
+        DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "r")).commit("dataset")
 
 
 def test_pull_from_a_remote_without_the_data_fails_with_command_and_fix(tracked, tmp_path):
@@ -124,7 +161,7 @@ def test_pull_from_a_remote_without_the_data_fails_with_command_and_fix(tracked,
     shutil.rmtree(repo / ".dvc" / "cache")
     empty = DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "empty-remote"))
     with pytest.raises(DvcError) as err:
-        empty.pull(DATASET)
+        empty.pull("dataset")
     message = str(err.value)
     assert "dvc pull" in message and "exit code" in message and "remote_url" in message
-    assert "empty-remote" in (repo / ".dvc" / "config").read_text()
+    assert "empty-remote" in (repo / ".dvc" / "config.local").read_text()

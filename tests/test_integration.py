@@ -12,7 +12,7 @@ from geoseg_assets.definitions import build_defs
 from geoseg_assets.sensors import new_scene_sensor
 from resources.data_store import DataStore
 from resources.scene_sources import SyntheticSource
-from tests.conftest import PG, throwaway_database, with_label_resources
+from tests.conftest import PG, throwaway_database, with_test_resources
 
 REPO = Path(__file__).resolve().parent.parent
 REGIONS, DATES = ["alpha", "beta"], ["2024-04-15", "2024-06-15"]
@@ -22,7 +22,7 @@ def run_pipeline(instance, tmp_path):
     """What `make demo` does: sensor tick, partitions added, imagery job per requested partition."""
     synthetic = SyntheticSource(cache_dir=str(tmp_path / "landing"), regions=REGIONS, dates=DATES, width=384, height=384)
     resources = {"data_store": DataStore(root=str(tmp_path / "store")), "scene_source": synthetic}
-    defs = build_defs(with_label_resources(resources))
+    defs = build_defs(with_test_resources(resources))
     with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         tick = new_scene_sensor(ctx)
     for request in tick.dynamic_partitions_requests:

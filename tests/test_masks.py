@@ -9,16 +9,15 @@ from rasterio.features import rasterize
 from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, import_region_labels
 from geoseg_assets.geo import synthetic
 from geoseg_assets.sensors import label_change_sensor
-from resources.label_store import ClassMapResource, GeoPackageLabelStore, ImportOptions
-from tests.conftest import materialize_partition
+from resources.label_store import GeoPackageLabelStore, ImportOptions
+from tests.conftest import materialize_partition, with_test_resources
 
 DATES = ["2024-04-15", "2024-06-15"]
 
 
 def setup(tmp_path, synthetic_source, store):
     label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
-    resources = {"data_store": store, "scene_source": synthetic_source, "label_store": label_store,
-                 "class_map": ClassMapResource()}
+    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
     instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):
         for date in DATES:

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from resources.data_store import DataStore
 from resources.scene_sources import LandingFolderSource, RegionSpec
-from tests.conftest import DATA, land, materialize_partition, with_label_resources
+from tests.conftest import DATA, land, materialize_partition, with_test_resources
 
 REAL = {
     # region: (file, band names, dtype, date)
@@ -41,7 +41,7 @@ def test_real_scene_and_tiles_match_rasterio(region, real_resources):
     result = materialize_partition(instance, real_resources, region, date)
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"scene_integrity": True, "tile_stats_sanity": True}
+    assert checks == {"scene_integrity": True, "tile_stats_sanity": True, "label_geometries_valid": True}
 
     store = real_resources["data_store"]
     dims = {"region": region, "date": date}
@@ -85,7 +85,7 @@ def test_geographic_scene_is_tiled_in_degrees_or_reprojected(real_resources):
     from geoseg_assets.definitions import build_defs
     from geoseg_assets.partitions import partition_key
 
-    job = build_defs(with_label_resources(real_resources)).resolve_job_def("imagery_job")
+    job = build_defs(with_test_resources(real_resources)).resolve_job_def("imagery_job")
     result = job.execute_in_process(
         partition_key=partition_key("pucallpa", "2010-07-01"),
         instance=instance,

@@ -1,0 +1,114 @@
+"""`dataset`: labelled tiles of every partition, split by spatial block, sharded and versioned with DVC."""
+
+import json
+
+import dagster as dg
+import geopandas as gpd
+from pydantic import Field
+
+from geoseg_assets import metadata as md
+from geoseg_assets.assets.masks import MASK_FILE, masks
+from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, fail_on_bad_input
+from geoseg_assets.assets.tiles import TILES_FILE, tiles
+from geoseg_assets.geo.dataset import DatasetError, PartitionInput, build_dataset
+from geoseg_assets.geo.synthetic import BAND_NAMES
+from resources.data_store import DataStore
+from resources.dvc_store import DvcError, DvcStore
+from resources.label_store import ClassMapResource
+
+DVC_STAGE = "dataset"
+
+
+class DatasetConfig(dg.Config):
+    """Which partitions enter the training set and how it is split."""
+
+    band_names: list[str] = Field(default=list(BAND_NAMES), description="Bands (in order) a partition must have to enter.")
+    regions: list[str] | None = Field(default=None, description="Regions to use; None = every region with these bands.")
+    seed: int = Field(default=0, description="Seed of the spatial-block split.")
+    fractions: list[float] = Field(default=[0.7, 0.15, 0.15], description="train / val / test shares of tiles.")
+    block_size_m: float = Field(default=5120.0, gt=0, description="Side of a spatial block in CRS units.")
+    min_labelled_fraction: float = Field(default=0.5, ge=0, le=1, description="Tiles with fewer labelled pixels are left out.")
+    tiles_per_shard: int = Field(default=1024, gt=0, description="Tiles per shard file.")
+    version_with_dvc: bool = Field(default=True, description="Commit and push the result with DVC (off under `dvc repro`, which commits itself).")
+
+
+def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, config: DatasetConfig, log) -> list[PartitionInput]:
+    """Partitions whose tiles and masks are materialized and whose scene has the configured bands."""
+    done = set(map(str, instance.get_materialized_partitions(tiles.key))) & set(map(str, instance.get_materialized_partitions(masks.key)))
+    parts = []
+    for key in sorted(done):
+        date, region = key.split("|")
+        if config.regions is not None and region not in config.regions:
+            continue
+        dims = {"region": region, "date": date}
+        scene = json.loads(data_store.path("scenes", dims, SUMMARY_FILE).read_text())
+        if scene["band_names"] != config.band_names:
+            log.info(f"{key}: bands {scene['band_names']} differ from {config.band_names}; left out")
+            continue
+        parts.append(PartitionInput(
+            region=region, date=date,
+            scene_path=str(data_store.path("scenes", dims, SCENE_FILE)),
+            mask_path=str(data_store.path("masks", dims, MASK_FILE)),
+            tiles=gpd.read_parquet(data_store.path("tiles", dims, TILES_FILE)),
+            scene_sha256=scene["fingerprint"],
+        ))
+    return parts
+
+
+@dg.asset(
+    deps=[tiles, masks],
+    kinds={"numpy", "dvc"},
+    group_name="datasets",
+    description="Training set: labelled tiles of all partitions, train/val/test split by spatial blocks (no place in "
+    "two splits), normalization stats from train, a few large shards + manifest; versioned with DVC (`dvc pull` restores it).",
+)
+def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store: DataStore,
+            class_map: ClassMapResource, dvc: DvcStore) -> dg.MaterializeResult:
+    out_dir = data_store.partition_dir("dataset")
+    if config.version_with_dvc and dvc.stage_out(DVC_STAGE).resolve() != out_dir.resolve():
+        raise dg.Failure(
+            f"{out_dir}: DVC versions the dataset at {dvc.stage_out(DVC_STAGE)} (dvc.yaml); keep the data root at "
+            f"<repo>/data (GEOSEG_DATA_DIR) or set version_with_dvc=false", allow_retries=False)
+    parts = collect_partitions(context.instance, data_store, config, context.log)
+    if not parts:
+        raise dg.Failure("no partition has tiles and masks with the configured bands; materialize tiles and masks first",
+                         allow_retries=False)
+    maps = {p.region: class_map.for_region(p.region) for p in parts}
+    first = next(iter(maps.values()))
+    if any(m != first for m in maps.values()):
+        raise dg.Failure(f"regions {sorted(maps)} use different class maps; build one dataset per class map "
+                         "(set `regions`)", allow_retries=False)
+    try:
+        summary = build_dataset(
+            parts, out_dir, {c.name: c.id for c in first.classes}, config.band_names, seed=config.seed,
+            fractions=config.fractions, block_size_m=config.block_size_m,
+            min_labelled_fraction=config.min_labelled_fraction, tiles_per_shard=config.tiles_per_shard,
+            ignore_id=first.ignore_id,
+        )
+    except DatasetError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    version = None
+    if config.version_with_dvc:
+        try:
+            version = dvc.commit(DVC_STAGE).md5
+        except DvcError as exc:
+            raise fail_on_bad_input(exc) from exc
+        context.log.info(f"dataset version {version} committed to dvc.lock and pushed; commit dvc.lock to git")
+    counts = summary.tile_counts
+    return dg.MaterializeResult(
+        metadata={
+            "path": md.path(out_dir),
+            "manifest": md.path(summary.manifest_path),
+            "dataset_version": version or "not versioned (dvc repro commits it)",
+            "tiles_train": counts["train"], "tiles_val": counts["val"], "tiles_test": counts["test"],
+            "blocks": summary.block_counts,
+            "dropped_tiles": summary.dropped_tiles,
+            "class_share": summary.class_share,
+            "class_pixels": summary.class_pixels,
+            "norm_mean": summary.norm_mean, "norm_std": summary.norm_std,
+            "partitions": [f"{p.region}/{p.date}" for p in parts],
+            "seed": config.seed,
+            "shard_files": len(summary.shard_files),
+        },
+        data_version=dg.DataVersion(version) if version else None,
+    )

@@ -1,0 +1,125 @@
+"""`dataset` through Dagster and DVC in a throwaway git repo laid out like this one: deterministic
+versions, seed-dependent spatial splits, no leakage, and `dvc pull` restoring the exact bytes."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from geoseg_assets.assets.datasets import dataset
+from geoseg_assets.definitions import build_defs
+from resources.data_store import DataStore
+from resources.dvc_store import DvcStore
+from resources.label_store import ClassMapResource, GeoPackageLabelStore
+from resources.scene_sources import SyntheticSource
+from tests.conftest import materialize_partition
+from tests.test_masks import import_truth
+
+REPO = Path(__file__).resolve().parent.parent
+DATES = ["2024-04-15", "2024-06-15"]
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def digests(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git repo with this project's dvc.yaml, 2 synthetic regions x 2 dates with labels and masks."""
+    tmp = tmp_path_factory.mktemp("project")
+    repo = tmp / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.name", "geoseg tests")
+    git(repo, "config", "user.email", "tests@geoseg.invalid")
+    (repo / ".gitignore").write_text("/data/\n")
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "geoseg_assets" / "geo").mkdir(parents=True)
+    shutil.copy(REPO / "geoseg_assets/geo/dataset.py", repo / "geoseg_assets/geo/dataset.py")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    source = SyntheticSource(cache_dir=str(tmp / "landing"), regions=["alpha", "beta"], dates=DATES, width=1024,
+                             height=1024, nodata_margin=0.05)
+    resources = {
+        "data_store": DataStore(root=str(repo / "data" / "store")),
+        "scene_source": source,
+        "label_store": GeoPackageLabelStore(path=str(tmp / "labels.gpkg")),
+        "class_map": ClassMapResource(),
+        "dvc": DvcStore(repo_dir=str(repo), remote_url=str(tmp / "remote")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    for region in ("alpha", "beta"):
+        assert materialize_partition(instance, resources, region, DATES[0]).success
+        import_truth(region, source, resources)
+        for date in DATES:
+            assert materialize_partition(instance, resources, region, date).success
+    return repo, tmp, instance, resources
+
+
+def build(project, **config):
+    repo, _, instance, resources = project
+    job = build_defs(resources).resolve_job_def("dataset_job")
+    result = job.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={"dataset": {"config": config}}))
+    assert result.success
+    meta = result.asset_materializations_for_node("dataset")[0].metadata
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    manifest = json.loads((repo / "data/store/dataset/manifest.json").read_text())
+    return meta, checks, manifest
+
+
+def split_of(manifest) -> dict:
+    return {(t["region"], t["date"], t["tile_id"]): split for split, c in manifest["splits"].items() for t in c["tiles"]}
+
+
+def test_dataset_versions_splits_and_round_trips_through_dvc(project):
+    repo, tmp, _, _ = project
+    meta, checks, manifest = build(project)
+    assert checks == {"dataset_no_leakage": True, "dataset_class_coverage": True}
+    lock = (repo / "dvc.lock").read_text()
+    version = meta["dataset_version"].value
+    assert version.endswith(".dir") and version in lock
+    counts = manifest["tile_counts"]
+    assert sum(counts.values()) == 4 * 16 and min(counts.values()) > 0  # 1024 px -> 16 tiles per partition, all labelled
+    assert {meta["tiles_train"].value, meta["tiles_val"].value, meta["tiles_test"].value} <= set(counts.values())
+    assert len(split_of(manifest)) == 64  # no tile id in two splits
+    first_bytes = digests(repo / "data/store/dataset")
+
+    again, _, _ = build(project)
+    assert again["dataset_version"].value == version  # same inputs, same DVC hash
+    other, _, other_manifest = build(project, seed=7)
+    assert other["dataset_version"].value != version
+    assert split_of(other_manifest) != split_of(manifest)
+    back, _, _ = build(project)
+    assert back["dataset_version"].value == version and digests(repo / "data/store/dataset") == first_bytes
+
+    # `dvc pull` after losing the data and the cache gives the same bytes ...
+    shutil.rmtree(repo / "data/store/dataset")
+    shutil.rmtree(repo / ".dvc/cache")
+    DvcStore(repo_dir=str(repo), remote_url=str(tmp / "remote")).pull("dataset")
+    assert digests(repo / "data/store/dataset") == first_bytes
+    # ... and so does a second clone of the repository pointed at the same remote.
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "dataset version")
+    clone = tmp / "clone"
+    git(tmp, "clone", "-q", str(repo), str(clone))
+    DvcStore(repo_dir=str(clone), remote_url=str(tmp / "remote")).pull("dataset")
+    assert digests(clone / "data/store/dataset") == first_bytes
+
+
+def test_dataset_outside_the_dvc_stage_out_fails_clearly(project, tmp_path):
+    _, _, instance, resources = project
+    moved = {**resources, "data_store": DataStore(root=str(tmp_path / "elsewhere"))}
+    job = build_defs(moved).resolve_job_def("dataset_job")
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
+    assert "dvc.yaml" in failure.event_specific_data.error.message and "version_with_dvc" in failure.event_specific_data.error.message
