@@ -37,6 +37,7 @@ test: install services
 
 bench: install
 	$(PY) benchmarks/bench_tiling.py
+	$(PY) benchmarks/bench_dataset.py
 
 lock: install
 	$(PY) -m pip freeze --exclude-editable > requirements.lock

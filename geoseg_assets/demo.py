@@ -5,7 +5,9 @@ of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
 1. `new_scene_sensor` adds the region partitions and requests every scene; each request runs
    `imagery_job` (scenes -> tiles, masks, with their checks);
 2. `import_labels_job` imports the synthetic ground truth of each synthetic region;
-3. `label_change_sensor` sees the new labels and re-runs only those regions' masks.
+3. `label_change_sensor` sees the new labels and re-runs only those regions' masks;
+4. `dataset_job` builds the spatially split training set and versions it with DVC (commit to
+   dvc.lock + push to the local remote `data/dvc-remote`).
 It prints where the outputs are and how to open the UI.
 """
 
@@ -87,12 +89,25 @@ def main() -> int:
         label_tick = label_change_sensor(context)
     failures += run_requests(job, instance, label_tick.run_requests, "masks", asset_selection=[masks.key])
 
+    built = defs.resolve_job_def("dataset_job").execute_in_process(instance=instance, raise_on_error=False)
+    version = "-"
+    if built.success:
+        meta = built.asset_materializations_for_node("dataset")[0].metadata
+        version = meta["dataset_version"].value
+        print(f"  ok     {'dataset':16} train/val/test {meta['tiles_train'].value}/{meta['tiles_val'].value}/"
+              f"{meta['tiles_test'].value} tiles, DVC version {version}  run {built.run_id[:8]}")
+    else:
+        print(f"  FAILED {'dataset':16} run {built.run_id[:8]}")
+        failures.append("dataset")
+
     store = Path(resources["data_store"].root)
     print(f"\nDemo finished in {time.time() - started:.0f}s: {len(scene_tick.run_requests)} partitions, "
           f"{len(label_tick.run_requests)} mask updates, {len(failures)} failed.")
     print(f"  landing folder : {landing}")
     print(f"  labels         : {resources['label_store'].path}")
-    print(f"  outputs        : {store}  (scenes/, tiles/, masks/ by region=/date=)")
+    print(f"  outputs        : {store}  (scenes/, tiles/, masks/ by region=/date=; dataset/)")
+    print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote "
+          "(`dvc pull dataset` restores it)")
     print(f"  Dagster home   : {instance.root_directory}")
     print("  open the UI    : make ui   -> http://127.0.0.1:3000")
     return 1 if failures else 0
