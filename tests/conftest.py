@@ -1,6 +1,5 @@
 """Shared fixtures: small real GeoTIFFs written on the fly, data stores, sources and instances."""
 
-import os
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -89,9 +88,7 @@ def with_test_resources(resources: dict) -> dict:
 
 
 def materialize_partition(instance, resources, region, date, *, raise_on_error=True, selection=None):
-    """Materialize scenes + tiles (+ their checks) of one partition, as the imagery job does."""
-    import dagster as dg
-
+    """Materialize scenes, tiles and masks (+ their checks) of one partition, as the imagery job does."""
     from geoseg_assets.definitions import build_defs
     from geoseg_assets.partitions import partition_key
 

@@ -1,6 +1,6 @@
 import pytest
 
-from resources.data_store import DataStore, UnsafePartitionKeyError
+from resources.data_store import UnsafePartitionKeyError
 
 
 @pytest.mark.parametrize("bad", ["../x", "..", "a/b", "", "x" * 65, "a|b", ".hidden", "a\\b", "a b", "../../etc"])

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from geoseg_assets.assets.datasets import dataset
 from geoseg_assets.definitions import build_defs
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore

@@ -6,13 +6,13 @@ import dagster as dg
 from pydantic import Field
 
 from geoseg_assets import metadata as md
-from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, fail_on_bad_input, scenes
+from geoseg_assets.assets.scenes import SUMMARY_FILE, fail_on_bad_input, scenes, upstream_scene
 from geoseg_assets.geo.errors import LabelError
 from geoseg_assets.geo.labels import LabelReport
 from geoseg_assets.geo.masks import overlay_image, write_mask_cog
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
-from geoseg_assets.partitions import FOLLOW_UPSTREAM, partition_dims, region_date_partitions
-from resources.data_store import DataStore, UnsafePartitionKeyError, check_partition_value
+from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.data_store import DataStore, check_partition_value
 from resources.label_store import ClassMapResource, ImportOptions, LabelStore
 
 MASK_FILE = "mask.tif"
@@ -32,16 +32,8 @@ LABEL_FINGERPRINT_TAG = "geoseg/label_fingerprint"
 )
 def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store: LabelStore,
           class_map: ClassMapResource) -> dg.MaterializeResult:
-    try:
-        dims = partition_dims(context)
-        scene_path = data_store.path("scenes", dims, SCENE_FILE)
-        summary_path = data_store.path("scenes", dims, SUMMARY_FILE)
-        mask_path = data_store.path("masks", dims, MASK_FILE)
-    except UnsafePartitionKeyError as exc:
-        raise fail_on_bad_input(exc, partition_key=str(context.partition_key)) from exc
-    if not scene_path.exists() or not summary_path.exists():
-        raise dg.Failure(f"{scene_path}: scene COG missing; materialize `scenes` for this partition first", allow_retries=False)
-    scene = json.loads(summary_path.read_text())
+    dims, scene_path, scene = upstream_scene(context, data_store)
+    mask_path = data_store.path("masks", dims, MASK_FILE)
     classes = class_map.for_region(dims["region"])
     labels = label_store.labels(dims["region"], date=dims["date"])
     if len(labels) and labels.crs is not None and labels.crs.to_wkt() != scene["crs_wkt"]:

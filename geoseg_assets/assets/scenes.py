@@ -36,6 +36,20 @@ def fail_on_bad_input(exc: Exception, **extra) -> dg.Failure:
     return dg.Failure(description=str(exc), metadata=meta, allow_retries=False)
 
 
+def upstream_scene(context, data_store: DataStore):
+    """(dims, COG path, scene record) of the partition's materialized scene, for downstream assets;
+    fails the run with the fix when the key is unsafe or the scene is missing."""
+    try:
+        dims = partition_dims(context)
+        cog_path = data_store.path("scenes", dims, SCENE_FILE)
+        summary_path = data_store.path("scenes", dims, SUMMARY_FILE)
+    except UnsafePartitionKeyError as exc:
+        raise fail_on_bad_input(exc, partition_key=str(context.partition_key)) from exc
+    if not cog_path.exists() or not summary_path.exists():
+        raise dg.Failure(f"{cog_path}: scene COG missing; materialize `scenes` for this partition first", allow_retries=False)
+    return dims, cog_path, json.loads(summary_path.read_text())
+
+
 @dg.asset(
     partitions_def=region_date_partitions,
     kinds={"raster", "cog"},

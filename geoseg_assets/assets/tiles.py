@@ -1,19 +1,17 @@
 """`tiles` [region x date]: the tile grid over the scene COG with per-tile validity and band stats."""
 
 
-import json
-
 import dagster as dg
 import geopandas as gpd
 from pydantic import Field
 from shapely.geometry import box
 
 from geoseg_assets import metadata as md
-from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, fail_on_bad_input, scenes
+from geoseg_assets.assets.scenes import scenes, upstream_scene
 from geoseg_assets.geo.preview import draw_tile_grid, png_bytes, quicklook_image
 from geoseg_assets.geo.tiling import compute_tiles
-from geoseg_assets.partitions import FOLLOW_UPSTREAM, partition_dims, region_date_partitions
-from resources.data_store import DataStore, UnsafePartitionKeyError
+from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.data_store import DataStore
 
 TILES_FILE = "tiles.parquet"
 GRID_PREVIEW_FILE = "grid.png"
@@ -50,17 +48,9 @@ def tiles_frame(records, crs_wkt: str, region: str, date: str) -> gpd.GeoDataFra
     "and per-band mean/std/min/max/p2/p98. Pixels stay in the scene COG and are read by window.",
 )
 def tiles(context: dg.AssetExecutionContext, config: TilesConfig, data_store: DataStore) -> dg.MaterializeResult:
-    try:
-        dims = partition_dims(context)
-        cog_path = data_store.path("scenes", dims, SCENE_FILE)
-        summary_path = data_store.path("scenes", dims, SUMMARY_FILE)
-    except UnsafePartitionKeyError as exc:
-        raise fail_on_bad_input(exc, partition_key=str(context.partition_key)) from exc
-    if not cog_path.exists() or not summary_path.exists():
-        raise dg.Failure(f"{cog_path}: scene COG missing; materialize `scenes` for this partition first", allow_retries=False)
     if config.overlap >= config.tile_size:
         raise dg.Failure(f"overlap {config.overlap} must be smaller than tile_size {config.tile_size}", allow_retries=False)
-    summary = json.loads(summary_path.read_text())
+    dims, cog_path, summary = upstream_scene(context, data_store)
     band_names = summary["band_names"]
     prefix = f"{dims['region']}_{dims['date']}"
     records = compute_tiles(str(cog_path), band_names, size=config.tile_size, overlap=config.overlap, id_prefix=prefix)

@@ -110,7 +110,7 @@ def prepare_labels(
         raise LabelError(
             path,
             f"has no {class_column!r} column (columns: {', '.join(c for c in gdf.columns if c != 'geometry')})",
-            f"name the class column with class_column=..., or give default_class= when every feature is one class",
+            "name the class column with class_column=..., or give default_class= when every feature is one class",
         )
     by_name = {c.name: c.id for c in class_map.classes}
     by_id = {str(c.id): c.id for c in class_map.classes}

@@ -21,7 +21,7 @@ import rasterio
 from rasterio.features import rasterize
 from shapely import STRtree
 from shapely.affinity import rotate, scale, translate
-from shapely.geometry import LineString, Point, Polygon, box
+from shapely.geometry import LineString, Polygon, box
 from shapely.ops import unary_union
 
 from .windows import iter_blocks
