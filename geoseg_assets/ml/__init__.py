@@ -1,0 +1,1 @@
+"""Pure torch/numpy ML code (no Dagster): data, models, training, metrics, inference."""

@@ -1,0 +1,241 @@
+"""Exact semantic-segmentation metrics from a confusion matrix, ignoring an ignore id.
+
+Conventions (shared by every function here):
+- The confusion matrix has rows = truth, columns = prediction, in the order of `class_ids`; pixels
+  whose truth is `ignore_id` are left out whatever their prediction.
+- A truth or prediction id that is neither a class nor (for truth) the ignore id raises ValueError:
+  such pixels are never silently dropped (a wrong class map or an argmax -> id bug must surface).
+- Any 0/0 ratio is NaN ("undefined"), never 0 and never a warning. So a class absent from both truth
+  and prediction has NaN IoU/F1 and is left out of mIoU and mean Dice; a class predicted but absent
+  from truth has IoU 0 and F1 0 (it counts in the means), precision 0 and recall NaN.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+IGNORE_ID = 255
+
+
+def _to_numpy(x) -> np.ndarray:
+    """A numpy view of a numpy array or a (CPU or CUDA) torch tensor; torch is never imported here."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _class_lut(class_ids: Sequence[int]) -> np.ndarray:
+    """Lookup table id -> index 0..K-1 (-1 for ids that are not classes), so mapping is one gather."""
+    ids = np.asarray(list(class_ids))
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"class_ids must be a non-empty sequence of ints, got {class_ids!r}")
+    if ids.min() < 0 or len(np.unique(ids)) != ids.size:
+        raise ValueError(f"class_ids must be distinct non-negative ints, got {list(class_ids)}")
+    lut = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+    lut[ids] = np.arange(ids.size)
+    return lut
+
+
+def _to_index(values: np.ndarray, lut: np.ndarray, what: str) -> np.ndarray:
+    """Class indices of `values` (1-D ints); raises on ids that are not classes rather than dropping them."""
+    if values.size == 0:
+        return values.astype(np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= lut.size:
+        bad = np.unique(values[(values < 0) | (values >= lut.size)])
+        raise ValueError(f"{what} holds ids {bad[:10].tolist()} that are not class ids")
+    idx = lut[values]
+    if (idx < 0).any():
+        raise ValueError(f"{what} holds ids {np.unique(values[idx < 0])[:10].tolist()} that are not class ids")
+    return idx
+
+
+def _valid_pairs(y_true, y_pred, ignore_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened truth/prediction of the pixels whose truth is not the ignore id."""
+    t, p = _to_numpy(y_true), _to_numpy(y_pred)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true shape {t.shape} != y_pred shape {p.shape}")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise TypeError(f"{name} must hold integer class ids, got dtype {a.dtype}")
+    t, p = t.reshape(-1), p.reshape(-1)
+    t, p = (a.astype(np.uint8) if a.dtype == np.bool_ else a for a in (t, p))  # bools would index as masks
+    if ignore_id is not None:
+        keep = t != ignore_id
+        t, p = t[keep], p[keep]
+    return t, p
+
+
+def confusion_matrix(y_true, y_pred, class_ids: Sequence[int], ignore_id: int | None = IGNORE_ID) -> np.ndarray:
+    """(K, K) int64 counts, rows = truth, cols = prediction, in `class_ids` order, over pixels whose truth
+    is not `ignore_id` (None = keep all). Any shape, numpy or torch; one bincount, so fast on big arrays.
+
+    Raises ValueError if a kept pixel has a truth or prediction id outside `class_ids`."""
+    lut = _class_lut(class_ids)
+    if ignore_id is not None and ignore_id < lut.size and lut[ignore_id] >= 0:
+        raise ValueError(f"ignore_id {ignore_id} is also a class id")
+    t, p = _valid_pairs(y_true, y_pred, ignore_id)
+    k = len(class_ids)
+    flat = _to_index(t, lut, "y_true") * k + _to_index(p, lut, "y_pred")
+    return np.bincount(flat, minlength=k * k).reshape(k, k).astype(np.int64)
+
+
+class ConfusionAccumulator:
+    """Running confusion matrix over batches (e.g. a validation loop), so metrics stay exact over a split."""
+
+    def __init__(self, class_ids: Sequence[int], ignore_id: int | None = IGNORE_ID):
+        self.class_ids = tuple(int(c) for c in class_ids)
+        self.ignore_id = ignore_id
+        _class_lut(self.class_ids)  # validate early
+        self._cm = np.zeros((len(self.class_ids), len(self.class_ids)), dtype=np.int64)
+
+    def add(self, y_true, y_pred) -> ConfusionAccumulator:
+        """Count one batch (numpy or torch, CPU or CUDA); returns self for chaining."""
+        self._cm += confusion_matrix(y_true, y_pred, self.class_ids, self.ignore_id)
+        return self
+
+    def merge(self, other: ConfusionAccumulator) -> ConfusionAccumulator:
+        """A new accumulator holding both counts (e.g. from two workers); neither input changes."""
+        if (other.class_ids, other.ignore_id) != (self.class_ids, self.ignore_id):
+            raise ValueError("cannot merge accumulators with different class_ids or ignore_id")
+        merged = ConfusionAccumulator(self.class_ids, self.ignore_id)
+        merged._cm = self._cm + other._cm
+        return merged
+
+    def reset(self) -> None:
+        """Forget every counted pixel."""
+        self._cm[:] = 0
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """A copy of the counts so far (rows = truth, cols = prediction)."""
+        return self._cm.copy()
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, NaN where den == 0, without a division warning."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den != 0)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean of the non-NaN values, NaN (without a warning) if there are none."""
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _class_stats(cm) -> dict[str, np.ndarray]:
+    """Per-class tp/support/predicted and IoU/F1/precision/recall arrays of a confusion matrix."""
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    tp = np.diag(cm)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    union = support + predicted - tp
+    return dict(tp=tp, support=support, predicted=predicted, iou=_ratio(tp, union),
+                f1=_ratio(2 * tp, support + predicted), precision=_ratio(tp, predicted), recall=_ratio(tp, support))
+
+
+def _headline(cm: np.ndarray, s: dict[str, np.ndarray]) -> dict[str, float]:
+    """mIoU, fwIoU, mean Dice and pixel accuracy from the per-class stats (NaN when nothing was counted)."""
+    total = int(s["support"].sum())
+    in_truth = s["support"] > 0
+    return dict(
+        miou=_nanmean(s["iou"]),
+        fwiou=float((s["support"][in_truth] * s["iou"][in_truth]).sum() / total) if total else float("nan"),
+        mean_dice=_nanmean(s["f1"]),
+        pixel_accuracy=float(np.trace(cm) / total) if total else float("nan"),
+    )
+
+
+def segmentation_metrics(cm, class_names: Sequence[str]) -> dict:
+    """Headline and per-class metrics of a confusion matrix (rows = truth), as plain Python numbers.
+
+    mIoU and mean Dice are macro means over classes present in truth or prediction (absent ones are NaN
+    and excluded); fwIoU weights IoU by truth pixels; per-class F1 equals per-class Dice."""
+    cm = np.asarray(cm, dtype=np.int64)
+    s = _class_stats(cm)
+    if len(class_names) != cm.shape[0]:
+        raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix")
+    per_class = {
+        name: dict(iou=float(s["iou"][i]), f1=float(s["f1"][i]), precision=float(s["precision"][i]),
+                   recall=float(s["recall"][i]), support=int(s["support"][i]), predicted=int(s["predicted"][i]),
+                   true_positives=int(s["tp"][i]))
+        for i, name in enumerate(class_names)
+    }
+    counts = dict(pixels=int(cm.sum()), correct=int(np.trace(cm)),
+                  classes_present=int((~np.isnan(s["iou"])).sum()), classes=int(cm.shape[0]))
+    return {**_headline(cm, s), "per_class": per_class, "counts": counts}
+
+
+def _compact(n: int) -> str:
+    """Short count label for a heat-map cell (1234 -> 1.2k)."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.1f}{suffix}"
+    return str(n)
+
+
+def _normalized(cm: np.ndarray, normalize: str | None) -> np.ndarray:
+    """Counts scaled per truth row ("true"), per prediction column ("pred"), overall ("all") or as is (None);
+    empty rows/columns give 0 rather than NaN so the picture stays readable."""
+    if normalize is None:
+        return cm.astype(np.float64)
+    axis = {"true": 1, "pred": 0, "all": None}
+    if normalize not in axis:
+        raise ValueError(f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}")
+    den = cm.sum(axis=axis[normalize], keepdims=axis[normalize] is not None)
+    return np.nan_to_num(_ratio(cm, den), nan=0.0)
+
+
+def confusion_matrix_png(cm, class_names: Sequence[str], normalize: str | None = "true",
+                         title: str = "Confusion matrix") -> bytes:
+    """PNG (600x500 px) heat map of the normalized confusion matrix, each cell annotated with its share and
+    count. Uses a private Figure + Agg canvas, so pyplot and the global backend are left untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or len(class_names) != cm.shape[0]:
+        raise ValueError(f"need a square matrix with one name per class, got {cm.shape} and {len(class_names)} names")
+    shares = _normalized(cm, normalize)
+    k = cm.shape[0]
+    fig = Figure(figsize=(6, 5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(shares.max()), 1.0)
+    im = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fontsize = max(4, min(9, int(60 / k)))
+    for i in range(k):
+        for j in range(k):
+            label = f"{100 * shares[i, j]:.1f}%\n{_compact(int(cm[i, j]))}" if normalize else _compact(int(cm[i, j]))
+            colour = "white" if shares[i, j] > 0.5 * vmax else "black"
+            ax.text(j, i, label, ha="center", va="center", color=colour, fontsize=fontsize)
+    ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right", fontsize=fontsize + 1)
+    ax.set_yticks(range(k), labels=list(class_names), fontsize=fontsize + 1)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    how = {None: "counts", "true": "share of each true class", "pred": "share of each prediction",
+           "all": "share of all"}
+    ax.set_title(f"{title} ({how[normalize]})", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def per_tile_metrics(tiles: Iterable[tuple], class_ids: Sequence[int], ignore_id: int | None = IGNORE_ID) -> list[dict]:
+    """mIoU and pixel accuracy of each (tile_id, y_true, y_pred), worst first (lowest mIoU, ties by tile id),
+    to point reviewers at the tiles to look at. Tiles with no labelled pixel (NaN) come last."""
+    rows = []
+    for tile_id, y_true, y_pred in tiles:
+        cm = confusion_matrix(y_true, y_pred, class_ids, ignore_id)
+        head = _headline(cm, _class_stats(cm))
+        rows.append(dict(tile_id=tile_id, miou=head["miou"], pixel_accuracy=head["pixel_accuracy"],
+                         pixels=int(cm.sum())))
+    return sorted(rows, key=lambda r: (np.isnan(r["miou"]), 0.0 if np.isnan(r["miou"]) else r["miou"], r["tile_id"]))
