@@ -8,6 +8,7 @@ import dagster as dg
 
 from geoseg_assets.assets.datasets import dataset
 from geoseg_assets.assets.masks import import_labels_job, masks
+from geoseg_assets.assets.models import model, model_evaluation
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
 from geoseg_assets.checks import (
@@ -17,10 +18,12 @@ from geoseg_assets.checks import (
     scene_integrity,
     tile_stats_sanity,
 )
-from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
+from geoseg_assets.sensors import label_change_sensor, new_scene_sensor, run_failure_notifier
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
+from resources.mlflow_tracking import MlflowTracking
+from resources.notifier import Notifier
 from resources.scene_sources import LandingFolderSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +37,17 @@ def default_data_dir() -> Path:
 def default_resources(data_dir: Path) -> dict:
     """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
     labels in `<data>/labels.gpkg`, the synthetic source's class map, this repository as the DVC
-    repo with its default remote `<repo>/data/dvc-remote`."""
+    repo with its default remote `<repo>/data/dvc-remote`, a local SQLite MLflow store under
+    `<data>/mlflow`, failure notices in the log only."""
     return {
         "data_store": DataStore(root=str(data_dir / "store")),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
         "label_store": GeoPackageLabelStore(path=str(data_dir / "labels.gpkg")),
         "class_map": ClassMapResource(),
         "dvc": DvcStore(repo_dir=str(REPO_ROOT)),
+        "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
+                                          artifact_location=str(data_dir / "mlflow" / "artifacts")),
+        "notifier": Notifier(),
     }
 
 
@@ -57,6 +64,14 @@ dataset_job = dg.define_asset_job(
     description="Build the training set from every labelled partition and version it with DVC.",
 )
 
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets(model, model_evaluation),
+    tags={"geoseg/heavy": "true"},
+    description="Train a challenger, evaluate it on the test split and promote it if it beats the champion. "
+    "Launch it several times with different `model` configs for a batch of experiments.",
+)
+
 imagery_job = dg.define_asset_job(
     "imagery_job",
     selection=dg.AssetSelection.assets(scenes, tiles, masks),
@@ -68,11 +83,11 @@ imagery_job = dg.define_asset_job(
 def build_defs(resources: dict) -> dg.Definitions:
     """The code location with the given resources (tests and other deployments swap them)."""
     return dg.Definitions(
-        assets=[scenes, tiles, masks, dataset],
+        assets=[scenes, tiles, masks, dataset, model, model_evaluation],
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
                       dataset_class_coverage],
-        sensors=[new_scene_sensor, label_change_sensor, automation_sensor],
-        jobs=[imagery_job, import_labels_job, dataset_job],
+        sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier],
+        jobs=[imagery_job, import_labels_job, dataset_job, training_job],
         resources=resources,
     )
 

@@ -189,6 +189,10 @@ class DvcStore(ConfigurableResource):
         self._dvc("pull", *(["--force"] if force else []), stage)
         return self.stage_out(stage)
 
+    def commit_of_code(self) -> str:
+        """The git commit of repo_dir (the code that builds and trains), for lineage tags."""
+        return git_commit(self._root())
+
     def version(self, stage: str) -> str | None:
         """The hash dvc.lock records for the stage's output (no re-hashing), or None if never committed."""
         try:
@@ -203,3 +207,15 @@ class DvcStore(ConfigurableResource):
             return DvcVersion(md5=out["md5"], pointer=lock, size=out.get("size"), nfiles=out.get("nfiles"))
         except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
             raise DvcError(f"{lock} has no recorded output of stage {stage!r} ({err!r}); commit the stage first") from err
+
+
+def git_commit(repo_dir: str | Path) -> str:
+    """HEAD commit of the repository (with `-dirty` when tracked files have local changes), or "unknown"."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha

@@ -60,6 +60,24 @@ class MlflowTracking(ConfigurableResource):
 
         return mlflow.pytorch.log_model(model, name="model", input_example=input_example, serialization_format="pickle")
 
+    def log_png(self, png: bytes, artifact_file: str) -> None:
+        """Log PNG bytes as an image artifact of the active run."""
+        import io
+
+        import mlflow
+        from PIL import Image
+
+        mlflow.log_image(Image.open(io.BytesIO(png)), artifact_file)
+
+    def read_json_artifact(self, run_id: str, path: str) -> dict:
+        """A JSON artifact of a run."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client().download_artifacts(run_id, path, tmp)
+            return json.loads(Path(local).read_text())
+
     def register(self, model_uri: str, alias: str = CHALLENGER) -> str:
         """Register a logged model as a new version and point `alias` at it; returns the version."""
         import mlflow

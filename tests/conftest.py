@@ -78,13 +78,18 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
 
 def with_test_resources(resources: dict) -> dict:
     """Fill in what a test does not exercise: a GeoPackage label store next to the data store, the
-    default class map, and a DVC store on that folder (only used when `dataset` is materialized)."""
+    default class map, a DVC store on that folder, a local MLflow store and a log-only notifier."""
     from resources.dvc_store import DvcStore
     from resources.label_store import ClassMapResource, GeoPackageLabelStore
+    from resources.mlflow_tracking import MlflowTracking
+    from resources.notifier import Notifier
 
     root = Path(resources["data_store"].root).parent
     return {"label_store": GeoPackageLabelStore(path=str(root / "labels.gpkg")), "class_map": ClassMapResource(),
-            "dvc": DvcStore(repo_dir=str(root)), **resources}
+            "dvc": DvcStore(repo_dir=str(root)), "notifier": Notifier(),
+            "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                                              artifact_location=str(root / "mlflow-artifacts")),
+            **resources}
 
 
 def materialize_partition(instance, resources, region, date, *, raise_on_error=True, selection=None):

@@ -14,6 +14,8 @@ from geoseg_assets.definitions import build_defs
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
+from resources.mlflow_tracking import MlflowTracking
+from resources.notifier import Notifier
 from resources.scene_sources import SyntheticSource
 from tests.conftest import materialize_partition
 from tests.test_masks import import_truth
@@ -54,6 +56,9 @@ def project(tmp_path_factory):
         "label_store": GeoPackageLabelStore(path=str(tmp / "labels.gpkg")),
         "class_map": ClassMapResource(),
         "dvc": DvcStore(repo_dir=str(repo), remote_url=str(tmp / "remote")),
+        "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+                                          artifact_location=str(tmp / "mlflow-artifacts")),
+        "notifier": Notifier(),
     }
     instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):

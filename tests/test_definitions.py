@@ -33,14 +33,18 @@ def test_graph_has_the_assets_checks_sensors_and_lineage():
     from geoseg_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"scenes", "tiles", "masks", "dataset"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"scenes", "tiles", "masks", "dataset", "model",
+                                                                       "model_evaluation"}
+    assert graph.get(dg.AssetKey("model_evaluation")).parent_keys == {dg.AssetKey("model")}
     assert graph.get(dg.AssetKey("dataset")).parent_keys == {dg.AssetKey("tiles"), dg.AssetKey("masks")}
     assert graph.get(dg.AssetKey("tiles")).parent_keys == {dg.AssetKey("scenes")}
     assert graph.get(dg.AssetKey("masks")).parent_keys == {dg.AssetKey("scenes")}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {("scenes", "scene_integrity"), ("tiles", "tile_stats_sanity"), ("masks", "label_geometries_valid"),
-                      ("dataset", "dataset_no_leakage"), ("dataset", "dataset_class_coverage")}
-    assert {s.name for s in defs.sensors} == {"new_scene_sensor", "label_change_sensor", "geoseg_automation_sensor"}
+                      ("dataset", "dataset_no_leakage"), ("dataset", "dataset_class_coverage"),
+                      ("model_evaluation", "min_test_miou")}
+    assert {s.name for s in defs.sensors} == {"new_scene_sensor", "label_change_sensor", "geoseg_automation_sensor",
+                                              "run_failure_notifier"}
     assert defs.resolve_sensor_def("geoseg_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 
@@ -89,7 +93,7 @@ def test_webserver_serves_the_code_location(tmp_path):
             time.sleep(1)
         assert payload is not None, "webserver did not answer"
         nodes = {"/".join(n["assetKey"]["path"]): n for n in payload["data"]["assetNodes"]}
-        assert set(nodes) == {"scenes", "tiles", "masks", "dataset"}
+        assert set(nodes) == {"scenes", "tiles", "masks", "dataset", "model", "model_evaluation"}
         assert nodes["tiles"]["groupName"] == "imagery"
         assert "region" in nodes["scenes"]["partitionDefinition"]["description"]
     finally:

@@ -1,0 +1,218 @@
+"""`model` (train + register a challenger in MLflow) and `model_evaluation` (test metrics + promotion)."""
+
+import hashlib
+import json
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from geoseg_assets import metadata as md
+from geoseg_assets.assets.datasets import DVC_STAGE, dataset
+from resources.data_store import DataStore
+from resources.dvc_store import DvcStore
+from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking
+
+HEAVY = {"geoseg/heavy": "true"}  # dagster.yaml lets one heavy run at a time
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+class ModelConfig(dg.Config):
+    """A training run: network, inputs and optimisation (editable in the launchpad)."""
+
+    architecture: str = Field(default="unet", description="unet, unetplusplus, fpn or deeplabv3plus.")
+    encoder: str = Field(default="resnet18", description="smp encoder name (weights are never downloaded).")
+    encoder_depth: int = Field(default=4, ge=3, le=5, description="Encoder stages (fewer = faster on CPU).")
+    indices: list[str] = Field(default=["NDVI", "NDWI"], description="Spectral indices appended as input channels.")
+    epochs: int = Field(default=12, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int | None = Field(default=5, description="Epochs without val mIoU gain before stopping (None = never).")
+    crop: int | None = Field(default=None, description="Random train crop size in pixels.")
+    max_steps_per_epoch: int | None = Field(default=None, description="Cap steps per epoch (quick experiments).")
+    weights_path: str | None = Field(default=None, description="Local weights (encoder or whole model) to start from.")
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda.")
+
+
+def train_config(config: ModelConfig, checkpoint_dir: str):
+    from geoseg_assets.ml.train import TrainConfig
+
+    decoder = {3: (64, 32, 16), 4: (128, 64, 32, 16), 5: (256, 128, 64, 32, 16)}[config.encoder_depth]
+    kwargs = {"encoder_depth": config.encoder_depth}
+    if config.architecture.lower() in ("unet", "unetplusplus"):
+        kwargs["decoder_channels"] = decoder
+    return TrainConfig(
+        architecture=config.architecture, encoder=config.encoder, model_kwargs=kwargs, indices=tuple(config.indices),
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        seed=config.seed, patience=config.patience, crop=config.crop, device=config.device,
+        checkpoint_dir=checkpoint_dir, max_steps_per_epoch=config.max_steps_per_epoch, weights_path=config.weights_path,
+    )
+
+
+def checkpoint_key(config: ModelConfig, dataset_version: str) -> str:
+    """Same config + same dataset -> same checkpoint folder, so a retried run resumes instead of restarting."""
+    return hashlib.sha256(json.dumps([config.model_dump(), dataset_version], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dg.asset(
+    deps=[dataset],
+    kinds={"pytorch", "mlflow"},
+    group_name="models",
+    op_tags=HEAVY,
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=1),
+    description="An smp network trained on the dataset (checkpoint every epoch; a retry resumes), tracked in MLflow "
+    "(params, per-epoch metrics, dataset DVC version, git commit, Dagster run) and registered with alias `challenger`.",
+)
+def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: DataStore, dvc: DvcStore,
+          mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    import mlflow
+    import torch
+
+    from geoseg_assets.ml.data import load_manifest
+    from geoseg_assets.ml.models import build_model
+    from geoseg_assets.ml.plots import curves_png
+    from geoseg_assets.ml.train import train
+
+    dataset_dir = data_store.partition_dir("dataset")
+    if not (dataset_dir / "manifest.json").exists():
+        raise dg.Failure(f"{dataset_dir}: no dataset; materialize `dataset` first", allow_retries=False)
+    manifest = load_manifest(dataset_dir)
+    dataset_version = dvc.version(DVC_STAGE) or "unversioned"
+    key = checkpoint_key(config, dataset_version)
+    checkpoints = data_store.partition_dir("models") / "checkpoints" / key
+    tags = {
+        "geoseg.dataset_version": dataset_version,
+        "geoseg.git_commit": dvc.commit_of_code(),
+        "geoseg.dagster_run_id": context.run_id,
+        "geoseg.partitions": ",".join(sorted({f"{p['region']}/{p['date']}" for p in manifest["partitions"]})),
+        "geoseg.checkpoint_key": key,
+    }
+    with mlflow_tracking.run(run_name=f"{config.architecture}-{config.encoder}-{key[:6]}", tags=tags) as run:
+        mlflow.log_params({**{k: v for k, v in config.model_dump().items() if v is not None}, "bands": manifest["band_names"]})
+
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch)
+            context.log.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                            if isinstance(v, float)))
+
+        result = train(train_config(config, str(checkpoints)), dataset_dir, on_epoch=on_epoch)
+        if result.resumed_from is not None:
+            mlflow.set_tag("geoseg.resumed_from_epoch", str(result.resumed_from))
+        best = torch.load(result.best_state_path, map_location="cpu", weights_only=True)
+        channels = best["in_channels"]
+        net = build_model(best["architecture"], best["encoder"], channels, best["num_classes"], **best["model_kwargs"])
+        net.load_state_dict(best["model"])
+        net.eval()
+        h, w = manifest["tile_shape"]
+        preprocessing = {"band_names": manifest["band_names"], "mean": manifest["norm"]["mean"],
+                         "std": manifest["norm"]["std"], "indices": list(config.indices),
+                         "class_ids": sorted(manifest["class_map"]["classes"].values()),
+                         "class_map": manifest["class_map"], "tile_shape": manifest["tile_shape"]}
+        mlflow.log_dict(preprocessing, PREPROCESSING_FILE)
+        png = curves_png(result.history)
+        mlflow_tracking.log_png(png, "curves.png")
+        mlflow.log_metric("best_val_miou", result.best_miou)
+        info = mlflow_tracking.log_model(net, np.zeros((1, channels, h, w), dtype=np.float32))
+        version = mlflow_tracking.register(info.model_uri, CHALLENGER)
+        run_id = run.info.run_id
+    context.log.info(f"registered {mlflow_tracking.model_name} v{version} as {CHALLENGER} (best val mIoU {result.best_miou:.4f})")
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": mlflow_tracking.tracking_uri,
+            "model_name": mlflow_tracking.model_name,
+            "model_version": version,
+            "best_val_miou": dg.MetadataValue.float(float(result.best_miou)),
+            "epochs_run": result.epochs_run,
+            "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else "none",
+            "dataset_version": dataset_version,
+            "git_commit": tags["geoseg.git_commit"],
+            "curves": md.image(png, "training curves"),
+        },
+        data_version=dg.DataVersion(f"{mlflow_tracking.model_name}-v{version}"),
+    )
+
+
+class EvaluationConfig(dg.Config):
+    """The promotion gate."""
+
+    margin: float = Field(default=0.005, ge=0, description="A challenger must beat the champion's test mIoU by more than this.")
+    min_miou: float = Field(default=0.5, ge=0, le=1, description="Blocking: below this test mIoU no model is promoted.")
+    gallery_tiles: int = Field(default=4, ge=1, le=12, description="Worst tiles shown in the gallery.")
+
+
+@dg.asset(
+    deps=[model],
+    kinds={"mlflow"},
+    group_name="models",
+    op_tags=HEAVY,
+    check_specs=[dg.AssetCheckSpec("min_test_miou", asset="model_evaluation", blocking=True,
+                                   description="The challenger's test mIoU reaches the configured minimum.")],
+    description="Test-split metrics of the challenger (per class, per tile, confusion matrix, worst-tile gallery), "
+    "logged to its MLflow run; it becomes `champion` only if there is none or it beats the champion by the margin.",
+)
+def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, data_store: DataStore,
+                     mlflow_tracking: MlflowTracking):
+    import mlflow
+
+    from geoseg_assets.ml.evaluate import evaluate_split
+    from geoseg_assets.ml.promotion import decide_promotion
+
+    challenger = mlflow_tracking.alias_version(CHALLENGER)
+    if challenger is None:
+        raise dg.Failure(f"no `{CHALLENGER}` version of {mlflow_tracking.model_name}; materialize `model` first",
+                         allow_retries=False)
+    client = mlflow_tracking.client()
+    preprocessing = mlflow_tracking.read_json_artifact(challenger.run_id, PREPROCESSING_FILE)
+    net = mlflow_tracking.load(CHALLENGER)
+    report = evaluate_split(net, data_store.partition_dir("dataset"), "test", preprocessing["indices"], config.gallery_tiles)
+    test_miou = report.metrics["miou"]
+
+    champion = mlflow_tracking.alias_version(CHAMPION)
+    champion_score = None
+    if champion is not None and str(champion.version) != str(challenger.version):
+        champion_score = client.get_run(champion.run_id).data.metrics.get("test_miou")
+    passes_floor = test_miou >= config.min_miou
+    decision = decide_promotion(test_miou, champion_score, config.margin)
+    promoted = decision.promote and passes_floor
+    if champion is not None and str(champion.version) == str(challenger.version):
+        promoted, reason = True, "challenger already is the champion"
+    else:
+        reason = decision.reason if passes_floor else f"test mIoU {test_miou:.4f} is below the minimum {config.min_miou}"
+    if promoted:
+        mlflow_tracking.set_alias(CHAMPION, str(challenger.version))
+
+    mlflow.set_tracking_uri(mlflow_tracking.tracking_uri)
+    with mlflow.start_run(run_id=challenger.run_id):
+        mlflow.log_metrics({"test_miou": test_miou, "test_fwiou": report.metrics["fwiou"],
+                            "test_pixel_accuracy": report.metrics["pixel_accuracy"],
+                            **{f"test_iou_{n}": v["iou"] for n, v in report.metrics["per_class"].items() if v["iou"] == v["iou"]}})
+        mlflow.log_dict(report.per_tile, "evaluation/per_tile.json")
+        mlflow.log_dict({"promoted": promoted, "reason": reason, "champion_score": champion_score}, "evaluation/promotion.json")
+        mlflow_tracking.log_png(report.confusion_png, "evaluation/confusion_matrix.png")
+        mlflow_tracking.log_png(report.gallery_png, "evaluation/worst_tiles.png")
+        mlflow.set_tag("geoseg.promotion", "champion" if promoted else "rejected")
+
+    worst = report.per_tile[:10]
+    table = "| tile | mIoU | pixel acc |\n|---|---|---|\n" + "\n".join(
+        f"| {t['tile_id']} | {t['miou']:.3f} | {t['pixel_accuracy']:.3f} |" for t in worst)
+    yield dg.MaterializeResult(
+        metadata={
+            "model_version": str(challenger.version),
+            "test_miou": dg.MetadataValue.float(float(test_miou)),
+            "test_fwiou": dg.MetadataValue.float(float(report.metrics["fwiou"])),
+            "test_pixel_accuracy": dg.MetadataValue.float(float(report.metrics["pixel_accuracy"])),
+            "per_class_iou": {n: round(v["iou"], 4) for n, v in report.metrics["per_class"].items() if v["iou"] == v["iou"]},
+            "champion_test_miou": champion_score if champion_score is not None else "none",
+            "promoted": promoted,
+            "promotion_reason": reason,
+            "worst_tiles": dg.MetadataValue.md(table),
+            "confusion_matrix": md.image(report.confusion_png, "confusion matrix"),
+            "worst_tiles_gallery": md.image(report.gallery_png, "worst tiles"),
+            "mlflow_run_id": challenger.run_id,
+        }
+    )
+    yield dg.AssetCheckResult(check_name="min_test_miou", passed=bool(passes_floor),
+                              metadata={"test_miou": float(test_miou), "minimum": config.min_miou})

@@ -1,0 +1,260 @@
+"""ML data: normalization by hand, spectral indices, mask-aligned augmentation, class-id mapping with
+the ignore id kept, shard reading, and loaders that are reproducible for a seed."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg_assets.ml.data import (
+    IGNORE_INDEX,
+    Augment,
+    Normalizer,
+    ShardDataset,
+    make_loaders,
+    set_epoch,
+)
+from geoseg_assets.ml.indices import compute_indices, index_names
+
+BANDS = ["B", "G", "R", "NIR"]
+CLASSES = {"water": 1, "built_up": 4, "bare": 6}  # non-contiguous ids on purpose
+# Mean reflectance x 10000 per class (B, G, R, NIR), like geo/synthetic.py: separable per pixel.
+SPECTRA = {1: (620, 540, 330, 180), 4: (1350, 1400, 1450, 1750), 6: (1050, 1300, 1650, 2100)}
+IGNORE = 255
+
+
+def write_dataset(root: Path, counts=None, size: int = 32, seed: int = 0, per_shard: int = 3,
+                  classes=None, coords: bool = False) -> Path:
+    """A dataset folder in the format of geo/dataset.py: blocky class layouts, class spectra + noise,
+    an ignored (255) strip with nodata (0) pixels, several shards per split, train-only norm stats.
+
+    With `coords`, band 0/1 hold each pixel's row/col and the mask is a function of (row, col)."""
+    counts = counts or {"train": 8, "val": 4, "test": 3}
+    classes = classes or CLASSES
+    ids = sorted(classes.values())
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    splits, moments, class_px = {}, [], {}
+    rows, cols = np.mgrid[0:size, 0:size]
+    for split, n in counts.items():
+        shards, tiles = [], []
+        images = np.zeros((n, len(BANDS), size, size), dtype=np.uint16)
+        masks = np.zeros((n, size, size), dtype=np.uint8)
+        for i in range(n):
+            if coords:
+                masks[i] = np.asarray(ids, dtype=np.uint8)[(rows // 4 + 2 * (cols // 4) + i) % len(ids)]
+                images[i, 0], images[i, 1] = rows + 1, cols + 1
+                images[i, 2:] = rng.integers(100, 3000, size=(len(BANDS) - 2, size, size))
+            else:
+                blocks = rng.choice(ids, size=(size // 8, size // 8)).astype(np.uint8)
+                masks[i] = np.kron(blocks, np.ones((8, 8), dtype=np.uint8))
+                spectra = np.zeros((len(BANDS), size, size))
+                for cid in ids:
+                    spectra[:, masks[i] == cid] = np.asarray(SPECTRA[cid], dtype=float)[:, None]
+                noise = 1 + 0.05 * rng.standard_normal(spectra.shape)
+                images[i] = np.clip(spectra * noise, 1, 60000).astype(np.uint16)
+            masks[i, :, : size // 8] = IGNORE  # unlabelled strip ...
+            if not coords:
+                images[i, :, : size // 16, : size // 8] = 0  # ... part of it nodata
+        for s, start in enumerate(range(0, n, per_shard)):
+            stop = min(n, start + per_shard)
+            names = {k: f"{k}-{split}-{s:05d}.npy" for k in ("images", "masks")}
+            np.save(root / names["images"], images[start:stop])
+            np.save(root / names["masks"], masks[start:stop])
+            shards.append({**names, "count": stop - start})
+            tiles += [{"tile_id": f"{split}_{j}", "region": "r", "date": "d", "shard": s, "offset": j - start}
+                      for j in range(start, stop)]
+        splits[split] = {"shards": shards, "tiles": tiles, "tile_count": n}
+        bincount = np.bincount(masks.ravel(), minlength=256)
+        class_px[split] = {"pixels": {name: int(bincount[cid]) for name, cid in classes.items()},
+                           "ignored_pixels": int(bincount[IGNORE])}
+        if split == "train":
+            moments = np.moveaxis(images, 1, 0)[:, masks != IGNORE].astype(np.float64)
+    manifest = {
+        "format_version": 1, "dtype": "uint16", "band_names": BANDS, "tile_shape": [size, size],
+        "class_map": {"classes": classes, "ignore_id": IGNORE},
+        "norm": {"split": "train", "mean": moments.mean(axis=1).tolist(), "std": moments.std(axis=1).tolist()},
+        "class_distribution": class_px, "splits": splits,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return write_dataset(tmp_path / "ds")
+
+
+def test_normalization_equals_hand_computation_and_indices_are_appended():
+    mean, std = [500.0, 750.0, 670.0, 2200.0], [220.0, 225.0, 367.0, 834.0]
+    norm = Normalizer(tuple(BANDS), tuple(mean), tuple(std), ("NDVI", "ndwi"))
+    raw = np.random.default_rng(0).integers(0, 5000, size=(2, 4, 8, 8)).astype(np.uint16)
+    out = norm.prepare(torch.from_numpy(raw.astype(np.int32)))
+    assert out.dtype == torch.float32 and out.shape == (2, 6, 8, 8)
+    expected = (raw.astype(np.float64) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(out[:, :4].numpy(), expected, rtol=1e-5, atol=1e-5)
+    nir, red, green = (raw[:, i].astype(np.float64) for i in (3, 2, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ndvi = np.where(nir + red > 0, (nir - red) / (nir + red), 0.0)
+    np.testing.assert_allclose(out[:, 4].numpy(), ndvi, rtol=1e-5, atol=1e-6)
+    # numpy input, a single (C, H, W) image, and a round trip through the checkpoint form give the same
+    assert torch.allclose(norm.prepare(raw[0]), out[0])
+    assert Normalizer.from_dict(json.loads(json.dumps(norm.to_dict()))) == norm
+    assert norm.in_channels == 6 and norm.channel_names == [*BANDS, "NDVI", "NDWI"]
+    with pytest.raises(ValueError, match="4 bands"):
+        norm.prepare(torch.zeros(1, 3, 8, 8))
+
+
+def test_indices_of_known_values_and_safe_division():
+    # pixel 0: NIR 0.5, R 0.1, G 0.2; pixel 1: all zero (nodata) -> 0, never nan
+    x = torch.tensor([[[0.05, 0.0]], [[0.2, 0.0]], [[0.1, 0.0]], [[0.5, 0.0]]])  # (C=4, H=1, W=2)
+    out = compute_indices(x, BANDS, ["NDVI", "NDWI"])
+    assert out.shape == (2, 1, 2)
+    assert out[0, 0, 0].item() == pytest.approx((0.5 - 0.1) / 0.6)
+    assert out[1, 0, 0].item() == pytest.approx((0.2 - 0.5) / 0.7)
+    assert out[:, 0, 1].tolist() == [0.0, 0.0] and torch.isfinite(out).all()
+    # named bands are found wherever they are and under aliases
+    swapped = compute_indices(x.flip(0)[None], ["nir", "red", "green", "blue"], ["ndvi"])
+    assert swapped[0, 0, 0, 0].item() == pytest.approx((0.5 - 0.1) / 0.6)
+    assert index_names(BANDS) == ["NDVI", "NDWI"]
+    assert set(index_names(["G", "R", "NIR", "SWIR1", "SWIR2"])) == {"NDVI", "NDWI", "MNDWI", "NDBI", "NBR"}
+
+
+def test_missing_band_or_unknown_index_is_a_clear_error():
+    x = torch.ones(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="NDBI needs band 'SWIR1'") as err:
+        compute_indices(x, BANDS, ["NDVI", "NDBI"])
+    assert "['B', 'G', 'R', 'NIR']" in str(err.value)
+    with pytest.raises(ValueError, match="needs band 'NIR'"):
+        Normalizer(("B", "G", "R"), (0.0,) * 3, (1.0,) * 3, ("NDVI",))
+    with pytest.raises(ValueError, match="unknown spectral index 'EVI'.*NDVI"):
+        compute_indices(x, BANDS, ["EVI"])
+
+
+def test_augmentation_moves_image_and_mask_together():
+    size, crop = 16, 12
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    image = torch.stack([rows, cols]).float()
+    mask = rows * size + cols  # unique per pixel
+    aug = Augment(crop=crop)
+    seen = set()
+    for seed in range(40):
+        img, msk = aug(image, mask, torch.Generator().manual_seed(seed))
+        assert img.shape == (2, crop, crop) and msk.shape == (crop, crop)
+        assert torch.equal(img[0].long() * size + img[1].long(), msk)  # every pixel still has its label
+        # a rigid move of a crop: neighbours stay neighbours
+        steps = (img[:, 1:, :] - img[:, :-1, :]).abs().sum(0)
+        assert (steps == 1).all()
+        corner = (int(msk[0, 0]), int(msk[0, 1]), int(msk[1, 0]))
+        seen.add(corner)
+    # flips/rotations and crop offsets really vary (8 orientations x several offsets)
+    assert len(seen) > 20
+    # the same generator seed gives the same result
+    a = aug(image, mask, torch.Generator().manual_seed(7))
+    b = aug(image, mask, torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_dataset_augmentation_keeps_labels_on_their_pixels(tmp_path):
+    root = write_dataset(tmp_path / "coords", coords=True, counts={"train": 4, "val": 1, "test": 1})
+    train, _, _, info = make_loaders(root, batch_size=2, crop=16, seed=3)
+    norm = info.normalizer
+    mean, std = torch.tensor(norm.mean)[:2, None, None], torch.tensor(norm.std)[:2, None, None]
+    ids = torch.tensor(info.class_ids)
+    oriented = set()
+    for epoch in (1, 2):
+        set_epoch(train, epoch)
+        for x, y in train:
+            assert x.shape == (2, 4, 16, 16) and y.shape == (2, 16, 16) and y.dtype == torch.int64
+            rc = (x[:, :2] * std + mean).round().long() - 1  # back to each pixel's (row, col)
+            row, col = rc[:, 0], rc[:, 1]
+            assert (row >= 0).all() and (row < 32).all()
+            for b in range(2):
+                labelled = y[b] != IGNORE_INDEX
+                assert ((col[b] < 4) == ~labelled).all()  # the ignored strip moved with the pixels
+                # the label each pixel had where it came from (tile index unknown: it is one of 3 shifts)
+                fits = [torch.equal(y[b][labelled], ((row[b] // 4 + 2 * (col[b] // 4) + i) % 3)[labelled])
+                        for i in range(3)]
+                assert any(fits)
+                oriented.add((int(row[b, 0, 0] - row[b, 0, 1]), int(col[b, 0, 0] - col[b, 0, 1])))
+    assert len(oriented) > 1  # augmentation did something
+    assert ids.tolist() == [1, 4, 6]
+
+
+def test_class_ids_map_to_contiguous_indices_and_ignore_stays(dataset):
+    ds = ShardDataset(dataset, "val")
+    assert ds.class_ids == (1, 4, 6) and ds.class_names == ("water", "built_up", "bare")
+    for i in range(len(ds)):
+        raw_image, raw_mask = ds.raw(i)
+        image, mask = ds[i]
+        assert image.dtype == torch.float32 and mask.dtype == torch.int64
+        for idx, cid in enumerate(ds.class_ids):
+            assert torch.equal(mask == idx, torch.from_numpy(raw_mask == cid))
+        assert torch.equal(mask == IGNORE_INDEX, torch.from_numpy(raw_mask == IGNORE))
+        assert (raw_mask == IGNORE).any() and set(mask.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}
+        assert torch.allclose(image, ds.normalizer.prepare(torch.from_numpy(raw_image.astype(np.float32))))
+
+
+def test_shard_dataset_reads_every_tile_across_shards(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    ds = ShardDataset(dataset, "train")
+    assert len(ds) == 8 and len(manifest["splits"]["train"]["shards"]) == 3
+    for i, tile in enumerate(manifest["splits"]["train"]["tiles"]):
+        shard = manifest["splits"]["train"]["shards"][tile["shard"]]
+        np.testing.assert_array_equal(ds.raw(i)[0], np.load(dataset / shard["images"])[tile["offset"]])
+        np.testing.assert_array_equal(ds.raw(i)[1], np.load(dataset / shard["masks"])[tile["offset"]])
+    with pytest.raises(IndexError):
+        ds.raw(8)
+
+
+def _batches(loader, epoch):
+    set_epoch(loader, epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_loaders_are_deterministic_for_a_seed(dataset):
+    a = make_loaders(dataset, batch_size=3, indices=("NDVI",), crop=16, seed=0)
+    b = make_loaders(dataset, batch_size=3, indices=("NDVI",), crop=16, seed=0)
+    c = make_loaders(dataset, batch_size=3, indices=("NDVI",), crop=16, seed=1)
+    info = a[3]
+    assert info.in_channels == 5 and info.num_classes == 3 and info.split_sizes == {"train": 8, "val": 4, "test": 3}
+    assert len(a[0]) == 2  # 8 tiles, batches of 3, the incomplete last one dropped
+    first = _batches(a[0], 1)
+    assert all(x.shape == (3, 5, 16, 16) for x, _ in first)
+    for x, y in first:
+        assert torch.isfinite(x).all()
+    same = _batches(b[0], 1)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(first, same))
+    assert not torch.equal(first[0][0], _batches(a[0], 2)[0][0])  # another epoch, another draw
+    assert not torch.equal(first[0][0], _batches(c[0], 1)[0][0])  # another seed, another draw
+    assert torch.equal(_batches(a[0], 2)[1][1], _batches(b[0], 2)[1][1])
+    # val/test: whole tiles in manifest order, no augmentation, same whatever the seed or epoch
+    val_a, val_c = _batches(a[1], 1), _batches(c[1], 5)
+    assert [x.shape for x, _ in val_a] == [(3, 5, 32, 32), (1, 5, 32, 32)]
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(val_a, val_c))
+    ds = ShardDataset(dataset, "val", info.normalizer)
+    assert torch.equal(val_a[0][1][0], ds[0][1]) and torch.equal(val_a[0][0][2], ds[2][0])
+    with pytest.raises(ValueError, match="crop"):
+        make_loaders(dataset, batch_size=2, crop=64)
+
+
+def test_reads_a_dataset_built_by_the_pipeline(tmp_path):
+    from geoseg_assets.geo.dataset import build_dataset
+    from geoseg_assets.geo.synthetic import BAND_NAMES, CLASSES as SYN_CLASSES
+    from tests.test_dataset_build import make_partition
+
+    parts = [make_partition(tmp_path, "alpha", d, width=256, height=256) for d in ("2024-04-15", "2024-06-15")]
+    classes = {k: v for k, v in SYN_CLASSES.items() if k != "bare"}  # too small to hold bare soil
+    summary = build_dataset(parts, tmp_path / "ds", classes, list(BAND_NAMES), block_size_m=1280.0)
+    train, val, _, info = make_loaders(summary.out_dir, batch_size=2, indices=("NDVI", "NDWI"), seed=0)
+    assert info.class_ids == tuple(sorted(classes.values())) and info.in_channels == 6
+    assert info.split_sizes["val"] > 0 and info.tile_shape == (128, 128)
+    x, y = next(iter(val))
+    assert x.shape[1:] == (6, 128, 128) and torch.isfinite(x).all()
+    assert set(y.unique().tolist()) <= {*range(len(classes)), IGNORE_INDEX}
+    raw_image, raw_mask = val.dataset.raw(0)  # uint16 pixels as the pipeline stored them
+    assert raw_image.dtype == np.uint16
+    assert torch.allclose(x[0], info.normalizer.prepare(raw_image))
+    assert torch.equal(y[0] == IGNORE_INDEX, torch.from_numpy(raw_mask == 255))

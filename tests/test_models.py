@@ -1,0 +1,77 @@
+"""`model` + `model_evaluation` through Dagster, DVC and a real MLflow store: lineage tags, promotion,
+the blocking minimum-mIoU check, and the failure notification."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+
+from geoseg_assets.definitions import build_defs
+from geoseg_assets.sensors import run_failure_notifier
+from resources.mlflow_tracking import CHAMPION
+from resources.notifier import Notifier
+from tests.test_dataset_asset import build, git, project  # noqa: F401  (module fixture reused)
+
+QUICK = {"architecture": "unet", "encoder": "resnet18", "encoder_depth": 3, "epochs": 2, "batch_size": 4,
+         "max_steps_per_epoch": 2, "indices": ["NDVI"]}
+
+
+def train_and_evaluate(project, min_miou, **model):
+    _, _, instance, resources = project
+    job = build_defs(resources).resolve_job_def("training_job")
+    return job.execute_in_process(instance=instance, raise_on_error=False, run_config=dg.RunConfig(ops={
+        "model": {"config": {**QUICK, **model}}, "model_evaluation": {"config": {"min_miou": min_miou}}}))
+
+
+def test_training_records_lineage_and_promotes_only_past_the_floor(project):
+    repo, _, instance, resources = project
+    build(project)
+    tracking = resources["mlflow_tracking"]
+    result = train_and_evaluate(project, min_miou=0.0)
+    assert result.success
+    meta = result.asset_materializations_for_node("model")[0].metadata
+    evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
+    run = tracking.client().get_run(meta["mlflow_run_id"].value)
+    assert run.data.tags["geoseg.dataset_version"] == resources["dvc"].version("dataset")
+    assert run.data.tags["geoseg.git_commit"].startswith(git(repo, "rev-parse", "HEAD").strip())
+    assert run.data.tags["geoseg.dagster_run_id"] == result.run_id
+    assert run.data.params["encoder"] == "resnet18" and "val_miou" in run.data.metrics
+    assert evaluation["promoted"].value is True and "no champion yet" in evaluation["promotion_reason"].value
+    assert str(tracking.alias_version(CHAMPION).version) == meta["model_version"].value
+    assert run.data.metrics["test_miou"] == evaluation["test_miou"].value
+
+    # A challenger below the floor: the blocking check fails the run and the champion stays.
+    failed = train_and_evaluate(project, min_miou=1.0, seed=1)
+    assert not failed.success
+    checks = {e.check_name: e.passed for e in failed.get_asset_check_evaluations()}
+    assert checks == {"min_test_miou": False}
+    assert str(tracking.alias_version(CHAMPION).version) == meta["model_version"].value
+
+    # The failure sensor tells people, naming job, assets and run.
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    failure = next(e for e in failed.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_notifier", dagster_event=failure, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(failed.run_id), resources={
+            "notifier": Notifier(webhook_url=f"http://127.0.0.1:{server.server_port}/hook")},
+    ).for_run_failure()
+    run_failure_notifier(context)
+    thread.join(timeout=10)
+    server.server_close()
+    assert len(received) == 1
+    text = received[0]["text"]
+    assert "training_job" in text and failed.run_id in text and "min_test_miou" in text
