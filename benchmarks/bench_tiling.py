@@ -58,11 +58,8 @@ def case_baseline(scene: Path, work: Path) -> dict:
 def case_pipeline(scene: Path, work: Path) -> dict:
     import dagster as dg
 
-    from geoseg_assets.definitions import build_defs
+    from geoseg_assets.definitions import build_defs, default_resources
     from geoseg_assets.partitions import partition_key
-    from resources.data_store import DataStore
-    from resources.dvc_store import DvcStore
-    from resources.label_store import ClassMapResource, GeoPackageLabelStore
     from resources.scene_sources import LandingFolderSource
 
     landing = work / "landing"
@@ -70,9 +67,7 @@ def case_pipeline(scene: Path, work: Path) -> dict:
     link = landing / "bench" / "2024-06-15" / scene.name
     if not link.exists():
         link.symlink_to(scene)
-    resources = {"data_store": DataStore(root=str(work / "store")), "scene_source": LandingFolderSource(root=str(landing)),
-                 "label_store": GeoPackageLabelStore(path=str(work / "labels.gpkg")), "class_map": ClassMapResource(),
-                 "dvc": DvcStore(repo_dir=str(work))}
+    resources = {**default_resources(work), "scene_source": LandingFolderSource(root=str(landing))}
     selection = [dg.AssetKey("scenes"), dg.AssetKey("tiles")]  # what the foundation issue benchmarks
     job = build_defs(resources).resolve_job_def("imagery_job")
     instance = dg.DagsterInstance.ephemeral()
