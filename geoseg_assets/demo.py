@@ -7,7 +7,9 @@ of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
 2. `import_labels_job` imports the synthetic ground truth of each synthetic region;
 3. `label_change_sensor` sees the new labels and re-runs only those regions' masks;
 4. `dataset_job` builds the spatially split training set and versions it with DVC (commit to
-   dvc.lock + push to the local remote `data/dvc-remote`).
+   dvc.lock + push to the local remote `data/dvc-remote`);
+5. `training_job` trains a Unet on CPU (about 4-5 minutes), logs it to the local MLflow store,
+   evaluates it on the test split and promotes it to `champion` if it passes the gate.
 It prints where the outputs are and how to open the UI.
 """
 
@@ -100,6 +102,18 @@ def main() -> int:
         print(f"  FAILED {'dataset':16} run {built.run_id[:8]}")
         failures.append("dataset")
 
+    trained = defs.resolve_job_def("training_job").execute_in_process(instance=instance, raise_on_error=False)
+    if trained.success:
+        model_meta = trained.asset_materializations_for_node("model")[0].metadata
+        evaluation = trained.asset_materializations_for_node("model_evaluation")[0].metadata
+        print(f"  ok     {'model':16} v{model_meta['model_version'].value}: best val mIoU "
+              f"{model_meta['best_val_miou'].value:.3f}, test mIoU {evaluation['test_miou'].value:.3f}, "
+              f"{'promoted to champion' if evaluation['promoted'].value else 'not promoted'} "
+              f"({evaluation['promotion_reason'].value})  run {trained.run_id[:8]}")
+    else:
+        print(f"  FAILED {'model':16} run {trained.run_id[:8]}")
+        failures.append("model")
+
     store = Path(resources["data_store"].root)
     print(f"\nDemo finished in {time.time() - started:.0f}s: {len(scene_tick.run_requests)} partitions, "
           f"{len(label_tick.run_requests)} mask updates, {len(failures)} failed.")
@@ -108,6 +122,8 @@ def main() -> int:
     print(f"  outputs        : {store}  (scenes/, tiles/, masks/ by region=/date=; dataset/)")
     print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote "
           "(`dvc pull dataset` restores it)")
+    print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  "
+          f"(`mlflow ui --backend-store-uri {resources['mlflow_tracking'].tracking_uri}`)")
     print(f"  Dagster home   : {instance.root_directory}")
     print("  open the UI    : make ui   -> http://127.0.0.1:3000")
     return 1 if failures else 0

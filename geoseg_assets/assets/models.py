@@ -22,11 +22,11 @@ class ModelConfig(dg.Config):
 
     architecture: str = Field(default="unet", description="unet, unetplusplus, fpn or deeplabv3plus.")
     encoder: str = Field(default="resnet18", description="smp encoder name (weights are never downloaded).")
-    encoder_depth: int = Field(default=4, ge=3, le=5, description="Encoder stages (fewer = faster on CPU).")
+    encoder_depth: int = Field(default=3, ge=3, le=5, description="Encoder stages (fewer = faster on CPU).")
     indices: list[str] = Field(default=["NDVI", "NDWI"], description="Spectral indices appended as input channels.")
-    epochs: int = Field(default=12, gt=0)
+    epochs: int = Field(default=15, gt=0)
     batch_size: int = Field(default=8, gt=0)
-    lr: float = Field(default=2e-3, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = 1e-4
     seed: int = 0
     patience: int | None = Field(default=5, description="Epochs without val mIoU gain before stopping (None = never).")

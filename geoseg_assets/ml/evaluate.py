@@ -61,7 +61,7 @@ def evaluate_split(net: torch.nn.Module, dataset_dir, split: str, indices, galle
     for t in per_tile[:gallery_tiles]:
         n, truth, pred = by_id[t["tile_id"]]
         raw, _ = data.raw(n)
-        rows.append((f"{t['tile_id']} mIoU {t['miou']:.2f}", _rgb(raw, manifest["band_names"]), truth, pred))
+        rows.append((f"{t['tile_id']}\nmIoU {t['miou']:.2f}", _rgb(raw, manifest["band_names"]), truth, pred))
     return EvalReport(metrics=metrics, per_tile=per_tile,
                       confusion_png=confusion_matrix_png(acc.matrix, list(data.class_names)),
                       gallery_png=gallery_png(rows, palette))

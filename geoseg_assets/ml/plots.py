@@ -39,13 +39,13 @@ def gallery_png(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], 
     from matplotlib.figure import Figure
 
     n = max(1, len(rows))
-    fig = Figure(figsize=(7.5, 2.5 * n), dpi=80)
+    fig = Figure(figsize=(9, 3 * n), dpi=80)
     axes = np.atleast_2d(fig.subplots(n, 3))
     for r, (title, rgb, truth, pred) in enumerate(rows):
         for c, (img, name) in enumerate(((rgb, "image"), (palette[truth], "truth"), (palette[pred], "prediction"))):
             ax = axes[r, c]
             ax.imshow(img)
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"{title}\n{name}" if c == 0 else name, fontsize=8)
+            ax.set_title(f"{name}\n{title}" if c == 0 else name, fontsize=8, loc="left" if c == 0 else "center")
     fig.tight_layout()
     return _png(fig)
