@@ -62,6 +62,8 @@ def _hint(args: list[str], stderr: str) -> str:
     if "missing cache files" in text or "missing-files" in text:
         return ("the remote lacks these bytes: run commit()/`dvc push` where the dataset was made, "
                 "and check that remote_url is the same remote")
+    if "dependency" in text and "does not exist" in text:
+        return "a dependency listed in dvc.yaml is missing; restore it or fix dvc.yaml"
     if "does not exist" in text and args[:1] == ["commit"]:
         return "build the stage's outputs before committing them"
     if "tracked by scm" in text or "tracked by git" in text:
