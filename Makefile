@@ -38,6 +38,7 @@ test: install services
 bench: install
 	$(PY) benchmarks/bench_tiling.py
 	$(PY) benchmarks/bench_dataset.py
+	$(PY) benchmarks/bench_training.py
 
 lock: install
 	$(PY) -m pip freeze --exclude-editable > requirements.lock
