@@ -2,6 +2,7 @@
 the blocking minimum-mIoU check, and the failure notification."""
 
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -75,3 +76,41 @@ def test_training_records_lineage_and_promotes_only_past_the_floor(project):
     assert len(received) == 1
     text = received[0]["text"]
     assert "training_job" in text and failed.run_id in text and "min_test_miou" in text
+
+
+def test_crash_mid_training_is_retried_and_resumes_from_the_checkpoint(project, monkeypatch):
+    """A crash after epoch 1 fails the step; the RetryPolicy re-runs it and training resumes at epoch 2."""
+    import geoseg_assets.ml.train as train_module
+
+    build(project)
+    real_train = train_module.train
+    calls = []
+
+    def crash_once(config, dataset_dir, on_epoch=None):
+        calls.append(config.checkpoint_dir)
+        if len(calls) == 1:
+            def crash_after_first(epoch, metrics):
+                on_epoch(epoch, metrics)
+                raise RuntimeError("simulated crash: the worker died after epoch 1")
+            return real_train(config, dataset_dir, on_epoch=crash_after_first)
+        return real_train(config, dataset_dir, on_epoch=on_epoch)
+
+    monkeypatch.setattr(train_module, "train", crash_once)
+    result = train_and_evaluate(project, min_miou=0.0, seed=5, epochs=3)
+    assert result.success
+    retries = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert len(retries) == 1 and len(calls) == 2 and calls[0] == calls[1]  # same checkpoint folder
+    meta = result.asset_materializations_for_node("model")[0].metadata
+    assert meta["resumed_from_epoch"].value == 1 and meta["epochs_run"].value == 3
+
+
+def test_same_seed_same_data_gives_identical_metrics(project):
+    build(project)
+    tracking = project[3]["mlflow_tracking"]
+    histories = []
+    for _ in range(2):
+        shutil.rmtree(project[0] / "data" / "store" / "models", ignore_errors=True)  # train from scratch both times
+        result = train_and_evaluate(project, min_miou=0.0, seed=11, epochs=2, patience=None)
+        run_id = result.asset_materializations_for_node("model")[0].metadata["mlflow_run_id"].value
+        histories.append([(m.step, m.value) for m in tracking.client().get_metric_history(run_id, "val_miou")])
+    assert histories[0] == histories[1] and len(histories[0]) == 2

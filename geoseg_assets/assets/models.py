@@ -92,12 +92,21 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
     with mlflow_tracking.run(run_name=f"{config.architecture}-{config.encoder}-{key[:6]}", tags=tags) as run:
         mlflow.log_params({**{k: v for k, v in config.model_dump().items() if v is not None}, "bands": manifest["band_names"]})
 
-        def on_epoch(epoch: int, metrics: dict) -> None:
+        logged: set[int] = set()
+
+        def log_epoch(epoch: int, metrics: dict) -> None:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch)
+            logged.add(epoch)
+
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            log_epoch(epoch, metrics)
             context.log.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                             if isinstance(v, float)))
 
         result = train(train_config(config, str(checkpoints)), dataset_dir, on_epoch=on_epoch)
+        for entry in result.history:  # epochs trained before a resume (or a finished run) belong to this run too
+            if entry["epoch"] not in logged:
+                log_epoch(entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"})
         if result.resumed_from is not None:
             mlflow.set_tag("geoseg.resumed_from_epoch", str(result.resumed_from))
         best = torch.load(result.best_state_path, map_location="cpu", weights_only=True)
