@@ -9,6 +9,7 @@ import dagster as dg
 from geoseg_assets.assets.datasets import dataset
 from geoseg_assets.assets.masks import import_labels_job, masks
 from geoseg_assets.assets.models import model, model_evaluation
+from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
 from geoseg_assets.checks import (
@@ -19,6 +20,7 @@ from geoseg_assets.checks import (
     tile_stats_sanity,
 )
 from geoseg_assets.sensors import label_change_sensor, new_scene_sensor, run_failure_notifier
+from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
@@ -38,7 +40,7 @@ def default_resources(data_dir: Path) -> dict:
     """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
     labels in `<data>/labels.gpkg`, the synthetic source's class map, this repository as the DVC
     repo with its default remote `<repo>/data/dvc-remote`, a local SQLite MLflow store under
-    `<data>/mlflow`, failure notices in the log only."""
+    `<data>/mlflow`, failure notices in the log only, networks on CUDA when present, else CPU."""
     return {
         "data_store": DataStore(root=str(data_dir / "store")),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
@@ -48,6 +50,7 @@ def default_resources(data_dir: Path) -> dict:
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
                                           artifact_location=str(data_dir / "mlflow" / "artifacts")),
         "notifier": Notifier(),
+        "compute": ComputeDevice(),
     }
 
 
@@ -72,6 +75,12 @@ training_job = dg.define_asset_job(
     "Launch it several times with different `model` configs for a batch of experiments.",
 )
 
+prediction_job = dg.define_asset_job(
+    "prediction_job",
+    selection=dg.AssetSelection.assets(predictions),
+    description="Predict the selected region x date partition(s) with the current champion.",
+)
+
 imagery_job = dg.define_asset_job(
     "imagery_job",
     selection=dg.AssetSelection.assets(scenes, tiles, masks),
@@ -83,11 +92,11 @@ imagery_job = dg.define_asset_job(
 def build_defs(resources: dict) -> dg.Definitions:
     """The code location with the given resources (tests and other deployments swap them)."""
     return dg.Definitions(
-        assets=[scenes, tiles, masks, dataset, model, model_evaluation],
+        assets=[scenes, tiles, masks, dataset, model, model_evaluation, predictions],
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
                       dataset_class_coverage],
         sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier],
-        jobs=[imagery_job, import_labels_job, dataset_job, training_job],
+        jobs=[imagery_job, import_labels_job, dataset_job, training_job, prediction_job],
         resources=resources,
     )
 

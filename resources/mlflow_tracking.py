@@ -104,8 +104,16 @@ class MlflowTracking(ConfigurableResource):
 
     def load(self, alias: str = CHAMPION):
         """The torch model an alias points at."""
+        return self._load(self.model_uri(alias))
+
+    def load_version(self, version: str):
+        """The torch model of one registered version (resolve an alias once, then load by version, so
+        an alias moved meanwhile cannot mix two models in one run)."""
+        return self._load(f"models:/{self.model_name}/{version}")
+
+    def _load(self, uri: str):
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.pytorch.load_model(self.model_uri(alias), map_location="cpu")
+        return mlflow.pytorch.load_model(uri, map_location="cpu")

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from geoseg_assets.definitions import build_defs
+from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
@@ -59,6 +60,7 @@ def project(tmp_path_factory):
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
                                           artifact_location=str(tmp / "mlflow-artifacts")),
         "notifier": Notifier(),
+        "compute": ComputeDevice(device="cpu"),
     }
     instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):

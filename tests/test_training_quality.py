@@ -22,6 +22,7 @@ def demo_project(tmp_path_factory):
 
     from geoseg_assets.assets.masks import import_region_labels
     from geoseg_assets.definitions import REPO_ROOT
+    from resources.compute import ComputeDevice
     from resources.data_store import DataStore
     from resources.dvc_store import DvcStore
     from resources.label_store import ClassMapResource, GeoPackageLabelStore
@@ -48,6 +49,7 @@ def demo_project(tmp_path_factory):
         "dvc": DvcStore(repo_dir=str(repo), remote_url=str(tmp / "remote")),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_location=str(tmp / "art")),
         "notifier": Notifier(),
+        "compute": ComputeDevice(device="cpu"),
     }
     instance = dg.DagsterInstance.ephemeral()
     for region in synthetic.regions:

@@ -85,7 +85,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
     tags = {
         "geoseg.dataset_version": dataset_version,
         "geoseg.git_commit": dvc.commit_of_code(),
-        "geoseg.dagster_run_id": context.run_id,
+        "geoseg.dagster_run_id": context.run.run_id,
         "geoseg.partitions": ",".join(sorted({f"{p['region']}/{p['date']}" for p in manifest["partitions"]})),
         "geoseg.checkpoint_key": key,
     }
@@ -152,15 +152,21 @@ class EvaluationConfig(dg.Config):
     gallery_tiles: int = Field(default=4, ge=1, le=12, description="Worst tiles shown in the gallery.")
 
 
-@dg.asset(
-    deps=[model],
-    kinds={"mlflow"},
-    group_name="models",
+CHAMPION_ASSET = "champion_model"
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("model_evaluation", deps=[model], kinds={"mlflow"}, group_name="models",
+                     description="Test-split metrics of the challenger (per class, per tile, confusion matrix, "
+                     "worst-tile gallery), logged to its MLflow run, and the promotion decision."),
+        dg.AssetSpec(CHAMPION_ASSET, deps=["model_evaluation"], kinds={"mlflow"}, group_name="models", skippable=True,
+                     description="The registered version with alias `champion`, the model that predicts. Materialized "
+                     "only when the alias moves, so predictions re-run for a new champion and only then."),
+    ],
     op_tags=HEAVY,
     check_specs=[dg.AssetCheckSpec("min_test_miou", asset="model_evaluation", blocking=True,
                                    description="The challenger's test mIoU reaches the configured minimum.")],
-    description="Test-split metrics of the challenger (per class, per tile, confusion matrix, worst-tile gallery), "
-    "logged to its MLflow run; it becomes `champion` only if there is none or it beats the champion by the margin.",
 )
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, data_store: DataStore,
                      mlflow_tracking: MlflowTracking):
@@ -186,11 +192,12 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     passes_floor = test_miou >= config.min_miou
     decision = decide_promotion(test_miou, champion_score, config.margin)
     promoted = decision.promote and passes_floor
-    if champion is not None and str(champion.version) == str(challenger.version):
+    already_champion = champion is not None and str(champion.version) == str(challenger.version)
+    if already_champion:
         promoted, reason = True, "challenger already is the champion"
     else:
         reason = decision.reason if passes_floor else f"test mIoU {test_miou:.4f} is below the minimum {config.min_miou}"
-    if promoted:
+    if promoted and not already_champion:
         mlflow_tracking.set_alias(CHAMPION, str(challenger.version))
 
     mlflow.set_tracking_uri(mlflow_tracking.tracking_uri)
@@ -221,7 +228,20 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
             "confusion_matrix": md.image(report.confusion_png, "confusion matrix"),
             "worst_tiles_gallery": md.image(report.gallery_png, "worst tiles"),
             "mlflow_run_id": challenger.run_id,
-        }
+        },
+        asset_key="model_evaluation",
     )
-    yield dg.AssetCheckResult(check_name="min_test_miou", passed=bool(passes_floor),
+    yield dg.AssetCheckResult(asset_key="model_evaluation", check_name="min_test_miou", passed=bool(passes_floor),
                               metadata={"test_miou": float(test_miou), "minimum": config.min_miou})
+    # A champion Dagster has not seen yet (a fresh instance, or an alias set in MLflow by hand) is announced too.
+    unseen = context.instance.get_latest_materialization_event(dg.AssetKey(CHAMPION_ASSET)) is None
+    if promoted and (not already_champion or unseen):
+        context.log.info(f"{mlflow_tracking.model_name} v{challenger.version} is the new {CHAMPION}: {reason}")
+        yield dg.MaterializeResult(
+            asset_key=CHAMPION_ASSET,
+            metadata={"model_name": mlflow_tracking.model_name, "model_version": str(challenger.version),
+                      "mlflow_run_id": challenger.run_id, "model_uri": mlflow_tracking.model_uri(CHAMPION),
+                      "test_miou": dg.MetadataValue.float(float(test_miou)),
+                      "previous_champion_test_miou": champion_score if champion_score is not None else "none"},
+            data_version=dg.DataVersion(f"{mlflow_tracking.model_name}-v{challenger.version}"),
+        )

@@ -1,0 +1,153 @@
+"""`predictions` [region x date]: the champion's class map of the whole scene (COG with a colour
+table, optional probability COG) and its polygons (GeoPackage), recomputed when the champion changes."""
+
+import json
+import time
+from functools import partial
+
+import dagster as dg
+from pydantic import Field
+
+from geoseg_assets import metadata as md
+from geoseg_assets.assets.models import CHAMPION_ASSET, PREPROCESSING_FILE
+from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
+from geoseg_assets.geo.classmap import ClassDef, ClassMap
+from geoseg_assets.geo.errors import SceneError
+from geoseg_assets.geo.masks import overlay_image
+from geoseg_assets.geo.preview import png_bytes, quicklook_image
+from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.compute import ComputeDevice
+from resources.data_store import DataStore
+from resources.label_store import ClassMapResource
+from resources.mlflow_tracking import CHAMPION, MlflowTracking
+
+CLASSES_FILE = "classes.tif"
+PROBABILITIES_FILE = "probabilities.tif"
+POLYGONS_FILE = "polygons.gpkg"
+OVERLAY_FILE = "overlay.png"
+SUMMARY_FILE = "prediction.json"
+
+
+class PredictionConfig(dg.Config):
+    """Sliding-window geometry, blending and vector output."""
+
+    window: int = Field(default=256, description="Window side in pixels (a multiple of 32).")
+    overlap: int = Field(default=64, description="Pixels shared by neighbouring windows (a multiple of 4, <= window/2).")
+    blend: str = Field(default="ramp", description="ramp, hann or center (centre cropping).")
+    batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
+    reader_threads: int = Field(default=2, gt=0, description="Threads reading windows ahead of the network.")
+    write_probabilities: bool = Field(default=False, description="Also write a per-class probability COG (uint8, 0..250).")
+    vectorize: bool = Field(default=True, description="Write the class map as polygons to a GeoPackage.")
+    simplify_pixels: float = Field(default=1.0, ge=0, description="Polygon simplification tolerance in pixels (0 = none).")
+    min_area_m2: float = Field(default=0.0, ge=0, description="Drop polygons smaller than this.")
+
+
+def model_class_map(preprocessing: dict, colours: ClassMap) -> ClassMap:
+    """The model's classes (from its preprocessing record) with the project's colours where names match."""
+    palette = {c.name: c.color for c in colours.classes}
+    classes = sorted((int(cid), name) for name, cid in preprocessing["class_map"]["classes"].items())
+    return ClassMap(tuple(ClassDef(name, cid, tuple(palette.get(name, (128, 128, 128)))) for cid, name in classes),
+                    int(preprocessing["class_map"].get("ignore_id", 255)))
+
+
+@dg.asset(
+    partitions_def=region_date_partitions,
+    deps=[scenes, dg.AssetKey(CHAMPION_ASSET)],
+    kinds={"pytorch", "cog", "geopackage"},
+    group_name="predictions",
+    automation_condition=FOLLOW_UPSTREAM,
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    description="The champion model's land-cover map of the whole scene: seamless sliding-window inference "
+    "(blended overlaps, nodata kept), a class COG with the class colours, optional probabilities, and polygons.",
+)
+def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, data_store: DataStore,
+                mlflow_tracking: MlflowTracking, compute: ComputeDevice, class_map: ClassMapResource) -> dg.MaterializeResult:
+    from geoseg_assets.geo.prediction_io import pixel_area_m2, predict_to_cogs
+    from geoseg_assets.geo.vectorize import vectorize_classes
+    from geoseg_assets.ml.data import Normalizer
+    from geoseg_assets.ml.inference import InferenceConfig, predict_scene
+
+    dims, scene_path, scene = upstream_scene(context, data_store)
+    champion = mlflow_tracking.alias_version(CHAMPION)
+    if champion is None:
+        raise dg.Failure(f"{mlflow_tracking.model_name} has no `{CHAMPION}`: run training_job so a model is promoted",
+                         allow_retries=False)
+    preprocessing = mlflow_tracking.read_json_artifact(champion.run_id, PREPROCESSING_FILE)
+    net = mlflow_tracking.load_version(str(champion.version))
+    normalizer = Normalizer.from_dict(preprocessing)
+    classes = model_class_map(preprocessing, class_map.for_region(dims["region"]))
+    try:
+        inference = InferenceConfig(window=config.window, overlap=config.overlap, blend=config.blend,
+                                    batch_size=config.batch_size, reader_threads=config.reader_threads)
+    except ValueError as exc:
+        raise dg.Failure(f"invalid prediction config: {exc}", allow_retries=False) from exc
+    device = compute.torch_device()
+    paths = {name: data_store.path("predictions", dims, name)
+             for name in (CLASSES_FILE, PROBABILITIES_FILE, POLYGONS_FILE, OVERLAY_FILE, SUMMARY_FILE)}
+    predict = partial(predict_scene, net, normalizer, [c.id for c in classes.classes], config=inference,
+                      device=device, log=context.log.info)
+    started = time.perf_counter()
+    try:
+        result = predict_to_cogs(
+            predict, str(scene_path), normalizer.band_names, str(paths[CLASSES_FILE]), classes,
+            str(paths[PROBABILITIES_FILE]) if config.write_probabilities else None, tmp_dir=str(data_store.tmp_dir()),
+        )
+    except SceneError as exc:
+        raise fail_on_bad_input(exc) from exc
+    seconds = time.perf_counter() - started
+
+    pixel_m2 = pixel_area_m2(str(scene_path))
+    area_km2 = {c.name: round(result.class_pixels[c.id] * pixel_m2 / 1e6, 6) for c in classes.classes}
+    share = {c.name: round(result.class_pixels[c.id] / result.valid_pixels, 6) if result.valid_pixels else 0.0
+             for c in classes.classes}
+    vectors = None
+    if config.vectorize:
+        vectors = vectorize_classes(str(paths[CLASSES_FILE]), str(paths[POLYGONS_FILE]),
+                                    {c.id: c.name for c in classes.classes}, ignore_id=255,
+                                    simplify_tolerance=config.simplify_pixels * abs(scene["resolution"][0]) or None,
+                                    min_area_m2=config.min_area_m2, tmp_dir=str(data_store.tmp_dir()))
+    quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
+    png = png_bytes(overlay_image(quicklook, str(paths[CLASSES_FILE]), classes))
+    data_store.write_bytes(paths[OVERLAY_FILE], png)
+    megapixels = scene["width"] * scene["height"] / 1e6
+    record = {
+        "model_name": mlflow_tracking.model_name, "model_version": str(champion.version), "mlflow_run_id": champion.run_id,
+        "scene_fingerprint": scene.get("fingerprint", ""), "class_pixels": {c.name: result.class_pixels[c.id] for c in classes.classes},
+        "area_km2": area_km2, "share": share, "valid_pixels": result.valid_pixels, "nodata_pixels": result.nodata_pixels,
+        "windows": result.windows_total, "windows_forwarded": result.windows_forwarded, "notes": result.notes,
+        "inference": config.model_dump(), "device": str(device), "seconds": round(seconds, 3),
+        "polygons": vectors.features if vectors else None,
+    }
+    data_store.write_bytes(paths[SUMMARY_FILE], json.dumps(record, indent=2).encode())
+    for note in result.notes:
+        context.log.warning(f"{scene_path}: {note}")
+    area_table = "| class | km² | share |\n|---|---|---|\n" + "\n".join(
+        f"| {name} | {area_km2[name]:.4f} | {share[name]:.1%} |" for name in area_km2)
+    metadata = {
+        "model_name": mlflow_tracking.model_name,
+        "model_version": str(champion.version),
+        "mlflow_run_id": champion.run_id,
+        "classes_path": md.path(paths[CLASSES_FILE]),
+        "area_km2": area_km2,
+        "class_share": share,
+        "area_table": dg.MetadataValue.md(area_table),
+        "valid_pixels": result.valid_pixels,
+        "nodata_pixels": result.nodata_pixels,
+        "windows_forwarded": f"{result.windows_forwarded}/{result.windows_total}",
+        "device": str(device),
+        "seconds": dg.MetadataValue.float(round(seconds, 2)),
+        "megapixels_per_second": dg.MetadataValue.float(round(megapixels / seconds, 3) if seconds else 0.0),
+        "overlay": md.image(png, "prediction over imagery"),
+        "overlay_path": md.path(paths[OVERLAY_FILE]),
+        "note": "; ".join(result.notes) if result.notes else "ok",
+    }
+    if vectors is not None:
+        metadata.update(polygons_path=md.path(paths[POLYGONS_FILE]), polygons=vectors.features)
+    if config.write_probabilities:
+        metadata["probabilities_path"] = md.path(paths[PROBABILITIES_FILE])
+    context.log.info(f"{dims['region']}/{dims['date']}: {megapixels:.2f} MP in {seconds:.1f}s with "
+                     f"{mlflow_tracking.model_name} v{champion.version} on {device}")
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(f"{scene.get('fingerprint', '')[:16]}-v{champion.version}"),
+    )
