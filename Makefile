@@ -39,6 +39,7 @@ bench: install
 	$(PY) benchmarks/bench_tiling.py
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_inference.py
 
 lock: install
 	$(PY) -m pip freeze --exclude-editable > requirements.lock

@@ -2,7 +2,6 @@
 the blocking minimum-mIoU check, and the failure notification."""
 
 import json
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -15,7 +14,7 @@ from resources.notifier import Notifier
 from tests.test_dataset_asset import build, git, project  # noqa: F401  (module fixture reused)
 
 QUICK = {"architecture": "unet", "encoder": "resnet18", "encoder_depth": 3, "epochs": 2, "batch_size": 4,
-         "max_steps_per_epoch": 2, "indices": ["NDVI"]}
+         "max_steps_per_epoch": 2, "indices": ["NDVI"], "export_onnx": False}
 
 
 def train_and_evaluate(project, min_miou, **model):
@@ -29,15 +28,19 @@ def test_training_records_lineage_and_promotes_only_past_the_floor(project):
     repo, _, instance, resources = project
     build(project)
     tracking = resources["mlflow_tracking"]
-    result = train_and_evaluate(project, min_miou=0.0)
+    result = train_and_evaluate(project, min_miou=0.0, export_onnx=True)
     assert result.success
     meta = result.asset_materializations_for_node("model")[0].metadata
+    assert "max |ONNX Runtime - torch|" in meta["onnx"].value
+    artifacts = [a.path for a in tracking.client().list_artifacts(meta["mlflow_run_id"].value, "onnx")]
+    assert artifacts == ["onnx/model.onnx"]
     evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
     run = tracking.client().get_run(meta["mlflow_run_id"].value)
     assert run.data.tags["geoseg.dataset_version"] == resources["dvc"].version("dataset")
     assert run.data.tags["geoseg.git_commit"].startswith(git(repo, "rev-parse", "HEAD").strip())
     assert run.data.tags["geoseg.dagster_run_id"] == result.run_id
     assert run.data.params["encoder"] == "resnet18" and "val_miou" in run.data.metrics
+    assert run.data.metrics["onnx_max_abs_diff"] < 1e-3
     assert evaluation["promoted"].value is True and "no champion yet" in evaluation["promotion_reason"].value
     assert str(tracking.alias_version(CHAMPION).version) == meta["model_version"].value
     assert run.data.metrics["test_miou"] == evaluation["test_miou"].value
@@ -107,10 +110,23 @@ def test_crash_mid_training_is_retried_and_resumes_from_the_checkpoint(project, 
 def test_same_seed_same_data_gives_identical_metrics(project):
     build(project)
     tracking = project[3]["mlflow_tracking"]
-    histories = []
-    for _ in range(2):
-        shutil.rmtree(project[0] / "data" / "store" / "models", ignore_errors=True)  # train from scratch both times
-        result = train_and_evaluate(project, min_miou=0.0, seed=11, epochs=2, patience=None)
-        run_id = result.asset_materializations_for_node("model")[0].metadata["mlflow_run_id"].value
-        histories.append([(m.step, m.value) for m in tracking.client().get_metric_history(run_id, "val_miou")])
+    histories, keys = [], set()
+    for _ in range(2):  # `fresh`: the second run trains from scratch instead of reusing the first's checkpoint
+        result = train_and_evaluate(project, min_miou=0.0, seed=11, epochs=2, patience=None, fresh=True)
+        meta = result.asset_materializations_for_node("model")[0].metadata
+        assert meta["resumed_from_epoch"].value == "none" and meta["epochs_run"].value == 2
+        run = tracking.client().get_run(meta["mlflow_run_id"].value)
+        keys.add(run.data.tags["geoseg.checkpoint_key"])
+        histories.append([(m.step, m.value) for m in tracking.client().get_metric_history(run.info.run_id, "val_miou")])
     assert histories[0] == histories[1] and len(histories[0]) == 2
+    assert len(keys) == 2  # one checkpoint folder per fresh run
+
+
+def test_a_relaunch_of_the_same_config_reuses_the_finished_checkpoint(project):
+    """Without `fresh`, launching an identical config on the same dataset does not retrain."""
+    build(project)
+    first = train_and_evaluate(project, min_miou=0.0, seed=12, epochs=2, patience=None)
+    again = train_and_evaluate(project, min_miou=0.0, seed=12, epochs=2, patience=None)
+    meta = [r.asset_materializations_for_node("model")[0].metadata for r in (first, again)]
+    assert meta[0]["resumed_from_epoch"].value == "none"
+    assert meta[1]["resumed_from_epoch"].value == 2 and meta[1]["best_val_miou"].value == meta[0]["best_val_miou"].value

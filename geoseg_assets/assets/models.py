@@ -34,6 +34,9 @@ class ModelConfig(dg.Config):
     max_steps_per_epoch: int | None = Field(default=None, description="Cap steps per epoch (quick experiments).")
     weights_path: str | None = Field(default=None, description="Local weights (encoder or whole model) to start from.")
     device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda.")
+    export_onnx: bool = Field(default=True, description="Also log an ONNX export (checked against ONNX Runtime) next to the model.")
+    fresh: bool = Field(default=False, description="Train from scratch even when a checkpoint of this config and dataset "
+                        "exists (by default a re-run resumes or reuses it); step retries of this run still resume.")
 
 
 def train_config(config: ModelConfig, checkpoint_dir: str):
@@ -51,9 +54,40 @@ def train_config(config: ModelConfig, checkpoint_dir: str):
     )
 
 
-def checkpoint_key(config: ModelConfig, dataset_version: str) -> str:
-    """Same config + same dataset -> same checkpoint folder, so a retried run resumes instead of restarting."""
-    return hashlib.sha256(json.dumps([config.model_dump(), dataset_version], sort_keys=True).encode()).hexdigest()[:16]
+def checkpoint_key(config: ModelConfig, dataset_version: str, run_id: str) -> str:
+    """Same config + same dataset -> same checkpoint folder, so a retried or re-launched run resumes instead of
+    restarting; with `fresh`, the run id joins the key: a new folder per run, shared by that run's retries."""
+    parts = [config.model_dump(), dataset_version] + ([run_id] if config.fresh else [])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+ONNX_TOLERANCE = 1e-3
+
+
+def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataStore) -> float | None:
+    """Export `net` to ONNX, check ONNX Runtime against torch on a random batch and log the file as
+    `onnx/model.onnx` of the active MLflow run; returns the max abs logit difference (None if the
+    export failed: logged as a warning, the torch model stays the one that predicts)."""
+    import tempfile
+
+    import mlflow
+
+    from geoseg_assets.ml.onnx_export import export_onnx, onnx_max_abs_diff
+
+    with tempfile.TemporaryDirectory(dir=data_store.tmp_dir()) as tmp:
+        try:
+            path = export_onnx(net, channels, tuple(tile_shape), f"{tmp}/model.onnx")
+            batch = np.random.default_rng(0).standard_normal((2, channels, *tile_shape)).astype(np.float32)
+            diff = onnx_max_abs_diff(net, path, batch)
+        except Exception as exc:  # noqa: BLE001 (an optional artefact must not fail a finished training)
+            context.log.warning(f"ONNX export failed, the model is logged without it: {exc}")
+            return None
+        if diff > ONNX_TOLERANCE:
+            context.log.warning(f"ONNX Runtime differs from torch by {diff:.2e} (> {ONNX_TOLERANCE}): not logged")
+            return None
+        mlflow.log_artifact(str(path), artifact_path="onnx")
+        mlflow.log_metric("onnx_max_abs_diff", diff)
+    return diff
 
 
 @dg.asset(
@@ -80,7 +114,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
         raise dg.Failure(f"{dataset_dir}: no dataset; materialize `dataset` first", allow_retries=False)
     manifest = load_manifest(dataset_dir)
     dataset_version = dvc.version(DVC_STAGE) or "unversioned"
-    key = checkpoint_key(config, dataset_version)
+    key = checkpoint_key(config, dataset_version, context.run.run_id)
     checkpoints = data_store.partition_dir("models") / "checkpoints" / key
     tags = {
         "geoseg.dataset_version": dataset_version,
@@ -124,6 +158,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
         mlflow_tracking.log_png(png, "curves.png")
         mlflow.log_metric("best_val_miou", result.best_miou)
         info = mlflow_tracking.log_model(net, np.zeros((1, channels, h, w), dtype=np.float32))
+        onnx_diff = log_onnx_export(context, net, channels, (h, w), data_store) if config.export_onnx else None
         version = mlflow_tracking.register(info.model_uri, CHALLENGER)
         run_id = run.info.run_id
     context.log.info(f"registered {mlflow_tracking.model_name} v{version} as {CHALLENGER} (best val mIoU {result.best_miou:.4f})")
@@ -139,6 +174,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
             "dataset_version": dataset_version,
             "git_commit": tags["geoseg.git_commit"],
             "curves": md.image(png, "training curves"),
+            "onnx": f"onnx/model.onnx, max |ONNX Runtime - torch| = {onnx_diff:.2e}" if onnx_diff is not None else "not exported",
         },
         data_version=dg.DataVersion(f"{mlflow_tracking.model_name}-v{version}"),
     )
