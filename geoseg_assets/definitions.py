@@ -7,8 +7,15 @@ from pathlib import Path
 import dagster as dg
 
 from geoseg_assets.assets.datasets import dataset
+from geoseg_assets.assets.feedback import feedback_job
 from geoseg_assets.assets.masks import import_labels_job, masks
 from geoseg_assets.assets.models import model, model_evaluation
+from geoseg_assets.assets.monitoring import (
+    data_drift_report,
+    data_quality_report,
+    model_quality_report,
+    prediction_drift_report,
+)
 from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
@@ -19,9 +26,10 @@ from geoseg_assets.checks import (
     scene_integrity,
     tile_stats_sanity,
 )
-from geoseg_assets.sensors import label_change_sensor, new_scene_sensor, run_failure_notifier
+from geoseg_assets.sensors import drift_sensor, label_change_sensor, new_scene_sensor, run_failure_notifier
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
+from resources.drift_policy import DriftPolicy
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
 from resources.mlflow_tracking import MlflowTracking
@@ -51,6 +59,7 @@ def default_resources(data_dir: Path) -> dict:
                                           artifact_location=str(data_dir / "mlflow" / "artifacts")),
         "notifier": Notifier(),
         "compute": ComputeDevice(),
+        "drift_policy": DriftPolicy(),
     }
 
 
@@ -75,6 +84,12 @@ training_job = dg.define_asset_job(
     "Launch it several times with different `model` configs for a batch of experiments.",
 )
 
+monitoring_job = dg.define_asset_job(
+    "monitoring_job",
+    selection=dg.AssetSelection.assets(data_quality_report, data_drift_report, prediction_drift_report),
+    description="Data quality, data drift and prediction drift reports of the selected region x date partition(s).",
+)
+
 prediction_job = dg.define_asset_job(
     "prediction_job",
     selection=dg.AssetSelection.assets(predictions),
@@ -92,11 +107,12 @@ imagery_job = dg.define_asset_job(
 def build_defs(resources: dict) -> dg.Definitions:
     """The code location with the given resources (tests and other deployments swap them)."""
     return dg.Definitions(
-        assets=[scenes, tiles, masks, dataset, model, model_evaluation, predictions],
+        assets=[scenes, tiles, masks, dataset, model, model_evaluation, predictions, data_quality_report,
+                data_drift_report, prediction_drift_report, model_quality_report],
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
                       dataset_class_coverage],
-        sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier],
-        jobs=[imagery_job, import_labels_job, dataset_job, training_job, prediction_job],
+        sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier, drift_sensor],
+        jobs=[imagery_job, import_labels_job, dataset_job, training_job, prediction_job, monitoring_job, feedback_job],
         resources=resources,
     )
 

@@ -9,7 +9,13 @@ of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
 4. `dataset_job` builds the spatially split training set and versions it with DVC (commit to
    dvc.lock + push to the local remote `data/dvc-remote`);
 5. `training_job` trains a Unet on CPU (about 4-5 minutes), logs it to the local MLflow store,
-   evaluates it on the test split and promotes it to `champion` if it passes the gate.
+   evaluates it on the test split and promotes it to `champion` if it passes the gate;
+6. the new champion makes every `predictions` partition stale (with the daemon, the automation
+   sensor requests them); the demo runs `prediction_job` per partition (class COG, polygons).
+   Partitions the champion cannot predict (the real Landsat pair: other bands, dtype and CRS) are
+   reported with the integrity problem, not run;
+7. `monitoring_job` writes the data quality, data drift and prediction drift reports of every
+   partition (HTML + JSON), and `model_quality_report` the champion's history and live quality.
 It prints where the outputs are and how to open the UI.
 """
 
@@ -22,7 +28,8 @@ from pathlib import Path
 import dagster as dg
 
 from geoseg_assets.definitions import REPO_ROOT, default_data_dir, defs
-from geoseg_assets.partitions import region_partitions
+from geoseg_assets.assets.monitoring import model_quality_report
+from geoseg_assets.partitions import region_date_partitions, region_partitions
 from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, masks
 from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
 from resources.scene_sources import REGION_SPEC_FILE, SyntheticSource
@@ -60,6 +67,57 @@ def run_requests(job, instance, requests, what: str, asset_selection=None) -> li
         print(f"  {'ok' if run.success else 'FAILED':6} {what:16} {request.partition_key}  run {run.run_id[:8]}")
         if not run.success:
             failures.append(request.partition_key)
+    return failures
+
+
+def predict_partitions(instance, resources, keys) -> list:
+    """Run `prediction_job` for each partition (what automation requests once a new champion lands),
+    skipping partitions the champion cannot predict (integrity issues, e.g. another sensor's bands);
+    return the failed keys."""
+    from geoseg_assets.assets.models import PREPROCESSING_FILE
+    from geoseg_assets.assets.scenes import SUMMARY_FILE
+    from geoseg_assets.monitoring.integrity import input_integrity
+    from resources.mlflow_tracking import CHAMPION
+
+    tracking = resources["mlflow_tracking"]
+    champion = tracking.alias_version(CHAMPION)
+    if champion is None:
+        print(f"  skip   {'predictions':16} no champion")
+        return []
+    preprocessing = tracking.read_json_artifact(champion.run_id, PREPROCESSING_FILE)
+    job = defs.resolve_job_def("prediction_job")
+    failures = []
+    for key in keys:
+        scene = json.loads(resources["data_store"].path("scenes", key.keys_by_dimension, SUMMARY_FILE).read_text())
+        issues = [i for i in input_integrity(scene, preprocessing) if i.blocking]
+        if issues:  # the asset would refuse it with this message: say so instead of failing the demo
+            print(f"  skip   {'predictions':16} {key}  [{issues[0].check}] {issues[0].problem}")
+            continue
+        failures += run_requests(job, instance, [dg.RunRequest(partition_key=key)], "predictions")
+    return failures
+
+
+def report_partitions(instance, resources, keys) -> list:
+    """Data quality and drift reports of every partition (prediction drift where there are predictions),
+    then the model quality report; return what failed."""
+    from geoseg_assets.assets.predictions import CLASSES_FILE
+
+    job = defs.resolve_job_def("monitoring_job")
+    failures = []
+    for key in keys:
+        selection = [dg.AssetKey("data_quality_report"), dg.AssetKey("data_drift_report")]
+        if resources["data_store"].path("predictions", key.keys_by_dimension, CLASSES_FILE).exists():
+            selection.append(dg.AssetKey("prediction_drift_report"))
+        failures += run_requests(job, instance, [dg.RunRequest(partition_key=key)],
+                                 f"{len(selection)} reports", asset_selection=selection)
+    quality = dg.materialize([model_quality_report], instance=instance, resources=resources, raise_on_error=False)
+    if quality.success:
+        meta = quality.asset_materializations_for_node("model_quality_report")[0].metadata
+        print(f"  ok     {'model quality':16} champion v{meta['champion_version'].value}, live mIoU "
+              f"{meta['live_miou'].value} on labelled partitions  run {quality.run_id[:8]}")
+    else:
+        print(f"  FAILED {'model quality':16} run {quality.run_id[:8]}")
+        failures.append("model_quality_report")
     return failures
 
 
@@ -114,12 +172,17 @@ def main() -> int:
         print(f"  FAILED {'model':16} run {trained.run_id[:8]}")
         failures.append("model")
 
+    partitions = sorted(instance.get_materialized_partitions(dg.AssetKey("scenes")), key=str)
+    keys = [region_date_partitions.get_partition_key_from_str(str(k)) for k in partitions]
+    failures += predict_partitions(instance, resources, keys)
+    failures += report_partitions(instance, resources, keys)
+
     store = Path(resources["data_store"].root)
     print(f"\nDemo finished in {time.time() - started:.0f}s: {len(scene_tick.run_requests)} partitions, "
           f"{len(label_tick.run_requests)} mask updates, {len(failures)} failed.")
     print(f"  landing folder : {landing}")
     print(f"  labels         : {resources['label_store'].path}")
-    print(f"  outputs        : {store}  (scenes/, tiles/, masks/ by region=/date=; dataset/)")
+    print(f"  outputs        : {store}  (scenes/, tiles/, masks/, predictions/, *_report/ by region=/date=; dataset/)")
     print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote "
           "(`dvc pull dataset` restores it)")
     print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  "

@@ -1,4 +1,5 @@
-"""Sensors: new scenes become region partitions and `scenes` runs; label changes re-run masks."""
+"""Sensors: new scenes become region partitions and `scenes` runs; label changes re-run masks; drift
+requests retraining; failed runs notify."""
 
 
 import datetime as dt
@@ -9,6 +10,7 @@ import dagster as dg
 from geoseg_assets.assets.masks import LABEL_FINGERPRINT_TAG, masks
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.partitions import DATE_START, partition_key, region_partitions
+from resources.drift_policy import DriftPolicy
 from resources.label_store import LabelStore
 from resources.notifier import Notifier
 from resources.scene_sources import SceneSource
@@ -135,3 +137,69 @@ def run_failure_notifier(context: dg.RunFailureSensorContext, notifier: Notifier
     run = context.dagster_run
     notifier.notify(failure_message(run, step_errors, run_error), run_id=run.run_id, job=run.job_name,
                     partition=run.tags.get("dagster/partition"), failed_steps=list(step_errors))
+
+
+DRIFT_REPORT = dg.AssetKey("data_drift_report")
+DRIFT_EVENT_TAG = "geoseg/drift_event"
+
+
+def plan_drift_retraining(reports: list[tuple[str, int, float]], cursor: dict, policy):
+    """Pure planning step: (partition, storage id, drift share) of new drift reports -> at most one
+    retraining request, once per drift event.
+
+    Partitions drifting since the last event accumulate in `cursor["pending"]`; an event fires when
+    `policy.min_partitions` of them drift, or one reaches `policy.hard_threshold`. Its partitions are
+    then handled: the same reports never trigger twice, and a partition that recovers leaves the pool.
+    """
+    pending: dict[str, list] = dict(cursor.get("pending", {}))
+    for partition, storage_id, share in reports:
+        if share >= policy.threshold:
+            pending[partition] = [storage_id, share]
+        else:
+            pending.pop(partition, None)
+    hard = [p for p, (_, share) in pending.items() if share >= policy.hard_threshold]
+    if pending and (len(pending) >= policy.min_partitions or hard):
+        import hashlib
+
+        event = sorted(f"{p}@{sid}" for p, (sid, _) in pending.items())
+        run_key = "drift:" + hashlib.sha256("|".join(event).encode()).hexdigest()[:16]
+        reason = (f"drift share >= {policy.threshold} in {len(pending)} partition(s)"
+                  + (f", >= {policy.hard_threshold} in {', '.join(sorted(hard))}" if hard else "")
+                  + ": " + ", ".join(f"{p} ({share:.2f})" for p, (_, share) in sorted(pending.items())))
+        request = dg.RunRequest(run_key=run_key, tags={DRIFT_EVENT_TAG: run_key.removeprefix("drift:")})
+        return request, {"pending": {}}, reason
+    return None, {"pending": pending}, None
+
+
+@dg.sensor(
+    job_name="training_job",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Reads new `data_drift_report` results; when drift exceeds DriftPolicy in enough partitions (or one "
+    "beyond the hard threshold) requests one retraining run (model -> evaluation -> promotion) per drift event, "
+    "and notifies.",
+)
+def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    after = cursor.get("after")
+    result = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=DRIFT_REPORT, after_storage_id=after), limit=10_000, ascending=True)
+    reports = []
+    for record in result.records:
+        materialization = record.asset_materialization
+        share = materialization.metadata.get("drift_share")
+        if share is None or materialization.partition is None:
+            continue
+        reports.append((str(materialization.partition), record.storage_id, float(share.value)))
+        after = max(after or 0, record.storage_id)
+    request, state, reason = plan_drift_retraining(reports, cursor, drift_policy)
+    if request is not None:
+        notifier.notify(f"geoseg drift event {request.run_key}: {reason}; retraining requested (training_job)",
+                        run_key=request.run_key, reason=reason)
+        context.log.info(reason)
+    return dg.SensorResult(
+        run_requests=[request] if request else [],
+        cursor=json.dumps({**state, "after": after}, sort_keys=True),
+        skip_reason=None if request else dg.SkipReason(
+            f"{len(reports)} new drift report(s); {len(state['pending'])} partition(s) drifting, below the policy"),
+    )

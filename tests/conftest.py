@@ -80,6 +80,7 @@ def with_test_resources(resources: dict) -> dict:
     """Fill in what a test does not exercise: a GeoPackage label store next to the data store, the
     default class map, a DVC store on that folder, a local MLflow store, a log-only notifier and the CPU."""
     from resources.compute import ComputeDevice
+    from resources.drift_policy import DriftPolicy
     from resources.dvc_store import DvcStore
     from resources.label_store import ClassMapResource, GeoPackageLabelStore
     from resources.mlflow_tracking import MlflowTracking
@@ -88,6 +89,7 @@ def with_test_resources(resources: dict) -> dict:
     root = Path(resources["data_store"].root).parent
     return {"label_store": GeoPackageLabelStore(path=str(root / "labels.gpkg")), "class_map": ClassMapResource(),
             "dvc": DvcStore(repo_dir=str(root)), "notifier": Notifier(), "compute": ComputeDevice(device="cpu"),
+            "drift_policy": DriftPolicy(),
             "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
                                               artifact_location=str(root / "mlflow-artifacts")),
             **resources}

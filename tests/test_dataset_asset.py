@@ -12,6 +12,7 @@ import pytest
 
 from geoseg_assets.definitions import build_defs
 from resources.compute import ComputeDevice
+from resources.drift_policy import DriftPolicy
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource, GeoPackageLabelStore
@@ -61,6 +62,7 @@ def project(tmp_path_factory):
                                           artifact_location=str(tmp / "mlflow-artifacts")),
         "notifier": Notifier(),
         "compute": ComputeDevice(device="cpu"),
+        "drift_policy": DriftPolicy(),
     }
     instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):

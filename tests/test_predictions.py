@@ -91,3 +91,83 @@ def test_the_champion_predicts_and_a_new_champion_makes_predictions_stale(projec
     assert rejected.asset_materializations_for_node("model_evaluation")[0].metadata["promoted"].value is False
     assert dg.AssetKey("champion_model") not in [m.asset_key for m in rejected.get_asset_materialization_events()]
     assert requested(dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=calm.cursor)) == []
+
+
+def test_a_scene_that_does_not_match_the_training_data_is_refused(project):
+    """Integrity gate: a scene recorded with another band order (or count) fails with the file, the
+    problem and the fix, and writes nothing."""
+    _, _, _, resources = project
+    if resources["mlflow_tracking"].alias_version(CHAMPION) is None:
+        build(project)
+        assert train_and_evaluate(project, min_miou=0.0).success
+    store = resources["data_store"]
+    dims = {"region": "beta", "date": DATES[0]}
+    record_path = store.path("scenes", dims, "scene.json")
+    original = record_path.read_text()
+    try:
+        for bands, check in ((["G", "B", "R", "NIR"], "band_order"), (["B", "G", "R"], "band_count")):
+            record = json.loads(original)
+            record["band_names"] = bands
+            record_path.write_text(json.dumps(record))
+            run = predict(project, **dims)
+            assert not run.success
+            failure = run.get_step_failure_events()[0].event_specific_data
+            message = str(failure.user_failure_data.description)
+            assert str(store.path("scenes", dims, "scene.tif")) in message and f"[{check}]" in message
+            assert "Fix:" in message
+            assert not store.path("predictions", dims, "classes.tif").exists()
+    finally:
+        record_path.write_text(original)
+
+
+def ensure_champion(project):
+    if project[3]["mlflow_tracking"].alias_version(CHAMPION) is None:
+        build(project)
+        assert train_and_evaluate(project, min_miou=0.0).success
+
+
+def test_prediction_drift_model_quality_and_feedback_labels(project):
+    """Reports on the champion's predictions, and active learning: predictions become auto/test labels for
+    review without touching the valid ones."""
+    _, _, instance, resources = project
+    ensure_champion(project)
+    for date in DATES:
+        assert predict(project, "beta", date).success
+    job = build_defs(resources).resolve_job_def("monitoring_job")
+    run = job.execute_in_process(partition_key=partition_key("beta", DATES[1]), instance=instance,
+                                 asset_selection=[dg.AssetKey("prediction_drift_report")])
+    meta = run.asset_materializations_for_node("prediction_drift_report")[0].metadata
+    assert abs(sum(meta["predicted_shares"].value.values()) - 1) < 1e-6
+    assert abs(sum(meta["training_shares"].value.values()) - 1) < 1e-6
+    assert meta["previous_date"].value == DATES[0] and isinstance(meta["previous_date_drift"].value, bool)
+    assert "class" in open(meta["report_html"].value).read()
+
+    quality = dg.materialize([build_defs(resources).get_assets_def("model_quality_report")], instance=instance,
+                             resources=resources)
+    q = quality.asset_materializations_for_node("model_quality_report")[0].metadata
+    champion = resources["mlflow_tracking"].alias_version(CHAMPION)
+    assert q["champion_version"].value == str(champion.version) and q["versions"].value >= 1
+    assert "beta/" + DATES[0] in q["live_partitions"].value  # beta has labels: live quality is measured
+    assert 0 <= q["live_miou"].value <= 1
+    html = open(q["report_html"].value).read()
+    assert f"v{champion.version}" in html and "test mIoU" in html
+
+    store = resources["label_store"]
+    valid_before = store.labels("beta", statuses=("valid",))
+    feedback = build_defs(resources).resolve_job_def("feedback_job")
+    config = dg.RunConfig(ops={"feedback_labels": {"config": {"partitions": [f"beta/{DATES[1]}"]}}})
+    assert feedback.execute_in_process(instance=instance, run_config=config).success
+    review = store.labels("beta", date=DATES[1], statuses=("test",))
+    polygons = gpd.read_file(resources["data_store"].path("predictions", {"region": "beta", "date": DATES[1]},
+                                                          "polygons.gpkg"))
+    assert len(review) == len(polygons) > 0
+    assert set(review["source"]) == {"auto"} and set(review["annotator"]) == {f"geoseg-segmenter v{champion.version}"}
+    assert store.labels("beta", date=DATES[0], statuses=("test",)).empty  # review labels hold for their date only
+    valid_after = store.labels("beta", statuses=("valid",))
+    assert len(valid_after) == len(valid_before)
+    assert valid_after.geometry.equals(valid_before.geometry)
+    assert feedback.execute_in_process(instance=instance, run_config=config).success  # idempotent per model version
+    assert len(store.labels("beta", date=DATES[1], statuses=("test",))) == len(review)
+    bad = dg.RunConfig(ops={"feedback_labels": {"config": {"partitions": ["../etc/2024-06-15"]}}})
+    failed = feedback.execute_in_process(instance=instance, run_config=bad, raise_on_error=False)
+    assert not failed.success and "region" in str(failed.get_step_failure_events()[0].event_specific_data.error)

@@ -64,6 +64,21 @@ def checkpoint_key(config: ModelConfig, dataset_version: str, run_id: str) -> st
 ONNX_TOLERANCE = 1e-3
 
 
+def training_grid(manifest: dict, data_store: DataStore) -> dict:
+    """dtype, CRS and pixel size of the training scenes (from their scene records), so predictions can
+    refuse scenes on another grid or scale (see monitoring/integrity.py)."""
+    from geoseg_assets.assets.scenes import SUMMARY_FILE
+
+    grid = {"dtype": manifest.get("dtype")}
+    for part in manifest["partitions"]:
+        record = data_store.path("scenes", {"region": part["region"], "date": part["date"]}, SUMMARY_FILE)
+        if record.exists():
+            scene = json.loads(record.read_text())
+            grid.update(crs_wkt=scene["crs_wkt"], resolution=scene["resolution"])
+            break
+    return grid
+
+
 def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataStore) -> float | None:
     """Export `net` to ONNX, check ONNX Runtime against torch on a random batch and log the file as
     `onnx/model.onnx` of the active MLflow run; returns the max abs logit difference (None if the
@@ -152,7 +167,8 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
         preprocessing = {"band_names": manifest["band_names"], "mean": manifest["norm"]["mean"],
                          "std": manifest["norm"]["std"], "indices": list(config.indices),
                          "class_ids": sorted(manifest["class_map"]["classes"].values()),
-                         "class_map": manifest["class_map"], "tile_shape": manifest["tile_shape"]}
+                         "class_map": manifest["class_map"], "tile_shape": manifest["tile_shape"],
+                         **training_grid(manifest, data_store)}
         mlflow.log_dict(preprocessing, PREPROCESSING_FILE)
         png = curves_png(result.history)
         mlflow_tracking.log_png(png, "curves.png")

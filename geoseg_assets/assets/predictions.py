@@ -15,6 +15,7 @@ from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.errors import SceneError
 from geoseg_assets.geo.masks import overlay_image
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
+from geoseg_assets.monitoring.integrity import describe, input_integrity
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
@@ -58,7 +59,8 @@ def model_class_map(preprocessing: dict, colours: ClassMap) -> ClassMap:
     automation_condition=FOLLOW_UPSTREAM,
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
     description="The champion model's land-cover map of the whole scene: seamless sliding-window inference "
-    "(blended overlaps, nodata kept), a class COG with the class colours, optional probabilities, and polygons.",
+    "(blended overlaps, nodata kept), a class COG with the class colours, optional probabilities, and polygons. "
+    "Refuses scenes whose bands, dtype, grid or value scale differ from the champion's training data.",
 )
 def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, data_store: DataStore,
                 mlflow_tracking: MlflowTracking, compute: ComputeDevice, class_map: ClassMapResource) -> dg.MaterializeResult:
@@ -73,6 +75,11 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         raise dg.Failure(f"{mlflow_tracking.model_name} has no `{CHAMPION}`: run training_job so a model is promoted",
                          allow_retries=False)
     preprocessing = mlflow_tracking.read_json_artifact(champion.run_id, PREPROCESSING_FILE)
+    issues = [i for i in input_integrity(scene, preprocessing) if i.blocking]
+    if issues:
+        raise dg.Failure(description=describe(str(scene_path), issues), allow_retries=False, metadata={
+            "file": str(scene_path), "model_version": str(champion.version),
+            "integrity_issues": [i.to_dict() for i in issues]})
     net = mlflow_tracking.load_version(str(champion.version))
     normalizer = Normalizer.from_dict(preprocessing)
     classes = model_class_map(preprocessing, class_map.for_region(dims["region"]))

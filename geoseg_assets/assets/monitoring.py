@@ -1,0 +1,276 @@
+"""Sustained-operation reports: data quality, data drift and prediction drift per region x date, and
+the champion's model quality across versions and on newly labelled partitions."""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from geoseg_assets import metadata as md
+from geoseg_assets.assets.datasets import DVC_STAGE, dataset
+from geoseg_assets.assets.masks import MASK_FILE, masks
+from geoseg_assets.assets.models import CHAMPION_ASSET
+from geoseg_assets.assets.predictions import CLASSES_FILE, predictions
+from geoseg_assets.assets.scenes import SUMMARY_FILE, scenes, upstream_scene
+from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.data_store import DataStore
+from resources.dvc_store import DvcStore
+from resources.label_store import ClassMapResource
+from resources.mlflow_tracking import CHAMPION, MlflowTracking
+from resources.notifier import Notifier
+
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+CHART_PNG = "chart.png"
+
+
+def _dataset_dir(data_store: DataStore):
+    """The current training set folder, or None when `dataset` was never built."""
+    folder = data_store.partition_dir("dataset")
+    return folder if (folder / "manifest.json").exists() else None
+
+
+def _dataset_bands(data_store: DataStore) -> list[str] | None:
+    folder = _dataset_dir(data_store)
+    return json.loads((folder / "manifest.json").read_text())["band_names"] if folder else None
+
+
+def previous_date(data_store: DataStore, asset: str, region: str, date: str, filename: str) -> str | None:
+    """The latest date before `date` for which `asset` has `filename` in this region (or None)."""
+    folder = data_store.partition_dir(asset, {"region": region})
+    dates = sorted(p.parent.name.removeprefix("date=") for p in folder.glob(f"date=*/{filename}"))
+    earlier = [d for d in dates if d < date]
+    return earlier[-1] if earlier else None
+
+
+def _drift_metadata(result, png: bytes, html_path) -> dict:
+    top = sorted(result.column_scores.items(), key=lambda kv: -float(kv[1].get("score") or 0))
+    table = "| column | score | method | threshold | drifted |\n|---|---|---|---|---|\n" + "\n".join(
+        f"| {name} | {float(v['score']):.4f} | {v['method']} | {v['threshold']} | {'yes' if v['drifted'] else 'no'} |"
+        for name, v in top)
+    return {
+        "drift_share": dg.MetadataValue.float(round(float(result.drift_share), 6)),
+        "dataset_drift": bool(result.dataset_drift),
+        "drifted_columns": list(result.drifted_columns),
+        "column_scores": dg.MetadataValue.md(table),
+        "reference_rows": result.reference_rows,
+        "current_rows": result.current_rows,
+        "report_html": md.path(html_path),
+        "chart": md.image(png, "drift per column"),
+    }
+
+
+class DriftReportConfig(dg.Config):
+    """How scenes are summarized for drift tests."""
+
+    feature_tile: int = Field(default=32, gt=7, description="Tile side (px) of the per-tile band/index statistics "
+                              "(smaller tiles: more samples, more power to see drift).")
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that makes the dataset drift.")
+    method: str = Field(default="wasserstein", description="Evidently per-column drift method.")
+    threshold: float = Field(default=0.4, gt=0, description="Per-column threshold of `method`: for `wasserstein`, the "
+                             "distance in reference standard deviations. Evidently's 0.1 flags the ordinary spread "
+                             "between one date and a multi-season training set; 0.4 does not, a 50 % re-calibration does.")
+
+
+@dg.asset(
+    partitions_def=region_date_partitions,
+    deps=[scenes, dataset],
+    kinds={"evidently", "html"},
+    group_name="monitoring",
+    automation_condition=FOLLOW_UPSTREAM,
+    description="Evidently data-drift report of the partition's per-tile band and spectral-index statistics against "
+    "the training set (or, for a product the training set does not cover, the region's previous date).",
+)
+def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, data_store: DataStore,
+                      dvc: DvcStore) -> dg.MaterializeResult:
+    from geoseg_assets.monitoring.drift import data_drift, drift_chart_png
+    from geoseg_assets.monitoring.features import dataset_reference_features, feature_columns, scene_tile_features
+
+    dims, scene_path, scene = upstream_scene(context, data_store)
+    current = scene_tile_features(str(scene_path), scene["band_names"], tile=config.feature_tile)
+    dataset_dir = _dataset_dir(data_store)
+    if dataset_dir is not None and _dataset_bands(data_store) == scene["band_names"]:
+        version = dvc.version(DVC_STAGE) or "unversioned"
+        cache = data_store.path("monitoring_reference", None, f"features-{version[:16]}-{config.feature_tile}.parquet")
+        if cache.exists():
+            import pandas as pd
+
+            reference = pd.read_parquet(cache)
+        else:
+            reference = dataset_reference_features(dataset_dir, "train", tile=config.feature_tile)
+            with data_store.atomic_path(cache) as tmp:
+                reference.to_parquet(tmp)
+        against = f"training set {version}"
+    else:
+        before = previous_date(data_store, "scenes", dims["region"], dims["date"], SUMMARY_FILE)
+        if before is None:  # the first date of a product the training set does not cover is the baseline
+            note = (f"baseline: the training set has other bands ({_dataset_bands(data_store)}) and this is the "
+                    f"region's first date; later dates of {dims['region']} are compared with it")
+            context.log.warning(f"{scene_path}: {note}")
+            data_store.write_bytes(data_store.path("data_drift_report", dims, REPORT_JSON),
+                                   json.dumps({"reference": None, "note": note}).encode())
+            return dg.MaterializeResult(metadata={"reference": "none", "note": note, "current_rows": len(current)})
+        reference = scene_tile_features(str(data_store.path("scenes", {**dims, "date": before}, "scene.tif")),
+                                        scene["band_names"], tile=config.feature_tile)
+        against = f"previous date {before} of region {dims['region']}"
+    columns = [c for c in feature_columns(current) if c in reference.columns]
+    html_path = data_store.path("data_drift_report", dims, REPORT_HTML)
+    try:
+        result = data_drift(reference, current, columns, drift_share=config.drift_share, html_path=str(html_path),
+                            method=config.method, threshold=config.threshold)
+    except ValueError as exc:
+        raise dg.Failure(f"{scene_path}: {exc}", allow_retries=False) from exc
+    png = drift_chart_png(result, f"data drift {dims['region']} {dims['date']} vs {against}")
+    data_store.write_bytes(data_store.path("data_drift_report", dims, CHART_PNG), png)
+    record = {"reference": against, "drift_share": result.drift_share, "dataset_drift": result.dataset_drift,
+              "drifted_columns": result.drifted_columns, "column_scores": result.column_scores}
+    data_store.write_bytes(data_store.path("data_drift_report", dims, REPORT_JSON), json.dumps(record, indent=2).encode())
+    context.log.info(f"{dims['region']}/{dims['date']}: drift share {result.drift_share:.2f} vs {against}")
+    return dg.MaterializeResult(metadata={"reference": against, **_drift_metadata(result, png, html_path)})
+
+
+@dg.asset(
+    partitions_def=region_date_partitions,
+    deps=[predictions, dataset],
+    kinds={"evidently", "html"},
+    group_name="monitoring",
+    automation_condition=FOLLOW_UPSTREAM,
+    description="Evidently drift of the predicted class shares against the training labels, and against the "
+    "region's previous predicted date when there is one.",
+)
+def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataStore,
+                            class_map: ClassMapResource) -> dg.MaterializeResult:
+    from geoseg_assets.monitoring.drift import class_share_drift, drift_chart_png
+    from geoseg_assets.monitoring.features import class_samples, dataset_class_samples
+
+    dims, _, _ = upstream_scene(context, data_store)
+    classes_path = data_store.path("predictions", dims, CLASSES_FILE)
+    if not classes_path.exists():
+        raise dg.Failure(f"{classes_path}: no prediction; materialize `predictions` for this partition first",
+                         allow_retries=False)
+    dataset_dir = _dataset_dir(data_store)
+    if dataset_dir is None:
+        raise dg.Failure("no training set to compare with: materialize `dataset` first", allow_retries=False)
+    names = {c.id: c.name for c in class_map.for_region(dims["region"]).classes}
+    current = class_samples(str(classes_path))
+    html_path = data_store.path("prediction_drift_report", dims, REPORT_HTML)
+    vs_training = class_share_drift(dataset_class_samples(dataset_dir, "train"), current, names, html_path=str(html_path))
+    png = drift_chart_png(vs_training, f"predicted class shares {dims['region']} {dims['date']} vs training labels")
+    metadata = {**_drift_metadata(vs_training, png, html_path),
+                "training_shares": vs_training.reference_shares, "predicted_shares": vs_training.current_shares}
+    record = {"vs_training": {"drift_share": vs_training.drift_share, "reference_shares": vs_training.reference_shares,
+                              "current_shares": vs_training.current_shares, "column_scores": vs_training.column_scores}}
+    before = previous_date(data_store, "predictions", dims["region"], dims["date"], CLASSES_FILE)
+    if before is not None:
+        previous_html = data_store.path("prediction_drift_report", dims, "vs_previous_date.html")
+        previous = class_share_drift(class_samples(str(data_store.path("predictions", {**dims, "date": before}, CLASSES_FILE))),
+                                     current, names, html_path=str(previous_html))
+        record["vs_previous_date"] = {"date": before, "drift_share": previous.drift_share,
+                                      "reference_shares": previous.reference_shares,
+                                      "column_scores": previous.column_scores}
+        metadata.update(previous_date=before, previous_date_drift=bool(previous.dataset_drift),
+                        previous_date_shares=previous.reference_shares, previous_date_html=md.path(previous_html))
+    data_store.write_bytes(data_store.path("prediction_drift_report", dims, REPORT_JSON), json.dumps(record, indent=2).encode())
+    return dg.MaterializeResult(metadata=metadata)
+
+
+class QualityConfig(dg.Config):
+    """Per-rule thresholds live in monitoring/quality.py; this picks the tile size of the per-tile table."""
+
+    tile: int = Field(default=256, gt=15, description="Tile side (px) of the per-tile quality table.")
+
+
+@dg.asset(
+    partitions_def=region_date_partitions,
+    deps=[scenes],
+    kinds={"html"},
+    group_name="monitoring",
+    automation_condition=FOLLOW_UPSTREAM,
+    check_specs=[dg.AssetCheckSpec("data_quality_passes", asset="data_quality_report",
+                                   description="No data-quality rule fails (warnings pass with severity WARN).")],
+    description="Data quality of the scene per rule (nodata, saturation, values outside the training range, "
+    "cloud/shadow proxy) with pass/warn/fail, a per-tile table, JSON and an HTML page; failures notify.",
+)
+def data_quality_report(context: dg.AssetExecutionContext, config: QualityConfig, data_store: DataStore,
+                        notifier: Notifier):
+    from geoseg_assets.monitoring.quality import quality_html, reference_ranges, scene_quality
+
+    dims, scene_path, scene = upstream_scene(context, data_store)
+    dataset_dir = _dataset_dir(data_store)
+    reference = None
+    if dataset_dir is not None and _dataset_bands(data_store) == scene["band_names"]:
+        reference = reference_ranges(dataset_dir, "train")
+    report = scene_quality(str(scene_path), scene["band_names"], reference=reference, tile=config.tile)
+    html_path = data_store.path("data_quality_report", dims, REPORT_HTML)
+    data_store.write_bytes(html_path, quality_html(report, f"data quality {dims['region']} {dims['date']}").encode())
+    data_store.write_bytes(data_store.path("data_quality_report", dims, REPORT_JSON),
+                           json.dumps(report.to_dict(), indent=2, default=str).encode())
+    table = "| rule | status | value | warn | fail | message |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {r.rule} | {r.status} | {r.value:.4f} | {r.warn} | {r.fail} | {r.message} |" for r in report.rules)
+    failed = [r.rule for r in report.rules if r.status == "fail"]
+    if failed:
+        notifier.notify(f"data quality FAILED for {dims['region']}/{dims['date']}: {', '.join(failed)} ({scene_path})",
+                        asset="data_quality_report", partition=f"{dims['region']}/{dims['date']}", report=str(html_path))
+    yield dg.MaterializeResult(metadata={
+        "status": report.status,
+        "rules": dg.MetadataValue.md(table),
+        "failed_rules": failed,
+        "warned_rules": [r.rule for r in report.rules if r.status == "warn"],
+        "reference": "training set" if reference else "none (no training set with these bands)",
+        "report_html": md.path(html_path),
+    })
+    yield dg.AssetCheckResult(
+        check_name="data_quality_passes", passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR if failed else dg.AssetCheckSeverity.WARN,
+        metadata={"status": report.status, "failed_rules": failed})
+
+
+# Unpartitioned over partitioned inputs: re-run after any new champion, prediction or mask (eager() would
+# wait for every date partition of its inputs to exist, which never happens).
+MODEL_QUALITY_AUTOMATION = (dg.AutomationCondition.any_deps_updated().since_last_handled()
+                            & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress())
+
+
+@dg.asset(
+    deps=[dg.AssetKey(CHAMPION_ASSET), predictions, masks],
+    automation_condition=MODEL_QUALITY_AUTOMATION,
+    kinds={"mlflow", "html"},
+    group_name="monitoring",
+    description="The champion and its history: test mIoU and per-class IoU of every registered version, and live "
+    "quality of the champion's predictions on every partition that has labels.",
+)
+def model_quality_report(context: dg.AssetExecutionContext, data_store: DataStore,
+                         mlflow_tracking: MlflowTracking, class_map: ClassMapResource) -> dg.MaterializeResult:
+    from geoseg_assets.monitoring.model_quality import live_quality, model_quality_html, version_history, history_png
+
+    champion = mlflow_tracking.alias_version(CHAMPION)
+    if champion is None:
+        raise dg.Failure(f"{mlflow_tracking.model_name} has no `{CHAMPION}`: run training_job first", allow_retries=False)
+    history = version_history(mlflow_tracking.client(), mlflow_tracking.model_name, str(champion.version))
+    root = data_store.partition_dir("predictions")
+    pairs = []
+    for classes in sorted(root.glob(f"region=*/date=*/{CLASSES_FILE}")):
+        region, date = classes.parent.parent.name.removeprefix("region="), classes.parent.name.removeprefix("date=")
+        mask = data_store.path("masks", {"region": region, "date": date}, MASK_FILE)
+        record = json.loads((classes.parent / "prediction.json").read_text()) if (classes.parent / "prediction.json").exists() else {}
+        if mask.exists() and record.get("model_version") == str(champion.version):
+            pairs.append((f"{region}/{date}", str(classes), str(mask)))
+    classes_of = class_map.classes
+    live = live_quality(pairs, [c.id for c in classes_of], [c.name for c in classes_of])
+    png = history_png(history)
+    html_path = data_store.path("model_quality_report", None, REPORT_HTML)
+    data_store.write_bytes(html_path, model_quality_html(history, live, png, mlflow_tracking.model_name).encode())
+    data_store.write_bytes(data_store.path("model_quality_report", None, REPORT_JSON),
+                           json.dumps({"history": history, "live": live}, indent=2).encode())
+    live_table = "| partition | mIoU | pixel acc | labelled px |\n|---|---|---|---|\n" + "\n".join(
+        f"| {p['partition']} | {p['miou']:.4f} | {p['pixel_accuracy']:.4f} | {p['labelled_pixels']} |"
+        for p in live["partitions"])
+    return dg.MaterializeResult(metadata={
+        "champion_version": str(champion.version),
+        "versions": len(history),
+        "champion_test_miou": next((h["test_miou"] for h in history if h["version"] == str(champion.version)), None),
+        "live_miou": dg.MetadataValue.float(float(live["miou"])) if live["partitions"] else "no labelled partition",
+        "live_partitions": dg.MetadataValue.md(live_table),
+        "history": md.image(png, "mIoU per model version"),
+        "report_html": md.path(html_path),
+    })

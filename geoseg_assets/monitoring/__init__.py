@@ -1,0 +1,1 @@
+"""Monitoring: per-tile scene features, data/class drift (Evidently) and scene quality rules."""
