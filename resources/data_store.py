@@ -34,6 +34,9 @@ def check_partition_value(value: str, what: str = "partition key") -> str:
     return value
 
 
+DIMENSION_ORDER = ("region", "date")
+
+
 class DataStore(ConfigurableResource):
     """Asset outputs under `root`, laid out as `<asset>/<dim>=<value>/.../<file>`.
 
@@ -45,14 +48,16 @@ class DataStore(ConfigurableResource):
     root: str = Field(description="Folder that holds every asset output.")
 
     def partition_dir(self, asset: str, partition: Mapping[str, str] | str | None = None) -> Path:
-        """Folder of one asset partition: one `<dim>=<value>` level per dimension, in the given order."""
+        """Folder of one asset partition: one `<dim>=<value>` level per dimension, region before date
+        (then any other dimension by name), whatever order the mapping has (Dagster's multi-partition
+        keys list date first)."""
         check_partition_value(asset, "asset name")
         path = Path(self.root) / asset
         if partition is None:
             return path
         if isinstance(partition, str):
             return path / check_partition_value(partition)
-        for dim in partition:
+        for dim in sorted(partition, key=lambda d: (DIMENSION_ORDER.index(d) if d in DIMENSION_ORDER else 99, d)):
             check_partition_value(dim, "partition dimension")
             path = path / f"{dim}={check_partition_value(partition[dim], f'{dim} key')}"
         return path

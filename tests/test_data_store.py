@@ -16,6 +16,13 @@ def test_paths_are_laid_out_by_dimension_under_the_root(store, tmp_path):
     assert store.partition_dir("dataset") == tmp_path / "store" / "dataset"
 
 
+def test_dimension_order_of_the_key_does_not_change_the_folder(store):
+    """Dagster's MultiPartitionKey lists date first: the layout must not depend on it."""
+    by_dagster = store.path("scenes", {"date": "2024-06-15", "region": "alpha"}, "scene.tif")
+    assert by_dagster == store.path("scenes", {"region": "alpha", "date": "2024-06-15"}, "scene.tif")
+    assert by_dagster.parent.parent.name == "region=alpha"
+
+
 def test_atomic_write_replaces_only_on_success(store):
     target = store.path("scenes", {"region": "alpha", "date": "2024-06-15"}, "scene.json")
     store.write_bytes(target, b"good")
