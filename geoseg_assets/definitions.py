@@ -19,6 +19,7 @@ from geoseg_assets.assets.monitoring import (
 from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
+from geoseg_assets.celery_executor import celery_imagery_job
 from geoseg_assets.checks import (
     dataset_class_coverage,
     dataset_no_leakage,
@@ -112,7 +113,8 @@ def build_defs(resources: dict) -> dg.Definitions:
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
                       dataset_class_coverage],
         sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier, drift_sensor],
-        jobs=[imagery_job, import_labels_job, dataset_job, training_job, prediction_job, monitoring_job, feedback_job],
+        jobs=[imagery_job, import_labels_job, dataset_job, training_job, prediction_job, monitoring_job, feedback_job,
+              celery_imagery_job],
         resources=resources,
     )
 

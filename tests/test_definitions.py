@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,25 +34,31 @@ def test_graph_has_the_assets_checks_sensors_and_lineage():
     from geoseg_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"scenes", "tiles", "masks", "dataset", "model",
-                                                                       "model_evaluation"}
-    assert graph.get(dg.AssetKey("model_evaluation")).parent_keys == {dg.AssetKey("model")}
-    assert graph.get(dg.AssetKey("dataset")).parent_keys == {dg.AssetKey("tiles"), dg.AssetKey("masks")}
-    assert graph.get(dg.AssetKey("tiles")).parent_keys == {dg.AssetKey("scenes")}
-    assert graph.get(dg.AssetKey("masks")).parent_keys == {dg.AssetKey("scenes")}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "scenes", "tiles", "masks", "dataset", "model", "model_evaluation", "champion_model", "predictions",
+        "data_quality_report", "data_drift_report", "prediction_drift_report", "model_quality_report"}
+    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
+    assert parents["model_evaluation"] == {"model"} and parents["champion_model"] == {"model_evaluation"}
+    assert parents["dataset"] == {"tiles", "masks"}
+    assert parents["tiles"] == parents["masks"] == parents["data_quality_report"] == {"scenes"}
+    assert parents["predictions"] == {"scenes", "champion_model"}
+    assert parents["data_drift_report"] == {"scenes", "dataset"}
+    assert parents["prediction_drift_report"] == {"predictions", "dataset"}
+    assert parents["model_quality_report"] == {"champion_model", "predictions", "masks"}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {("scenes", "scene_integrity"), ("tiles", "tile_stats_sanity"), ("masks", "label_geometries_valid"),
                       ("dataset", "dataset_no_leakage"), ("dataset", "dataset_class_coverage"),
-                      ("model_evaluation", "min_test_miou")}
+                      ("model_evaluation", "min_test_miou"), ("data_quality_report", "data_quality_passes")}
     assert {s.name for s in defs.sensors} == {"new_scene_sensor", "label_change_sensor", "geoseg_automation_sensor",
-                                              "run_failure_notifier"}
+                                              "run_failure_notifier", "drift_sensor"}
     assert defs.resolve_sensor_def("geoseg_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def test_geo_code_does_not_import_dagster():
+@pytest.mark.parametrize("package", ["geo", "ml", "monitoring"])
+def test_pure_code_does_not_import_dagster(package):
     code = (
-        "import sys, pkgutil, importlib, geoseg_assets.geo as g\n"
-        "for m in pkgutil.iter_modules(g.__path__): importlib.import_module(f'geoseg_assets.geo.{m.name}')\n"
+        f"import sys, pkgutil, importlib, geoseg_assets.{package} as g\n"
+        f"for m in pkgutil.iter_modules(g.__path__): importlib.import_module(f'geoseg_assets.{package}.{{m.name}}')\n"
         "print('dagster' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -93,8 +100,10 @@ def test_webserver_serves_the_code_location(tmp_path):
             time.sleep(1)
         assert payload is not None, "webserver did not answer"
         nodes = {"/".join(n["assetKey"]["path"]): n for n in payload["data"]["assetNodes"]}
-        assert set(nodes) == {"scenes", "tiles", "masks", "dataset", "model", "model_evaluation"}
-        assert nodes["tiles"]["groupName"] == "imagery"
+        from geoseg_assets.definitions import defs
+
+        assert set(nodes) == {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+        assert nodes["tiles"]["groupName"] == "imagery" and nodes["data_drift_report"]["groupName"] == "monitoring"
         assert "region" in nodes["scenes"]["partitionDefinition"]["description"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

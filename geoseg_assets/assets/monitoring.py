@@ -63,13 +63,17 @@ def _drift_metadata(result, png: bytes, html_path) -> dict:
 class DriftReportConfig(dg.Config):
     """How scenes are summarized for drift tests."""
 
-    feature_tile: int = Field(default=32, gt=7, description="Tile side (px) of the per-tile band/index statistics "
+    feature_tile: int = Field(default=24, gt=7, description="Tile side (px) of the per-tile band/index statistics "
                               "(smaller tiles: more samples, more power to see drift).")
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that makes the dataset drift.")
     method: str = Field(default="wasserstein", description="Evidently per-column drift method.")
     threshold: float = Field(default=0.4, gt=0, description="Per-column threshold of `method`: for `wasserstein`, the "
                              "distance in reference standard deviations. Evidently's 0.1 flags the ordinary spread "
                              "between one date and a multi-season training set; 0.4 does not, a 50 % re-calibration does.")
+    previous_date_method: str | None = Field(default=None, description="Method against the region's previous date "
+                                             "(same product, one date each): None = Evidently's choice (K-S up to "
+                                             "1000 rows, else normed Wasserstein 0.1).")
+    previous_date_threshold: float | None = Field(default=None, description="Threshold of `previous_date_method`.")
 
 
 @dg.asset(
@@ -84,23 +88,32 @@ class DriftReportConfig(dg.Config):
 def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, data_store: DataStore,
                       dvc: DvcStore) -> dg.MaterializeResult:
     from geoseg_assets.monitoring.drift import data_drift, drift_chart_png
-    from geoseg_assets.monitoring.features import dataset_reference_features, feature_columns, scene_tile_features
+    from geoseg_assets.monitoring.features import (
+        dataset_reference_features,
+        dataset_regions,
+        feature_columns,
+        scene_tile_features,
+    )
 
     dims, scene_path, scene = upstream_scene(context, data_store)
     current = scene_tile_features(str(scene_path), scene["band_names"], tile=config.feature_tile)
     dataset_dir = _dataset_dir(data_store)
+    method, threshold = config.method, config.threshold
     if dataset_dir is not None and _dataset_bands(data_store) == scene["band_names"]:
         version = dvc.version(DVC_STAGE) or "unversioned"
-        cache = data_store.path("monitoring_reference", None, f"features-{version[:16]}-{config.feature_tile}.parquet")
+        regions = [dims["region"]] if dims["region"] in dataset_regions(dataset_dir) else None
+        scope = dims["region"] if regions else "all-regions"
+        cache = data_store.path("monitoring_reference", None,
+                                f"features-{version[:16]}-{scope}-{config.feature_tile}.parquet")
         if cache.exists():
             import pandas as pd
 
             reference = pd.read_parquet(cache)
         else:
-            reference = dataset_reference_features(dataset_dir, "train", tile=config.feature_tile)
+            reference = dataset_reference_features(dataset_dir, "train", tile=config.feature_tile, regions=regions)
             with data_store.atomic_path(cache) as tmp:
                 reference.to_parquet(tmp)
-        against = f"training set {version}"
+        against = f"training set {version} ({'train tiles of region ' + scope if regions else 'all train tiles'})"
     else:
         before = previous_date(data_store, "scenes", dims["region"], dims["date"], SUMMARY_FILE)
         if before is None:  # the first date of a product the training set does not cover is the baseline
@@ -113,11 +126,12 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
         reference = scene_tile_features(str(data_store.path("scenes", {**dims, "date": before}, "scene.tif")),
                                         scene["band_names"], tile=config.feature_tile)
         against = f"previous date {before} of region {dims['region']}"
+        method, threshold = config.previous_date_method, config.previous_date_threshold
     columns = [c for c in feature_columns(current) if c in reference.columns]
     html_path = data_store.path("data_drift_report", dims, REPORT_HTML)
     try:
         result = data_drift(reference, current, columns, drift_share=config.drift_share, html_path=str(html_path),
-                            method=config.method, threshold=config.threshold)
+                            method=method, threshold=threshold)
     except ValueError as exc:
         raise dg.Failure(f"{scene_path}: {exc}", allow_retries=False) from exc
     png = drift_chart_png(result, f"data drift {dims['region']} {dims['date']} vs {against}")
@@ -135,13 +149,14 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
     kinds={"evidently", "html"},
     group_name="monitoring",
     automation_condition=FOLLOW_UPSTREAM,
-    description="Evidently drift of the predicted class shares against the training labels, and against the "
-    "region's previous predicted date when there is one.",
+    description="Evidently drift of the predicted class shares against the training set's labels (of the same "
+    "region when it has some: all splits, the region's whole labelled area), and against the region's previous "
+    "predicted date when there is one.",
 )
 def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataStore,
                             class_map: ClassMapResource) -> dg.MaterializeResult:
     from geoseg_assets.monitoring.drift import class_share_drift, drift_chart_png
-    from geoseg_assets.monitoring.features import class_samples, dataset_class_samples
+    from geoseg_assets.monitoring.features import class_samples, dataset_class_samples, dataset_regions
 
     dims, _, _ = upstream_scene(context, data_store)
     classes_path = data_store.path("predictions", dims, CLASSES_FILE)
@@ -154,9 +169,13 @@ def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataS
     names = {c.id: c.name for c in class_map.for_region(dims["region"]).classes}
     current = class_samples(str(classes_path))
     html_path = data_store.path("prediction_drift_report", dims, REPORT_HTML)
-    vs_training = class_share_drift(dataset_class_samples(dataset_dir, "train"), current, names, html_path=str(html_path))
+    regions = [dims["region"]] if dims["region"] in dataset_regions(dataset_dir) else None
+    labels = dataset_class_samples(dataset_dir, ("train", "val", "test"), regions=regions)
+    vs_training = class_share_drift(labels, current, names, html_path=str(html_path))
     png = drift_chart_png(vs_training, f"predicted class shares {dims['region']} {dims['date']} vs training labels")
     metadata = {**_drift_metadata(vs_training, png, html_path),
+                "reference": f"labels of the training set ({'region ' + dims['region'] if regions else 'all regions'}, "
+                             "all splits)",
                 "training_shares": vs_training.reference_shares, "predicted_shares": vs_training.current_shares}
     record = {"vs_training": {"drift_share": vs_training.drift_share, "reference_shares": vs_training.reference_shares,
                               "current_shares": vs_training.current_shares, "column_scores": vs_training.column_scores}}

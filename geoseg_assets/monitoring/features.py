@@ -136,18 +136,32 @@ def dataset_validity(image: np.ndarray, nodata: float) -> np.ndarray:
     return valid
 
 
+def split_tiles_of(ds: ShardDataset, regions: Sequence[str] | None) -> list[int]:
+    """Indices of a split's stored tiles, only those of `regions` when given."""
+    if regions is None:
+        return list(range(len(ds)))
+    wanted = set(regions)
+    return [i for i, t in enumerate(ds.tiles) if t.get("region") in wanted]
+
+
+def dataset_regions(dataset_dir: str | os.PathLike, split: str = "train") -> set[str]:
+    """Regions with at least one stored tile in the split."""
+    return {t["region"] for t in load_manifest(dataset_dir)["splits"][split]["tiles"]}
+
+
 def dataset_reference_features(dataset_dir: str | os.PathLike, split: str = "train", *, tile: int = 64,
                                indices: Sequence[str] = ("NDVI", "NDWI"),
-                               min_valid_fraction: float = 0.5) -> pd.DataFrame:
-    """The scene feature columns computed from the raw tiles of a dataset split, each stored tile cut into
-    `tile`-px sub-tiles (`tile_index` says which stored tile); one stored tile in memory at a time."""
+                               min_valid_fraction: float = 0.5, regions: Sequence[str] | None = None) -> pd.DataFrame:
+    """The scene feature columns computed from the raw tiles of a dataset split (of `regions` only, when
+    given), each stored tile cut into `tile`-px sub-tiles (`tile_index` says which stored tile); one
+    stored tile in memory at a time."""
     manifest = load_manifest(dataset_dir)
     band_names = list(manifest["band_names"])
     keys = available_indices(band_names, indices)
     nodata = dataset_nodata(manifest)
     ds = ShardDataset(dataset_dir, split, manifest=manifest)
     rows: list[dict] = []
-    for i in range(len(ds)):
+    for i in split_tiles_of(ds, regions):
         image, _ = ds.raw(i)
         for row in _split_features(image, dataset_validity(image, nodata), band_names, keys, tile):
             rows.append({"tile_index": i, **row})
@@ -212,16 +226,18 @@ def class_samples(class_raster_path: str, *, ignore_id: int = 255, max_samples: 
     return sample.sample().astype(np.int64)
 
 
-def dataset_class_samples(dataset_dir: str | os.PathLike, split: str = "train", *, max_samples: int = 20000,
-                          seed: int = 0) -> np.ndarray:
-    """Up to `max_samples` class ids (int64) drawn uniformly from the labelled mask pixels of a dataset split
-    (the manifest's ignore id excluded), one stored tile in memory at a time."""
+def dataset_class_samples(dataset_dir: str | os.PathLike, split: str | Sequence[str] = "train", *,
+                          max_samples: int = 20000, seed: int = 0, regions: Sequence[str] | None = None) -> np.ndarray:
+    """Up to `max_samples` class ids (int64) drawn uniformly from the labelled mask pixels of one or more
+    dataset splits (of `regions` only, when given; the manifest's ignore id excluded), one stored tile in
+    memory at a time."""
     manifest = load_manifest(Path(dataset_dir))
     _, _, ignore_id = class_table(manifest)
-    ds = ShardDataset(dataset_dir, split, manifest=manifest)
     sample = Reservoir(max_samples, seed)
-    for i in range(len(ds)):
-        _, mask = ds.raw(i)
-        ids = mask.ravel()
-        sample.add(ids[ids != ignore_id])
+    for name in [split] if isinstance(split, str) else list(split):
+        ds = ShardDataset(dataset_dir, name, manifest=manifest)
+        for i in split_tiles_of(ds, regions):
+            _, mask = ds.raw(i)
+            ids = mask.ravel()
+            sample.add(ids[ids != ignore_id])
     return sample.sample().astype(np.int64)
