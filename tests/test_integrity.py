@@ -22,6 +22,7 @@ def test_a_scene_like_the_training_data_has_no_issue():
 
 @pytest.mark.parametrize("change, expected", [
     ({"band_names": ["G", "B", "R", "NIR"]}, ["band_order"]),
+    ({"band_names": ["SWIR1", "NIR", "R", "G"]}, ["bands"]),
     ({"band_names": ["B", "G", "R"], "band_min": [1, 1, 1], "band_max": [9, 9, 9]}, ["band_count"]),
     ({"dtype": "uint8"}, ["dtype"]),
     ({"crs_wkt": "EPSG:4326", "resolution": [0.0003, 0.0003]}, ["crs_family"]),

@@ -44,11 +44,14 @@ def input_integrity(scene: Mapping, model: Mapping, resolution_tolerance: float 
             "band_count", f"has {len(bands)} band(s) {bands}, the model was trained on {len(trained)}: {trained}",
             "land scenes of the product the model was trained on, or train a model on this product"))
     elif bands != trained:
-        same_set = sorted(b.upper() for b in bands) == sorted(b.upper() for b in trained)
-        issues.append(IntegrityIssue(
-            "band_order", f"has bands {bands}, the model expects {trained}"
-            + (" (same bands, another order)" if same_set else ""),
-            "reorder the bands (e.g. `gdal_translate -b ...`) or fix the region's declared band_names"))
+        if sorted(b.upper() for b in bands) == sorted(b.upper() for b in trained):
+            issues.append(IntegrityIssue(
+                "band_order", f"has bands {bands}, the model expects {trained} (same bands, another order)",
+                "reorder the bands (e.g. `gdal_translate -b ...`) or fix the region's declared band_names"))
+        else:
+            issues.append(IntegrityIssue(
+                "bands", f"has bands {bands}, the model was trained on {trained}",
+                "land scenes of the product the model was trained on, or train a model on this product"))
     if model.get("dtype") and scene.get("dtype") and scene["dtype"] != model["dtype"]:
         issues.append(IntegrityIssue(
             "dtype", f"has dtype {scene['dtype']}, the model was trained on {model['dtype']} (another value scale)",
