@@ -7,7 +7,7 @@ DATA ?= $(CURDIR)/data
 export GEOSEG_DATA_DIR := $(DATA)
 export DAGSTER_HOME := $(DATA)/dagster_home
 
-.PHONY: install demo test ui bench services clean lock
+.PHONY: install demo test ui ui-prod bench services clean lock
 
 # torch/torchvision go in first as the matched pair that lies on this machine's disk; then the
 # project with every dependency pinned by requirements.lock (regenerate it with `make lock`).
@@ -28,6 +28,27 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# Production-like UI: webserver + daemon on the dagster-postgres instance of dagster.yaml (queued runs,
+# concurrency limits, run retries and monitoring), both stopped together by Ctrl-C.
+PG_HOME := $(DATA)/dagster_home_pg
+ui-prod: export DAGSTER_HOME := $(PG_HOME)
+ui-prod: export DAGSTER_PG_HOST ?= 127.0.0.1
+ui-prod: export DAGSTER_PG_PORT ?= 5432
+ui-prod: export DAGSTER_PG_USER ?= postgres
+ui-prod: export DAGSTER_PG_PASSWORD ?=
+ui-prod: export DAGSTER_PG_DB ?= geoseg
+ui-prod: install
+	mkdir -p $(PG_HOME) && cp dagster.yaml $(PG_HOME)/dagster.yaml
+	PGPASSWORD="$$DAGSTER_PG_PASSWORD" psql -h "$$DAGSTER_PG_HOST" -p "$$DAGSTER_PG_PORT" -U "$$DAGSTER_PG_USER" -d postgres -qAtc \
+	  "SELECT 1 FROM pg_database WHERE datname = '$$DAGSTER_PG_DB'" | grep -q 1 || \
+	  PGPASSWORD="$$DAGSTER_PG_PASSWORD" psql -h "$$DAGSTER_PG_HOST" -p "$$DAGSTER_PG_PORT" -U "$$DAGSTER_PG_USER" -d postgres \
+	  -qc "CREATE DATABASE \"$$DAGSTER_PG_DB\""
+	$(VENV)/bin/dagster instance migrate
+	trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT INT TERM; \
+	$(VENV)/bin/dagster-daemon run -w workspace.yaml & \
+	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p $${GEOSEG_UI_PORT:-3000} -w workspace.yaml & \
+	wait
 
 services:
 	bash .ci/services.sh

@@ -62,3 +62,18 @@ def test_failed_blocking_scene_check_holds_tiles_back(synthetic_source, store, m
 
     second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     assert requested(second, dg.AssetKey("tiles")) == []
+
+
+def test_model_quality_report_waits_for_a_champion(synthetic_source, store):
+    """New masks or predictions alone do not request the model quality report; with a champion they do."""
+    instance = dg.DagsterInstance.ephemeral()
+    defs = build_defs(with_test_resources({"data_store": store, "scene_source": synthetic_source}))
+    report = dg.AssetKey("model_quality_report")
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    instance.add_dynamic_partitions("region", ["alpha"])
+    instance.report_runless_asset_event(dg.AssetMaterialization("masks", partition=str(partition_key("alpha", OLD))))
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert second.get_num_requested(report) == 0
+    instance.report_runless_asset_event(dg.AssetMaterialization("champion_model"))
+    third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+    assert third.get_num_requested(report) == 1

@@ -245,9 +245,13 @@ def data_quality_report(context: dg.AssetExecutionContext, config: QualityConfig
 
 
 # Unpartitioned over partitioned inputs: re-run after any new champion, prediction or mask (eager() would
-# wait for every date partition of its inputs to exist, which never happens).
-MODEL_QUALITY_AUTOMATION = (dg.AutomationCondition.any_deps_updated().since_last_handled()
-                            & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress())
+# wait for every date partition of its inputs to exist, which never happens), once there is a champion.
+MODEL_QUALITY_AUTOMATION = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(
+        dg.AssetSelection.assets(CHAMPION_ASSET))
+    & ~dg.AutomationCondition.any_deps_in_progress() & ~dg.AutomationCondition.in_progress()
+)
 
 
 @dg.asset(
