@@ -61,6 +61,7 @@ bench: install
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_backfill.py
 
 lock: install
 	$(PY) -m pip freeze --exclude-editable > requirements.lock
