@@ -51,15 +51,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
+
+from tests.conftest import PG, throwaway_database  # noqa: E402  (the tests' throwaway Postgres database)
 ASSET_STEPS = ("scenes", "tiles")
 BACKFILL_ASSETS = ("scenes", "tiles")
 GOAL_RATIO = 1.3
@@ -118,21 +117,6 @@ def import_times(repeats: int) -> dict:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in cases}
-
-
-@contextmanager
-def throwaway_database():
-    import psycopg2
-
-    name = f"geoseg_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(dbname="postgres", **PG)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def instance_yaml() -> str:
