@@ -83,6 +83,7 @@ def test_the_champion_predicts_and_a_new_champion_makes_predictions_stale(projec
     assert requested(stale) == PARTITIONS
     rerun = predict(project, "alpha", DATES[1])
     assert rerun.asset_materializations_for_node("predictions")[0].metadata["model_version"].value == second
+    assert not store.path("predictions", {"region": "alpha", "date": DATES[1]}, "probabilities.tif").exists()
 
     # A challenger that is not promoted leaves predictions alone.
     calm = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=stale.cursor)

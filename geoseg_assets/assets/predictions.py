@@ -126,6 +126,9 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         "polygons": vectors.features if vectors else None,
     }
     data_store.write_bytes(paths[SUMMARY_FILE], json.dumps(record, indent=2).encode())
+    for optional, wanted in ((PROBABILITIES_FILE, config.write_probabilities), (POLYGONS_FILE, config.vectorize)):
+        if not wanted:  # an earlier run's output would no longer match this model and config
+            paths[optional].unlink(missing_ok=True)
     for note in result.notes:
         context.log.warning(f"{scene_path}: {note}")
     area_table = "| class | km² | share |\n|---|---|---|\n" + "\n".join(
