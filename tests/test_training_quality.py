@@ -1,6 +1,7 @@
 """The demo's training set and default model config: the DVC version is reproduced exactly and a
 CPU training run reaches val mIoU >= 0.9 and becomes champion (about 4-5 minutes on 2 cores)."""
 
+import numpy as np
 import pytest
 
 from geoseg_assets.definitions import build_defs
@@ -80,10 +81,8 @@ def test_demo_dataset_trains_to_val_miou_0_9_on_cpu(demo_project):
     assert evaluation["test_miou"].value >= 0.85 and evaluation["promoted"].value is True
 
 
-def seam_distance(length: int, config) -> "np.ndarray":
+def seam_distance(length: int, config) -> np.ndarray:
     """Per pixel along one axis: distance to the nearest seam, the middle of two windows' overlap."""
-    import numpy as np
-
     from geoseg_assets.ml.inference import window_starts
 
     starts = window_starts(length, config.window, config.stride, config.pad)
@@ -98,7 +97,6 @@ def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_pro
     `prediction_job`; mIoU next to window seams matches mIoU at window centres within 1 point, and
     predicted water polygons lie on the true lakes."""
     import geopandas as gpd
-    import numpy as np
     import rasterio
     from shapely import union_all
 

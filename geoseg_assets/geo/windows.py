@@ -16,8 +16,9 @@ def iter_blocks(width: int, height: int, block: int = 1024) -> Iterator[Window]:
             yield Window(col, row, min(block, width - col), min(block, height - row))
 
 
-def _starts(length: int, size: int, stride: int) -> list[int]:
-    """Start offsets along one axis: regular stride, plus a last start flush with the edge."""
+def axis_starts(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets along one axis: regular stride, plus a last start flush with the edge ([0] when
+    one window covers it all)."""
     if length <= size:
         return [0]
     starts = list(range(0, length - size + 1, stride))
@@ -37,8 +38,8 @@ def tile_grid(width: int, height: int, size: int = 256, overlap: int = 0) -> lis
     if not 0 <= overlap < size:
         raise ValueError(f"overlap must be in [0, size), got {overlap} for size {size}")
     stride = size - overlap
-    rows = _starts(height, size, stride)
-    cols = _starts(width, size, stride)
+    rows = axis_starts(height, size, stride)
+    cols = axis_starts(width, size, stride)
     return [
         Window(col, row, min(size, width - col), min(size, height - row))
         for row in rows

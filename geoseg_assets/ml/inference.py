@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..geo.windows import axis_starts
 from .data import Normalizer
 
 NODATA_CLASS = 255
@@ -111,13 +112,7 @@ def blend_weights(window: int, overlap: int, mode: str = "ramp") -> np.ndarray:
 def window_starts(length: int, window: int, stride: int, pad: int) -> list[int]:
     """Window offsets along one axis (may be negative): a regular stride from `-pad`, the last window
     flush with `length + pad`, so every pixel of [0, length) is covered."""
-    total = length + 2 * pad
-    if total <= window:
-        return [-pad]
-    starts = list(range(0, total - window + 1, stride))
-    if starts[-1] + window < total:
-        starts.append(total - window)
-    return [s - pad for s in starts]
+    return [s - pad for s in axis_starts(length + 2 * pad, window, stride)]
 
 
 def window_grid(width: int, height: int, config: InferenceConfig) -> list[tuple[int, int]]:
