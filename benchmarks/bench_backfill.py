@@ -45,7 +45,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
 
 from tests.conftest import PG, throwaway_database  # noqa: E402  (the tests' throwaway Postgres database)
+from tests.processes import group_alive, start_group, stop_group, tail  # noqa: E402
 ASSET_STEPS = ("scenes", "tiles")
 BACKFILL_ASSETS = ("scenes", "tiles")
 GOAL_RATIO = 1.3
@@ -126,46 +126,6 @@ def instance_yaml() -> str:
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     config["auto_materialize"] = {"enabled": False, "use_sensors": False}
     return yaml.safe_dump(config, sort_keys=False)
-
-
-def start_group(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    """A process in its own session (process group), so that it and all its children can be stopped."""
-    with open(log_path, "wb") as handle:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM to the process group, SIGKILL if anything of it is left after `timeout`."""
-    pgid = proc.pid
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.time() + wait
-        while group_alive(pgid) and time.time() < deadline:
-            time.sleep(0.2)
-        if not group_alive(pgid):
-            return
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
 # --------------------------------------------------------------------------------- event-log analysis
@@ -280,12 +240,12 @@ def wait_for_daemon(instance, proc, log_path: Path, timeout: float = 240) -> flo
     t = time.time()
     while time.time() - t < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"dagster-daemon exited with {proc.returncode}:\n{tail(log_path)}")
+            raise RuntimeError(f"dagster-daemon exited with {proc.returncode}:\n{tail(log_path, 30)}")
         beats = instance.get_daemon_heartbeats()
         if {"BACKFILL", "QUEUED_RUN_COORDINATOR"} <= set(beats):
             return time.time() - t
         time.sleep(1)
-    raise RuntimeError(f"dagster-daemon not up after {timeout} s:\n{tail(log_path)}")
+    raise RuntimeError(f"dagster-daemon not up after {timeout} s:\n{tail(log_path, 30)}")
 
 
 def submit_backfill(instance, partitions: list[str], variant: str) -> tuple[str, float]:
@@ -318,7 +278,7 @@ def wait_backfill_runs(instance, backfill_id: str, n: int, proc, log_path: Path,
     t, last = time.time(), None
     while time.time() - t < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"dagster-daemon exited with {proc.returncode}:\n{tail(log_path)}")
+            raise RuntimeError(f"dagster-daemon exited with {proc.returncode}:\n{tail(log_path, 30)}")
         on_poll()
         runs = backfill_runs(instance, backfill_id)
         done = sum(r.status.value in terminal for r in runs)

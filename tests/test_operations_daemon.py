@@ -31,7 +31,8 @@ import pytest
 import yaml
 
 from tests.conftest import PG, throwaway_database
-from tests.test_operations_webserver import BIN, REPO, _group_alive, _start, _stop, _tail
+from tests.processes import group_alive, start_group, stop_group, tail
+from tests.test_operations_webserver import BIN, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -54,7 +55,7 @@ def _cli(args: list[str], env: dict, timeout: float = 180) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        _stop(proc, timeout=10)
+        stop_group(proc, timeout=10)
     assert proc.returncode == 0, f"{' '.join(args)} -> {proc.returncode}:\n{out}"
     return out
 
@@ -87,13 +88,13 @@ class Ops:
     def start_daemon(self) -> None:
         log = self.tmp / f"daemon{len(self.daemon_logs) + 1}.log"
         self.daemon_logs.append(log)
-        self.daemon = _start([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], self.env, log)
+        self.daemon = start_group([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], self.env, log)
 
     def check_daemon(self) -> None:
         assert self.daemon.poll() is None, f"daemon exited with {self.daemon.returncode}:\n{self.tail()}"
 
     def tail(self, lines: int = 60) -> str:
-        return _tail(self.daemon_logs[-1], lines) if self.daemon_logs else "(no daemon log)"
+        return tail(self.daemon_logs[-1], lines) if self.daemon_logs else "(no daemon log)"
 
     def land(self, date: str) -> float:
         """Generate a 256x256 synthetic scene aside, then rename it into `<landing>/<region>/<date>/scene.tif`
@@ -127,8 +128,8 @@ def ops(tmp_path_factory):
             yield ops
         finally:
             if ops.daemon is not None:
-                _stop(ops.daemon)
-                assert not _group_alive(ops.daemon.pid), "daemon processes left behind"
+                stop_group(ops.daemon)
+                assert not group_alive(ops.daemon.pid), "daemon processes left behind"
             ops.instance.dispose()
 
 
@@ -282,9 +283,9 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     t_kill = time.time()
     os.killpg(pgid, signal.SIGKILL)
     ops.daemon.wait(timeout=30)
-    while _group_alive(pgid) and time.time() - t_kill < 30:
+    while group_alive(pgid) and time.time() - t_kill < 30:
         time.sleep(0.2)
-    assert not _group_alive(pgid), "processes of the killed group survived"
+    assert not group_alive(pgid), "processes of the killed group survived"
 
     # --- A. the repo's dagster.yaml as is: the restarted daemon's run monitoring passes over the run and leaves
     # it STARTED. DefaultRunLauncher has no worker health check (monitoring only times out STARTING runs and,
@@ -307,7 +308,7 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     assert run.status == DagsterRunStatus.STARTED and not retries, (
         f"the repo's instance now ends the orphaned run by itself ({run.status.value}, retries {retries}): "
         f"update this test (part A, and drop part B's launcher overlay)")
-    _stop(ops.daemon)
+    stop_group(ops.daemon)
 
     # --- B. the same instance with the proposed fix, a run launcher with a worker health check
     # (tests/ops_run_launcher.py): monitoring fails the run at once, run retries re-execute it from failure.

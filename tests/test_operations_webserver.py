@@ -9,7 +9,6 @@ materializations land in PostgreSQL; asking again for "only missing / failed" la
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import PG, throwaway_database
+from tests.processes import group_alive, start_group, stop_group, tail
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -90,54 +90,11 @@ def _land_scenes(landing: Path) -> None:
             source.fetch(region, day)  # writes <landing>/<region>/<date>/scene.tif (labels go to <landing>/labels/)
 
 
-def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """A Dagster service in its own session (its own process group), so that the whole tree can be stopped."""
-    handle = open(log, "wb")
-    try:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    finally:
-        handle.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM to the process group, SIGKILL if it is still there after `timeout`; waits for the group to go."""
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.time() + wait
-        while _group_alive(pgid) and time.time() < deadline:  # code servers and run workers of that group
-            time.sleep(0.2)
-        if not _group_alive(pgid):
-            return
-
-
-def _tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
-
-
 def _wait_for_server(port: int, procs: dict, logs: dict) -> None:
     deadline = time.time() + STARTUP_TIMEOUT
     while time.time() < deadline:
         for name, proc in procs.items():
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{_tail(logs[name])}"
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(logs[name])}"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as response:
                 if response.status == 200:
@@ -145,7 +102,7 @@ def _wait_for_server(port: int, procs: dict, logs: dict) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"webserver did not answer /server_info within {STARTUP_TIMEOUT} s:\n{_tail(logs['webserver'])}")
+    pytest.fail(f"webserver did not answer /server_info within {STARTUP_TIMEOUT} s:\n{tail(logs['webserver'])}")
 
 
 def _days(start: str, end: str) -> list[str]:
@@ -259,9 +216,9 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
         print(f"\nschema created (dagster instance migrate) in {time.time() - started:.1f} s")
         try:
-            procs["webserver"] = _start([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+            procs["webserver"] = start_group([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
                                          "-w", str(REPO / "workspace.yaml")], env, logs["webserver"])
-            procs["daemon"] = _start([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+            procs["daemon"] = start_group([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
                                      env, logs["daemon"])
             _wait_for_server(port, procs, logs)
             print(f"webserver + daemon up (/server_info answers) in {time.time() - started:.1f} s")
@@ -331,7 +288,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
             backfill, last_status = None, None
             while time.time() - t0 < BACKFILL_TIMEOUT:
                 for name, proc in procs.items():
-                    assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{_tail(logs[name])}"
+                    assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(logs[name])}"
                 backfill = gql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
                 assert backfill["__typename"] == "PartitionBackfill", backfill
                 runs = sorted(r["status"] for r in backfill["runs"])
@@ -345,7 +302,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
             print(f"backfill {backfill_id}: {backfill['status']} in {backfill_seconds:.1f} s wall, "
                   f"{len(backfill['runs'])} runs")
             assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (
-                f"backfill {backfill['status']} after {backfill_seconds:.0f} s: {backfill}\n{_tail(logs['daemon'])}")
+                f"backfill {backfill['status']} after {backfill_seconds:.0f} s: {backfill}\n{tail(logs['daemon'])}")
             assert backfill["isAssetBackfill"] and backfill["error"] is None
             assert backfill["runs"] and all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
             counts = {"/".join(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
@@ -398,9 +355,9 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
         finally:
             stopping = time.time()
             for name, proc in procs.items():
-                _stop(proc)
+                stop_group(proc)
             print(f"webserver + daemon stopped in {time.time() - stopping:.1f} s")
         for name, proc in procs.items():
             assert proc.returncode is not None, f"{name} still running"
-            assert not _group_alive(proc.pid), f"{name}: processes of its group are still running"
+            assert not group_alive(proc.pid), f"{name}: processes of its group are still running"
         print(f"total {time.time() - started:.1f} s")
