@@ -32,7 +32,7 @@ from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.drift_policy import DriftPolicy
 from resources.dvc_store import DvcStore
-from resources.label_store import ClassMapResource, GeoPackageLabelStore
+from resources.label_store import ClassMapResource, GeoPackageLabelStore, PostgisLabelStore
 from resources.mlflow_tracking import MlflowTracking
 from resources.notifier import Notifier
 from resources.scene_sources import LandingFolderSource
@@ -62,6 +62,31 @@ def default_resources(data_dir: Path) -> dict:
         "compute": ComputeDevice(),
         "drift_policy": DriftPolicy(),
     }
+
+
+def production_resources(data_dir: Path) -> dict:
+    """A shared deployment: labels in PostGIS, runs and models on an MLflow tracking server, datasets on a
+    shared DVC remote (a folder, s3://, MinIO). Connection settings are `dg.EnvVar`s, resolved when a run
+    starts (an unset variable fails the run naming it) and shown by name, never by value, in the UI."""
+    return {
+        **default_resources(data_dir),
+        "label_store": PostgisLabelStore(
+            host=dg.EnvVar("GEOSEG_PG_HOST"), port=dg.EnvVar.int("GEOSEG_PG_PORT"), user=dg.EnvVar("GEOSEG_PG_USER"),
+            password=dg.EnvVar("GEOSEG_PG_PASSWORD"), dbname=dg.EnvVar("GEOSEG_PG_DB")),
+        "mlflow_tracking": MlflowTracking(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        "dvc": DvcStore(repo_dir=str(REPO_ROOT), remote_url=dg.EnvVar("GEOSEG_DVC_REMOTE")),
+    }
+
+
+RESOURCE_PROFILES = {"embedded": default_resources, "production": production_resources}
+
+
+def profile_resources(profile: str, data_dir: Path) -> dict:
+    """The resources of a named profile (`$GEOSEG_RESOURCES`: `embedded`, the default, or `production`)."""
+    if profile not in RESOURCE_PROFILES:
+        raise ValueError(f"GEOSEG_RESOURCES={profile!r} is not a resource profile; use one of "
+                         f"{', '.join(RESOURCE_PROFILES)}")
+    return RESOURCE_PROFILES[profile](data_dir)
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -119,4 +144,4 @@ def build_defs(resources: dict) -> dg.Definitions:
     )
 
 
-defs = build_defs(default_resources(default_data_dir()))
+defs = build_defs(profile_resources(os.environ.get("GEOSEG_RESOURCES", "embedded"), default_data_dir()))
