@@ -73,6 +73,25 @@ def test_label_change_in_one_region_reruns_only_its_masks(tmp_path, synthetic_so
     assert sorted(str(r.partition_key) for r in changed.run_requests) == [f"{d}|beta" for d in DATES]
 
 
+def test_switching_the_sensor_on_over_up_to_date_masks_runs_nothing(tmp_path, synthetic_source, store):
+    """A sensor switched on late (empty cursor) compares with what each mask was made from: masks built
+    from the current labels are not re-run, masks of a region edited since are."""
+    instance, resources, label_store = setup(tmp_path, synthetic_source, store)
+    import_truth("alpha", synthetic_source, resources)
+    import_truth("beta", synthetic_source, resources)
+    for region in ("alpha", "beta"):
+        for date in DATES:
+            assert materialize_partition(instance, resources, region, date, selection=[dg.AssetKey("masks")]).success
+    ids = label_store.labels("alpha")["label_id"].tolist()[:2]
+    assert label_store.set_status("alpha", ids, "test") == 2  # edited after alpha's masks were made
+
+    with dg.build_sensor_context(instance=instance, cursor=None, resources={"label_store": label_store}) as ctx:
+        first = label_change_sensor(ctx)
+    assert sorted(str(r.partition_key) for r in first.run_requests) == [f"{d}|alpha" for d in DATES]
+    with dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"label_store": label_store}) as ctx:
+        assert label_change_sensor(ctx).run_requests == []
+
+
 def test_import_labels_job_refuses_a_region_without_scenes(tmp_path, synthetic_source, store):
     instance, resources, label_store = setup(tmp_path, synthetic_source, store)
     from geoseg_assets.definitions import build_defs
