@@ -10,13 +10,18 @@ throwaway PostgreSQL database, data under a temp GEOSEG_DATA_DIR), no webserver.
    latency from the copy to each materialization is printed. The training set and the model are not
    re-planned: only `drift_sensor` (off by default) requests training.
 
-2. SIGKILL of the daemon's process group while an imagery_job run executes kills the daemon, the code server
+2. A label edit: with `label_change_sensor` switched on over finished work nothing runs; a reviewer sends 5
+   labels back to `test` and the next tick re-runs the masks of exactly that region's partitions (with fewer
+   labelled pixels), and automation refreshes the model quality report.
+
+3. SIGKILL of the daemon's process group while an imagery_job run executes kills the daemon, the code server
    it spawned and, as that server's children, the run worker and its step processes. With the repo's
-   dagster.yaml the restarted daemon's run monitoring leaves the run STARTED for good: DefaultRunLauncher
-   has no worker health check, and the code server that would fail a run whose process died died with it.
-   The test asserts that gap (part A), then restarts the daemon with a run launcher that checks the run's
-   code server (tests/ops_run_launcher.py, the proposed fix) and asserts that no run is lost (part B):
-   monitoring fails the run with a clear message, run retries re-execute it and the retry succeeds.
+   dagster.yaml unchanged (its `HealthCheckedRunLauncher`), the restarted daemon's run monitoring finds the
+   worker process gone, fails the run saying which pid and code server, and run retries re-execute it to
+   success: no run is lost.
+
+4. SIGKILL of only the code server mid-run: the run worker survives it and finishes the run; run monitoring,
+   asking the worker process rather than the dead server, must not fail it, and no retry is launched.
 """
 
 import json
@@ -42,6 +47,7 @@ SETUP_DATE = "2024-04-15"
 SENSOR_DATE = "2024-06-15"
 KILL_DATE = "2024-08-15"
 SCENE_SENSOR = "new_scene_sensor"
+LABEL_SENSOR = "label_change_sensor"
 AUTOMATION_SENSOR = "geoseg_automation_sensor"
 # What a new scene of a labelled region feeds, with a champion in place: all planned by automation.
 FOLLOWERS = ["tiles", "masks", "data_quality_report", "predictions", "data_drift_report", "prediction_drift_report",
@@ -215,6 +221,17 @@ def _sensor_ticks(instance, name: str):
     return instance.get_ticks(state.instigator_origin_id, state.selector_id)
 
 
+def _switch_on(ops: Ops, sensor: str):
+    """`dagster sensor start` (the CLI twin of the UI's switch), then the sensor's first finished tick."""
+    print(ops.cli("sensor", "start", sensor, "-w", str(REPO / "workspace.yaml")).strip().splitlines()[-1])
+    deadline = time.time() + 120
+    while not (done := [t for t in _sensor_ticks(ops.instance, sensor) if t.status.value in ("SKIPPED", "SUCCESS")]):
+        ops.check_daemon()
+        assert time.time() < deadline, f"no {sensor} tick within 120 s:\n{ops.tail()}"
+        time.sleep(1)
+    return done[-1]  # ticks come newest first
+
+
 def _describe_runs(instance) -> str:
     return "\n".join(f"  {r.run_id[:8]} {r.job_name} {r.status.value} assets={sorted(k.to_user_string() for k in r.asset_selection or [])} "
                      f"partition={r.tags.get('dagster/partition')} sensor={r.tags.get('dagster/sensor_name')} "
@@ -230,15 +247,8 @@ def test_new_scene_flows_through_sensors_with_no_human_action(ops):
 
     instance, partition = ops.instance, str(partition_key(REGION, SENSOR_DATE))
     t_start = time.time()
-    print(ops.cli("sensor", "start", SCENE_SENSOR, "-w", str(REPO / "workspace.yaml")).strip().splitlines()[-1])
-
-    # The operator switched the sensor on; its first tick finds an empty landing folder.
-    deadline = time.time() + 120
-    while not [t for t in _sensor_ticks(instance, SCENE_SENSOR) if t.status.value in ("SKIPPED", "SUCCESS")]:
-        ops.check_daemon()
-        assert time.time() < deadline, f"no {SCENE_SENSOR} tick within 120 s:\n{ops.tail()}"
-        time.sleep(1)
-    first_tick = _sensor_ticks(instance, SCENE_SENSOR)[-1]  # ticks come newest first
+    # The operator switches the sensor on; its first tick finds an empty landing folder.
+    first_tick = _switch_on(ops, SCENE_SENSOR)
     print(f"{SCENE_SENSOR} on, first tick {first_tick.status.value} {time.time() - t_start:.1f} s after start")
 
     t_copy = ops.land(SENSOR_DATE)
@@ -298,12 +308,89 @@ def test_new_scene_flows_through_sensors_with_no_human_action(ops):
     print(f"test 1 wall time {time.time() - t_start:.1f} s")
 
 
+def test_a_label_edit_reruns_exactly_that_regions_masks(ops):
+    """The operator switches `label_change_sensor` on over finished work (nothing runs: every mask was made from
+    the current labels), then a reviewer sends labels back: the next tick re-runs the masks of exactly the
+    region's scene partitions, with fewer labelled pixels, and automation refreshes the model quality report."""
+    from dagster import DagsterRunStatus
+
+    import rasterio
+    from shapely.geometry import box
+
+    from geoseg_assets.assets.masks import LABEL_FINGERPRINT_TAG
+    from resources.data_store import DataStore
+    from resources.label_store import GeoPackageLabelStore
+
+    instance, t_start = ops.instance, time.time()
+    partitions = [f"{SETUP_DATE}|{REGION}", f"{SENSOR_DATE}|{REGION}"]
+    before = {p: _materialization(instance, "masks", p) for p in partitions}
+    assert all(before.values()), before
+    runs_before = {r.run_id for r in _runs(instance)}
+    first = _switch_on(ops, LABEL_SENSOR)
+    assert first.status.value == "SKIPPED" and not first.run_ids, (first.status, first.run_ids)
+    print(f"{LABEL_SENSOR} on: first tick {first.status.value} (every mask already made from the current labels)")
+
+    store = GeoPackageLabelStore(path=str(ops.data / "labels.gpkg"))  # the code location's label store
+    scene = DataStore(root=str(ops.data / "store")).path("scenes", {"region": REGION, "date": SENSOR_DATE}, "scene.tif")
+    with rasterio.open(scene) as src:
+        footprint = box(*src.bounds)  # the smaller scene: both partitions cover it
+    labels = store.labels(REGION)
+    ids = labels.loc[labels.geometry.intersection(footprint).area.sort_values(ascending=False).index[:5], "label_id"]
+    assert store.set_status(REGION, [int(i) for i in ids], "test") == 5  # a reviewer sends 5 labels back
+    t_edit = time.time()
+    fingerprint = store.fingerprint(REGION)
+    after: dict[str, object] = {}
+    while len(after) < len(partitions):
+        ops.check_daemon()
+        assert time.time() - t_edit < SENSOR_TIMEOUT, f"masks not re-run:\n{_describe_runs(instance)}\n{ops.tail()}"
+        for p in partitions:
+            record = _materialization(instance, "masks", p)
+            if p not in after and record.storage_id != before[p].storage_id:
+                after[p] = record
+                print(f"  masks {p} re-materialized {record.timestamp - t_edit:6.1f} s after the edit "
+                      f"(run {record.run_id[:8]})")
+        time.sleep(1)
+    # Automation's next tick (30 s) sees the new masks and refreshes the model quality report (live mIoU).
+    last_mask = max(r.timestamp for r in after.values())
+    while (quality := _materialization(instance, "model_quality_report", "")).timestamp <= last_mask:
+        ops.check_daemon()
+        assert time.time() - t_edit < SENSOR_TIMEOUT, f"model quality report not refreshed:\n{_describe_runs(instance)}"
+        time.sleep(1)
+    print(f"  model_quality_report re-materialized {quality.timestamp - t_edit:6.1f} s after the edit "
+          f"(run {quality.run_id[:8]})")
+    while not all(r.is_finished for r in _runs(instance)):
+        ops.check_daemon()
+        assert time.time() - t_edit < SENSOR_TIMEOUT, f"runs still going:\n{_describe_runs(instance)}"
+        time.sleep(1)
+    new_runs = [r for r in _runs(instance) if r.run_id not in runs_before]
+    print("runs after the edit:\n" + "\n".join(f"  {r.run_id[:8]} {r.status.value} {r.tags.get('dagster/sensor_name')} "
+                                             f"{r.tags.get('dagster/partition')}" for r in new_runs))
+    assert all(r.status == DagsterRunStatus.SUCCESS for r in new_runs), _describe_runs(instance)
+    label_runs = [r for r in new_runs if r.tags.get("dagster/sensor_name") == LABEL_SENSOR]
+    assert sorted(r.tags["dagster/partition"] for r in label_runs) == sorted(partitions)
+    assert all(r.tags.get(LABEL_FINGERPRINT_TAG) == fingerprint for r in label_runs)
+    for p in partitions:
+        old, new = (rec.asset_materialization.metadata for rec in (before[p], after[p]))
+        assert new["label_fingerprint"].value == fingerprint != old["label_fingerprint"].value
+        assert new["labelled_fraction"].value < old["labelled_fraction"].value, (p, old["labelled_fraction"],
+                                                                                  new["labelled_fraction"])
+    assert instance.get_run_by_id(quality.run_id).tags.get("dagster/sensor_name") == AUTOMATION_SENSOR
+    state = _sensor_state(instance, LABEL_SENSOR)
+    instance.stop_sensor(state.instigator_origin_id, state.selector_id, None)
+    print(f"label edit test wall time {time.time() - t_start:.1f} s")
+
+
 def test_killing_the_daemon_mid_run_loses_no_run(ops):
+    """SIGKILL of the daemon's process group mid-run: with the repo's dagster.yaml unchanged (its
+    HealthCheckedRunLauncher), the restarted daemon's run monitoring finds the run's worker process gone,
+    fails the run saying so, and run retries re-execute it to success."""
     from dagster import DagsterEventType, DagsterRunStatus
 
     from geoseg_assets.partitions import partition_key
 
     instance, partition = ops.instance, str(partition_key(REGION, KILL_DATE))
+    assert ops.config["run_launcher"] == {"module": "geoseg_assets.run_launcher", "class": "HealthCheckedRunLauncher"}
+    assert (ops.home / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
     t_start = time.time()
     # Only this test's run: the new-scene sensor off (stored state, as the UI's switch does), the scene landed,
     # imagery_job submitted to the run queue as the launchpad does; the daemon dequeues it and launches it
@@ -313,67 +400,30 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
         instance.stop_sensor(state.instigator_origin_id, state.selector_id, None)
     if REGION not in instance.get_dynamic_partitions("region"):  # this test alone: the sensor never ran
         instance.add_dynamic_partitions("region", [REGION])
-    ops.land(KILL_DATE)
-    before = {r.run_id for r in _runs(instance)}
-    ops.cli("job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", "imagery_job",
-            "--tags", json.dumps({"dagster/partition": partition}))
-    (run_id,) = {r.run_id for r in _runs(instance)} - before
+    run_id = _launch_imagery_run(ops, KILL_DATE)
     print(f"\nimagery_job {run_id[:8]} submitted for {partition} in {time.time() - t_start:.1f} s")
 
     # Wait until it executes (a step started), then SIGKILL the daemon's whole process group: the daemon, the
     # code server it spawned and, as children of that code server, the run worker and its step processes.
-    deadline = time.time() + 180
-    while True:
-        ops.check_daemon()
-        run = instance.get_run_by_id(run_id)
-        assert not run.is_finished, f"run ended before it could be killed: {run.status}"
-        if run.status == DagsterRunStatus.STARTED and instance.all_logs(run_id, of_type=DagsterEventType.STEP_START):
-            break
-        assert time.time() < deadline, f"run still {run.status.value} after 180 s:\n{ops.tail()}"
-        time.sleep(0.2)
-    steps = [e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)]
+    run, worker = _wait_for_a_step(ops, run_id)
     pgid = ops.daemon.pid
-    members = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(pgid)], capture_output=True, text=True).stdout
-    print(f"SIGKILL to daemon group {pgid}: run {run.status.value}, steps started {steps}, "
-          f"{len(members.splitlines())} processes:\n" + "\n".join(f"  {line[:110]}" for line in members.splitlines()))
+    print(f"SIGKILL to daemon group {pgid}: run {run.status.value}, worker pid {worker}, steps started "
+          f"{[e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)]}, processes:\n"
+          + _describe_group(pgid))
     t_kill = time.time()
     os.killpg(pgid, signal.SIGKILL)
     ops.daemon.wait(timeout=30)
     while group_alive(pgid) and time.time() - t_kill < 30:
         time.sleep(0.2)
     assert not group_alive(pgid), "processes of the killed group survived"
+    assert not Path(f"/proc/{worker}").exists(), f"run worker {worker} survived the kill"
 
-    # --- A. the repo's dagster.yaml as is: the restarted daemon's run monitoring passes over the run and leaves
-    # it STARTED. DefaultRunLauncher has no worker health check (monitoring only times out STARTING runs and,
-    # with max_runtime_seconds, long runs) and the code server that would fail a run whose process died was
-    # killed with it. Nothing would ever end this run: a known gap, asserted so that this test says so the
-    # day the instance configuration closes it (then drop part A's expectation and B's overlay).
+    # The same instance, configuration untouched: the restarted daemon's first run-monitoring pass (at start, then
+    # every poll_interval_seconds) finds the recorded worker process gone and fails the run; run retries
+    # re-execute it from failure.
     ops.start_daemon()
-    checked = f"Checking run {run_id}"
-    deadline = time.time() + ops.config["run_monitoring"]["poll_interval_seconds"] + 60
-    while checked not in ops.daemon_logs[-1].read_text(errors="replace"):
-        ops.check_daemon()
-        assert time.time() < deadline, f"the restarted daemon never monitored {run_id}:\n{ops.tail()}"
-        time.sleep(0.5)
-    time.sleep(3)  # let that monitoring pass finish
-    run = instance.get_run_by_id(run_id)
-    retries = [r for r in _runs(instance) if r.tags.get("dagster/root_run_id") == run_id]
-    print(f"A. repo dagster.yaml ({type(instance.run_launcher).__name__}, supports_check_run_worker_health="
-          f"{instance.run_launcher.supports_check_run_worker_health}): {time.time() - t_kill:.1f} s after the kill "
-          f"the restarted daemon monitored the run and left it {run.status.value}, {len(retries)} retries")
-    assert run.status == DagsterRunStatus.STARTED and not retries, (
-        f"the repo's instance now ends the orphaned run by itself ({run.status.value}, retries {retries}): "
-        f"update this test (part A, and drop part B's launcher overlay)")
-    stop_group(ops.daemon)
-
-    # --- B. the same instance with the proposed fix, a run launcher with a worker health check
-    # (tests/ops_run_launcher.py): monitoring fails the run at once, run retries re-execute it from failure.
-    config = {**ops.config, "run_launcher": {"module": "tests.ops_run_launcher", "class": "HealthCheckedRunLauncher"}}
-    (ops.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    ops.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ops.start_daemon()
-    t_fix = time.time()
-    print(f"B. daemon restarted with HealthCheckedRunLauncher {t_fix - t_kill:.1f} s after the kill")
+    t_restart = time.time()
+    print(f"daemon restarted {t_restart - t_kill:.1f} s after the kill")
     last = None
     while True:
         ops.check_daemon()
@@ -382,25 +432,30 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
         state = [(r.run_id[:8], r.status.value) for r in group]
         if state != last:
             last = state
-            print(f"  {time.time() - t_fix:6.1f} s: {state}")
+            print(f"  {time.time() - t_restart:6.1f} s after the restart: {state}")
         if any(r.status == DagsterRunStatus.SUCCESS for r in group) and all(r.is_finished for r in runs):
             break
-        assert time.time() - t_fix < RECOVERY_TIMEOUT, (
+        assert time.time() - t_restart < RECOVERY_TIMEOUT, (
             f"no successful run for {partition} {RECOVERY_TIMEOUT} s after the restart:\n{_describe_runs(instance)}\n"
             f"{ops.tail()}")
         time.sleep(1)
+    t_recovered = time.time()
 
     killed = instance.get_run_by_id(run_id)
     failure = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
     failure_message = failure[-1].message if failure else None
+    server = json.loads(killed.tags[".dagster/grpc_info"])
+    where = f"unix:{server['socket']}" if "socket" in server else f"{server['host']}:{server['port']}"
     print(f"killed run {run_id[:8]}: {killed.status.value}: {failure_message!r}")
     for r in group:
         if r.run_id != run_id:
             print(f"  retry {r.run_id} ({r.tags.get('dagster/retry_number')}. retry, parent {r.parent_run_id[:8]}): "
                   f"{r.status.value}, steps {sorted(e.step_key for e in instance.all_logs(r.run_id, of_type=DagsterEventType.STEP_SUCCESS))}")
     assert killed.status == DagsterRunStatus.FAILURE, killed.status
+    assert len(failure) == 1, [e.message for e in failure]
     assert failure_message and "Detected run worker status FAILED" in failure_message, failure_message
-    assert "is gone" in failure_message, failure_message
+    assert f"run worker process (pid {worker})" in failure_message and "is gone" in failure_message, failure_message
+    assert f"code server at {where}" in failure_message, (where, failure_message)
     assert killed.tags.get("dagster/will_retry") == "true", killed.tags
     successes = [r for r in group if r.status == DagsterRunStatus.SUCCESS]
     assert len(successes) == 1 and successes[0].parent_run_id == run_id, _describe_runs(instance)
@@ -411,10 +466,219 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
 
     # No run lost anywhere in the instance: every run ended, and each failure has a successful retry.
     print(_describe_runs(instance))
-    for r in _runs(instance):
+    _assert_no_run_lost(instance)
+    t_failed = failure[-1].timestamp
+    print(f"recovery: run failed {t_failed - t_restart:.1f} s after the restart ({t_failed - t_kill:.1f} s after the "
+          f"kill), retry succeeded and all runs ended {t_recovered - t_restart:.1f} s after the restart; "
+          f"test wall time {time.time() - t_start:.1f} s")
+
+
+CODE_SERVER_KILL_DATE = "2024-10-15"
+# A run-monitoring pass every 5 s instead of the repo's 30 s in this test's copy of dagster.yaml, so that
+# monitoring looks at the run several times while its worker runs on without the code server (~30-40 s on this
+# box); with 30 s it might look once or never, and the test would not show that monitoring leaves it alone.
+CODE_SERVER_TEST_POLL_S = 5
+
+
+def test_killing_the_code_server_mid_run_fails_no_run(ops):
+    """SIGKILL of only the code server (`dagster api grpc`, the daemon's child) while a run executes: the run
+    worker, a child of that server, survives it (measured: it is re-parented and runs on), writes its events
+    straight to the instance and ends the run SUCCESS. Run monitoring, asking the worker process rather than the
+    dead code server, must not fail it, and no retry is launched."""
+    from dagster import DagsterEventType, DagsterRunStatus
+
+    from geoseg_assets.partitions import partition_key
+
+    instance, partition = ops.instance, str(partition_key(REGION, CODE_SERVER_KILL_DATE))
+    t_start = time.time()
+    config = {**ops.config, "run_monitoring": {**ops.config["run_monitoring"],
+                                               "poll_interval_seconds": CODE_SERVER_TEST_POLL_S}}
+    _wait_until_quiet(ops)  # restart the daemon between runs, not during one (it would kill it)
+    stop_group(ops.daemon)
+    (ops.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        ops.start_daemon()
+        state = _sensor_state(instance, SCENE_SENSOR)
+        if state is not None:
+            instance.stop_sensor(state.instigator_origin_id, state.selector_id, None)
+        if REGION not in instance.get_dynamic_partitions("region"):
+            instance.add_dynamic_partitions("region", [REGION])
+        before = {r.run_id for r in _runs(instance)}
+        run_id = _launch_imagery_run(ops, CODE_SERVER_KILL_DATE)
+        print(f"\nimagery_job {run_id[:8]} submitted for {partition} in {time.time() - t_start:.1f} s")
+        run, worker = _wait_for_a_step(ops, run_id)
+
+        # The code server that launched the run: the daemon's `dagster api grpc` child listening where the run's
+        # `.dagster/grpc_info` tag says.
+        server = json.loads(run.tags[".dagster/grpc_info"])
+        listen = ["--socket", server["socket"]] if "socket" in server else ["--port", str(server["port"])]
+        servers = [pid for pid, argv in _group_processes(ops.daemon.pid).items()
+                   if "api" in argv and "grpc" in argv and any(argv[i:i + 2] == listen for i in range(len(argv)))]
+        print(f"code server(s) of run {run_id[:8]} ({server}): {servers}, worker pid {worker}, processes:\n"
+              + _describe_group(ops.daemon.pid))
+        assert len(servers) == 1, servers
+        assert _parent(worker) == servers[0], "the run worker is not the code server's child"
+        log = ops.daemon_logs[-1]
+        offset = len(log.read_bytes())
+        t_kill = time.time()
+        os.kill(servers[0], signal.SIGKILL)
+        while Path(f"/proc/{servers[0]}").exists() and time.time() - t_kill < 30:
+            time.sleep(0.1)
+        time.sleep(1)
+        alive = Path(f"/proc/{worker}").exists()
+        print(f"SIGKILL to code server {servers[0]}: worker {worker} "
+              f"{f'alive, parent now {_parent(worker)}' if alive else 'gone'}")
+
+        last = None
+        while not instance.get_run_by_id(run_id).is_finished:
+            ops.check_daemon()
+            state = (instance.get_run_by_id(run_id).status.value, Path(f"/proc/{worker}").exists())
+            if state != last:
+                last = state
+                print(f"  {time.time() - t_kill:6.1f} s after the kill: run {state[0]}, worker alive {state[1]}")
+            assert time.time() - t_kill < RECOVERY_TIMEOUT, f"run not ended:\n{_describe_runs(instance)}\n{ops.tail()}"
+            time.sleep(0.5)
+        t_end = time.time()
+        time.sleep(CODE_SERVER_TEST_POLL_S + 2)  # a monitoring pass after the end, should one still act on it
+        ops.check_daemon()
+    finally:
+        (ops.home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())  # the repo's, as before
+
+    run = instance.get_run_by_id(run_id)
+    after_kill = log.read_bytes()[offset:].decode(errors="replace")
+    checks = after_kill.count(f"Checking run {run_id}")
+    verdicts = [line for line in after_kill.splitlines() if "Detected run worker status" in line and run_id in line]
+    failures = [e.message for e in instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)]
+    retries = [r.run_id for r in _runs(instance) if r.tags.get("dagster/root_run_id") == run_id]
+    print(f"run {run_id[:8]} {run.status.value} {t_end - t_kill:.1f} s after the code server's kill; run monitoring "
+          f"checked it {checks} times meanwhile (every {CODE_SERVER_TEST_POLL_S} s), verdicts {verdicts}, "
+          f"failures {failures}, retries {retries}")
+    assert alive, f"the run worker {worker} died with its code server"
+    assert run.status == DagsterRunStatus.SUCCESS, (run.status, failures, _describe_runs(instance))
+    assert not failures and not retries and not verdicts, (failures, retries, verdicts)
+    assert checks >= 1, f"run monitoring looked at the run {checks} times after the kill:\n{after_kill[-3000:]}"
+    for asset in ("scenes", "tiles", "masks"):
+        record = _materialization(instance, asset, partition)
+        assert record is not None and record.run_id == run_id, (asset, record)
+
+    # The daemon carries on without the code server it had: its workspace refresh (every 60 s) starts a new one,
+    # through which automation launches the partition's follow-up run (reports, predictions), and nothing is lost.
+    while not (follow_ups := [r for r in _runs(instance) if r.run_id not in before and r.run_id != run_id
+                              and r.tags.get("dagster/sensor_name") == AUTOMATION_SENSOR
+                              and r.tags.get("dagster/partition") == partition and r.is_finished]):
+        ops.check_daemon()
+        assert time.time() - t_end < RECOVERY_TIMEOUT, (
+            f"no follow-up run for {partition}:\n{_describe_runs(instance)}\n{ops.tail()}")
+        time.sleep(1)
+    follow_up_server = json.loads(follow_ups[0].tags.get(".dagster/grpc_info", "{}"))
+    print(f"automation's follow-up run {follow_ups[0].run_id[:8]} {follow_ups[0].status.value} "
+          f"{time.time() - t_end:.1f} s after the run's end, launched through code server {follow_up_server}")
+    assert all(r.status == DagsterRunStatus.SUCCESS for r in follow_ups), _describe_runs(instance)
+    assert follow_up_server and follow_up_server != server, (follow_up_server, server)  # a new code server
+    while not all(r.is_finished for r in _runs(instance)):
+        ops.check_daemon()
+        assert time.time() - t_end < RECOVERY_TIMEOUT, f"runs still going:\n{_describe_runs(instance)}\n{ops.tail()}"
+        time.sleep(1)
+    new_runs = [r for r in _runs(instance) if r.run_id not in before]
+    print("runs since the launch:\n" + "\n".join(f"  {r.run_id[:8]} {r.status.value} {r.tags.get('dagster/partition')}"
+                                                 for r in new_runs))
+    print("daemon process group now:\n" + _describe_group(ops.daemon.pid))
+    _assert_no_run_lost(instance)
+    print(f"code server kill test wall time {time.time() - t_start:.1f} s")
+
+
+# ------------------------------------------------------------------------------ helpers of the kill tests
+
+def _launch_imagery_run(ops, date: str) -> str:
+    """Land a scene for `date` and submit imagery_job for it to the run queue; the new run's id."""
+    from geoseg_assets.partitions import partition_key
+
+    partition = str(partition_key(REGION, date))
+    ops.land(date)
+    before = {r.run_id for r in _runs(ops.instance)}
+    ops.cli("job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", "imagery_job",
+            "--tags", json.dumps({"dagster/partition": partition}))
+    # Automation may have launched a run meanwhile (e.g. the previous test's partition's follow-up): not this one.
+    (run_id,) = {r.run_id for r in _runs(ops.instance, job_name="imagery_job", tags={"dagster/partition": partition})
+                 if r.run_id not in before and "dagster/sensor_name" not in r.tags}
+    return run_id
+
+
+def _wait_for_a_step(ops, run_id: str):
+    """Wait until the run executes (a step started); the run and the pid its worker recorded ("Started process for
+    run (pid: N)." from the process the code server spawned), which must be alive then."""
+    from dagster import DagsterEventType, DagsterRunStatus
+
+    deadline = time.time() + 180
+    while True:
+        ops.check_daemon()
+        run = ops.instance.get_run_by_id(run_id)
+        assert not run.is_finished, f"run ended before it could be killed: {run.status}"
+        if run.status == DagsterRunStatus.STARTED and ops.instance.all_logs(run_id, of_type=DagsterEventType.STEP_START):
+            break
+        assert time.time() < deadline, f"run still {run.status.value} after 180 s:\n{ops.tail()}"
+        time.sleep(0.2)
+    started = [e for e in ops.instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+               if e.message.startswith("Started process for run")]
+    assert len(started) == 1, [e.message for e in started]
+    worker = int(started[0].dagster_event.event_specific_data.metadata["pid"].value)
+    argv = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
+    assert b"--multiprocessing-fork" in argv, argv  # what the launcher takes for a run worker
+    return run, worker
+
+
+def _wait_until_quiet(ops, quiet_s: float = 40) -> None:
+    """Until every run has ended and none was created for `quiet_s` (longer than the automation sensor's 30 s
+    interval: an earlier test's materializations may still have follow-ups coming)."""
+    t0, seen, since = time.time(), None, time.time()
+    while True:
+        ops.check_daemon()
+        runs = _runs(ops.instance)
+        ids = {r.run_id for r in runs}
+        if ids != seen or not all(r.is_finished for r in runs):
+            seen, since = ids, time.time()
+        elif time.time() - since >= quiet_s:
+            return
+        assert time.time() - t0 < RECOVERY_TIMEOUT, f"runs still coming:\n{_describe_runs(ops.instance)}\n{ops.tail()}"
+        time.sleep(1)
+
+
+def _group_processes(pgid: int) -> dict[int, list[str]]:
+    """pid -> argv of the live processes of process group `pgid` (from /proc: `ps` may cut long command lines)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+                found[int(proc.name)] = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return found
+
+
+def _describe_group(pgid: int) -> str:
+    return "\n".join(f"  {pid} (parent {_parent(pid)}) {' '.join(argv)[:110]}"
+                     for pid, argv in sorted(_group_processes(pgid).items()))
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _assert_no_run_lost(instance) -> None:
+    """Every run ended, and each run that did not succeed has a successful retry."""
+    from dagster import DagsterRunStatus
+
+    runs = _runs(instance)
+    for r in runs:
         assert r.is_finished, r
         if r.status != DagsterRunStatus.SUCCESS:
             root = r.tags.get("dagster/root_run_id", r.run_id)
             assert any(x.status == DagsterRunStatus.SUCCESS and x.tags.get("dagster/root_run_id") == root
-                       for x in _runs(instance)), f"run {r.run_id} {r.status.value} was never retried successfully"
-    print(f"test 2 wall time {time.time() - t_start:.1f} s, recovery {time.time() - t_fix:.1f} s after the restart")
+                       for x in runs), f"run {r.run_id} {r.status.value} was never retried successfully"

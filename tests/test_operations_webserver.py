@@ -3,8 +3,11 @@
 What an operator does in the UI, end to end, on the production `dagster.yaml` (storage pointed at a
 throwaway database): the asset graph and its checks are listed, the two regions are added as dynamic
 partitions, a backfill of scenes -> tiles, masks over 2 regions x 2 dates is launched with the UI's own
-mutation (`launchPartitionBackfill`) and run by the daemon through the queued run coordinator; the
-materializations land in PostgreSQL; asking again for "only missing / failed" launches nothing.
+mutation (`launchPartitionBackfill`) and run by the daemon through the queued run coordinator. One
+partition's landed scene is truncated: that partition fails with the file named, the other three are
+materialized in PostgreSQL; the operator repairs the file and re-executes the backfill "from failure"
+(`reexecutePartitionBackfill`), which runs exactly that partition; asking again for "only missing /
+failed" then launches nothing.
 """
 
 import json
@@ -29,6 +32,7 @@ BIN = Path(sys.executable).parent
 REGIONS = ["alpha", "beta"]
 DATES = ["2024-06-15", "2024-08-15"]
 BACKFILL_ASSETS = ["scenes", "tiles", "masks"]
+BROKEN = ("2024-08-15", "beta")  # (date, region) whose landed scene is truncated until the operator repairs it
 AUTOMATION_SENSOR = "geoseg_automation_sensor"
 STARTUP_TIMEOUT = 120
 BACKFILL_TIMEOUT = 8 * 60
@@ -81,13 +85,47 @@ def _production_instance_yaml() -> dict:
     return {**config, "run_monitoring": {"enabled": True, "poll_interval_seconds": 5}}
 
 
-def _land_scenes(landing: Path) -> None:
+def _land_scenes(landing: Path) -> Path:
+    """Every partition's scene in the landing folder, BROKEN's cut to a third of its bytes (a transfer that
+    died half way); returns the good copy of that file, kept aside for the repair."""
     from resources.scene_sources import SyntheticSource
 
     source = SyntheticSource(cache_dir=str(landing), regions=REGIONS, dates=DATES, width=256, height=256)
     for region in REGIONS:
         for day in DATES:
             source.fetch(region, day)  # writes <landing>/<region>/<date>/scene.tif (labels go to <landing>/labels/)
+    broken = landing / BROKEN[1] / BROKEN[0] / "scene.tif"
+    good = landing.parent / "good-scene.tif"
+    data = broken.read_bytes()
+    good.write_bytes(data)
+    broken.write_bytes(data[: len(data) // 3])
+    return good
+
+
+def _wait_for_backfill(gql: "GraphQL", backfill_id: str, procs: dict, logs: dict) -> tuple[dict, float]:
+    """Poll the backfill as the backfill page does until the daemon has finished it."""
+    t0, backfill, last_status = time.time(), None, None
+    while time.time() - t0 < BACKFILL_TIMEOUT:
+        for name, proc in procs.items():
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(logs[name])}"
+        backfill = gql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        runs = sorted(r["status"] for r in backfill["runs"])
+        if (backfill["status"], runs) != last_status:
+            last_status = (backfill["status"], runs)
+            print(f"  {time.time() - t0:6.1f} s  backfill {backfill['status']}, runs {runs}")
+        if backfill["status"] not in ("REQUESTED", "CANCELING", "FAILING"):
+            break
+        time.sleep(2)
+    seconds = time.time() - t0
+    print(f"backfill {backfill_id}: {backfill['status']} in {seconds:.1f} s wall, {len(backfill['runs'])} runs")
+    return backfill, seconds
+
+
+def _status_counts(backfill: dict) -> dict:
+    return {"/".join(s["assetKey"]["path"]): (s["numPartitionsTargeted"], s["numPartitionsMaterialized"],
+                                              s["numPartitionsFailed"])
+            for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
 
 
 def _wait_for_server(port: int, procs: dict, logs: dict) -> None:
@@ -199,7 +237,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
         home, data = tmp_path / "dagster_home", tmp_path / "data"
         home.mkdir()
         (home / "dagster.yaml").write_text(yaml.safe_dump(_production_instance_yaml(), sort_keys=False))
-        _land_scenes(data / "landing")
+        good_copy = _land_scenes(data / "landing")
         pg_env = {"DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]), "DAGSTER_PG_USER": PG["user"],
                   "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
         for var, value in pg_env.items():
@@ -285,30 +323,39 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
                 "title": "ops test: imagery 2 regions x 2 dates"})["launchPartitionBackfill"]
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
             backfill_id = launched["backfillId"]
-            backfill, last_status = None, None
-            while time.time() - t0 < BACKFILL_TIMEOUT:
-                for name, proc in procs.items():
-                    assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(logs[name])}"
-                backfill = gql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
-                assert backfill["__typename"] == "PartitionBackfill", backfill
-                runs = sorted(r["status"] for r in backfill["runs"])
-                if (backfill["status"], runs) != last_status:
-                    last_status = (backfill["status"], runs)
-                    print(f"  {time.time() - t0:6.1f} s  backfill {backfill['status']}, runs {runs}")
-                if backfill["status"] not in ("REQUESTED", "CANCELING", "FAILING"):
-                    break
-                time.sleep(2)
-            backfill_seconds = time.time() - t0
-            print(f"backfill {backfill_id}: {backfill['status']} in {backfill_seconds:.1f} s wall, "
-                  f"{len(backfill['runs'])} runs")
-            assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (
+            backfill, backfill_seconds = _wait_for_backfill(gql, backfill_id, procs, logs)
+            broken_key = "|".join(BROKEN)
+            # The truncated scene fails its partition (bad input: no run retry) and only it: the other three
+            # partitions are materialized, the backfill ends COMPLETED_FAILED, and the failure names the file.
+            assert backfill["status"] == "COMPLETED_FAILED", (
                 f"backfill {backfill['status']} after {backfill_seconds:.0f} s: {backfill}\n{tail(logs['daemon'])}")
             assert backfill["isAssetBackfill"] and backfill["error"] is None
-            assert backfill["runs"] and all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]
-            counts = {"/".join(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
-            for key in BACKFILL_ASSETS:
-                assert (counts[key]["numPartitionsTargeted"], counts[key]["numPartitionsMaterialized"],
-                        counts[key]["numPartitionsFailed"]) == (len(partitions), len(partitions), 0), counts[key]
+            statuses = sorted(r["status"] for r in backfill["runs"])
+            assert statuses == ["FAILURE"] + ["SUCCESS"] * (len(partitions) - 1), backfill["runs"]
+            assert _status_counts(backfill) == {k: (len(partitions), len(partitions) - 1, 1) for k in BACKFILL_ASSETS}
+            assert _missing_or_failed(gql, BACKFILL_ASSETS, partitions) == [broken_key]
+            instance = DagsterInstance.from_config(str(home))
+            try:
+                (failed_run,) = [instance.get_run_by_id(r["id"]) for r in backfill["runs"] if r["status"] == "FAILURE"]
+                assert failed_run.tags["dagster/partition"] == broken_key
+                errors = [e.dagster_event.event_specific_data.error.message
+                          for e in instance.all_logs(failed_run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
+            finally:
+                instance.dispose()
+            assert errors and str(data / "landing" / BROKEN[1] / BROKEN[0] / "scene.tif") in errors[0], errors
+            print(f"failed partition {broken_key}: {errors[0].strip().splitlines()[0][:200]}")
+
+            # --- the operator repairs the file, then "Re-execute -> From failure" on the backfill page ------------
+            (data / "landing" / BROKEN[1] / BROKEN[0] / "scene.tif").write_bytes(good_copy.read_bytes())
+            rerun = gql(REEXECUTE_BACKFILL, params={"parentRunId": backfill_id, "strategy": "FROM_FAILURE"})
+            rerun = rerun["reexecutePartitionBackfill"]
+            assert rerun["__typename"] == "LaunchBackfillSuccess", rerun
+            retry, retry_seconds = _wait_for_backfill(gql, rerun["backfillId"], procs, logs)
+            assert retry["status"] == "COMPLETED_SUCCESS", (retry, tail(logs["daemon"]))
+            assert [r["status"] for r in retry["runs"]] == ["SUCCESS"], retry["runs"]  # only the failed partition
+            assert _status_counts(retry) == {k: (1, 1, 0) for k in BACKFILL_ASSETS}
+            backfill_id = rerun["backfillId"]
+            backfill = {**retry, "runs": backfill["runs"] + retry["runs"]}
 
             # The webserver sees the daemon's heartbeats (both on the same PostgreSQL instance).
             daemons = gql("{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }")

@@ -1,0 +1,211 @@
+"""`HealthCheckedRunLauncher`: Dagster's DefaultRunLauncher plus a run-worker health check for run monitoring.
+
+DefaultRunLauncher has no such check, so the daemon's run monitoring never fails a STARTED run: when the run
+worker dies with the code server that spawned it (the daemon's process group SIGKILLed, a service manager
+killing the daemon's cgroup), nothing reports the run and it stays STARTED forever, holding a run-queue slot
+(and the `geoseg/heavy` slot) and keeping automation away from its partition. With this launcher
+(`run_launcher` in dagster.yaml), monitoring fails such a run with a message saying why, and run retries
+re-execute it.
+
+The check looks at the run worker itself when it can: the worker records its pid in the run's event log
+(the ENGINE_EVENT "Started process for run (pid: N)."). If the code server is on this host, that process
+alive (and still the worker: a dagster run-worker command line, started before that event, so not a reused
+pid) means RUNNING even when the code server is gone, because a worker outlives a SIGKILLed code server;
+the process gone means FAILED. Otherwise (pid unknown, code server on another host, no /proc) the code
+server is asked for the runs it executes, and only two consecutive negative answers (unreachable, or not
+executing the run) fail the run: one failed check may be a server restart. A slow server never fails a run.
+"""
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import grpc
+from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher, deserialize_value
+
+# Private Dagster APIs, checked against dagster 1.13.27 (pinned by requirements.lock); re-check on upgrade.
+# The health-check result types run monitoring expects, the run tag in which DefaultRunLauncher records the
+# code server's address, the gRPC client for that server, the error it raises when the server cannot be
+# reached (the grpc.RpcError is its __cause__) and the type of the server's GetCurrentRuns answer.
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.types import GetCurrentRunsResult
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+# Consecutive negative answers of a code server before a run whose worker cannot be looked at is failed.
+FAILED_CHECKS_TO_FAIL = 2
+# A process with the worker's pid that started more than this after the worker recorded its pid is another
+# process (pid reuse, e.g. after a reboot). The slack absorbs the 1 s resolution of the boot time and clock
+# adjustments: wrongly failing a live run is worse than missing a pid reused within a minute.
+PID_REUSE_SLACK_S = 60.0
+# The run's ENGINE_EVENTs read to find the worker's pid: it is the first one the worker emits.
+PID_EVENTS_LIMIT = 100
+
+
+class HealthCheckedRunLauncher(DefaultRunLauncher):
+    """DefaultRunLauncher whose runs the daemon's run monitoring can fail when their worker is gone."""
+
+    def __init__(self, inst_data=None):
+        super().__init__(inst_data=inst_data)
+        self._failed_checks: dict[str, int] = {}  # run id -> consecutive negative code-server answers
+        self._lock = threading.Lock()
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        run = self._instance.get_run_by_id(run.run_id) or run
+        if run.is_finished:
+            return self._ended(run)
+        if GRPC_INFO_TAG not in run.tags:
+            # Not launched through a code server (e.g. executed in process by `dagster asset materialize`
+            # against this instance): there is nothing to ask, and not knowing must not fail a run.
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not launched through a code server: not checked")
+        grpc_info = json.loads(run.tags[GRPC_INFO_TAG])
+        server = _address(grpc_info)
+        pid, recorded_at = self._worker_pid(run.run_id)
+        if pid is None:
+            why = "the run worker's pid is not in the event log"
+        elif not _is_local(grpc_info):
+            why = f"the run worker (pid {pid}) is on the code server's host, not this one"
+        else:
+            try:
+                gone = _why_not_the_worker(pid, recorded_at)
+            except _CannotTell as exc:
+                why = f"the run worker (pid {pid}) cannot be looked at on this host ({exc})"
+            else:
+                if gone is None:
+                    self._forget(run.run_id)
+                    return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} is alive",
+                                                run_worker_id=str(pid))
+                fresh = self._instance.get_run_by_id(run.run_id)
+                if fresh is not None and fresh.is_finished:
+                    return self._ended(fresh)
+                self._forget(run.run_id)
+                return CheckRunHealthResult(
+                    WorkerStatus.FAILED, f"the run worker process (pid {pid}) that the code server at {server} "
+                    f"started for the run is gone ({gone})", run_worker_id=str(pid))
+        return self._ask_code_server(run, grpc_info, server, why)
+
+    # ---------------------------------------------------------------------------------------------- helpers
+
+    def _ask_code_server(self, run: DagsterRun, grpc_info: dict, server: str, why: str) -> CheckRunHealthResult:
+        client = DagsterGrpcClient(port=grpc_info.get("port"), socket=grpc_info.get("socket"),
+                                   host=grpc_info.get("host", "localhost"), use_ssl=bool(grpc_info.get("use_ssl")))
+        try:
+            current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
+        except DagsterUserCodeUnreachableError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE:
+                return self._failed_check(run, f"the code server at {server} is unreachable (gRPC UNAVAILABLE)", why)
+            # Deadline exceeded or another error of a live server: load must never fail a run.
+            self._forget(run.run_id)
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"code server at {server} did not answer: {exc}",
+                                        transient=True)
+        if run.run_id in current:
+            self._forget(run.run_id)
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        fresh = self._instance.get_run_by_id(run.run_id)
+        if fresh is not None and fresh.is_finished:
+            return self._ended(fresh)
+        return self._failed_check(run, f"the code server at {server} does not execute the run", why)
+
+    def _failed_check(self, run: DagsterRun, what: str, why: str) -> CheckRunHealthResult:
+        with self._lock:
+            count = self._failed_checks.get(run.run_id, 0) + 1
+            if count >= FAILED_CHECKS_TO_FAIL:
+                self._failed_checks.pop(run.run_id, None)
+            else:
+                self._failed_checks[run.run_id] = count
+        if count < FAILED_CHECKS_TO_FAIL:
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"{what} ({count} of {FAILED_CHECKS_TO_FAIL} consecutive checks before the "
+                f"run is failed; {why})", transient=True)
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED, f"{what} on {count} consecutive checks ({why}): the run worker is presumed gone")
+
+    def _ended(self, run: DagsterRun) -> CheckRunHealthResult:
+        self._forget(run.run_id)
+        return CheckRunHealthResult(WorkerStatus.SUCCESS, f"run ended ({run.status.value})")
+
+    def _forget(self, run_id: str) -> None:
+        with self._lock:
+            self._failed_checks.pop(run_id, None)
+
+    def _worker_pid(self, run_id: str) -> tuple[int | None, float | None]:
+        """The pid the run worker recorded and when: the first run-level ENGINE_EVENT with a `pid` in its metadata,
+        "Started process for run (pid: N)." from the process the code server spawned for the run (the
+        executor's "... parent process (pid: N)" that follows names the same process)."""
+        records = self._instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT,
+                                                     limit=PID_EVENTS_LIMIT).records
+        for record in records:
+            entry = record.event_log_entry
+            event = entry.dagster_event
+            if event is None or event.step_key is not None:
+                continue
+            value = (getattr(event.event_specific_data, "metadata", None) or {}).get("pid")
+            text = str(getattr(value, "value", value) or "")
+            if text.isdigit():
+                return int(text), entry.timestamp
+        return None, None
+
+
+# ------------------------------------------------------------------------------------------ process checks
+
+class _CannotTell(Exception):
+    """This host cannot show whether the worker process lives (no /proc, or no right to read it)."""
+
+
+def _is_local(grpc_info: dict) -> bool:
+    return bool(grpc_info.get("socket")) or grpc_info.get("host", "localhost") in LOCAL_HOSTS
+
+
+def _address(grpc_info: dict) -> str:
+    if grpc_info.get("socket"):
+        return f"unix:{grpc_info['socket']}"
+    return f"{grpc_info.get('host', 'localhost')}:{grpc_info.get('port')}"
+
+
+def _looks_like_run_worker(argv: list[str]) -> bool:
+    """A code server's run worker is a `multiprocessing` spawn child (`python -B -c "from multiprocessing.spawn
+    import spawn_main; spawn_main(...)" --multiprocessing-fork`, measured with dagster 1.13.27); other launch
+    paths run `dagster api execute_run` / `resume_run`."""
+    if "--multiprocessing-fork" in argv and any("multiprocessing.spawn" in arg for arg in argv):
+        return True
+    return any(a == "api" and b in ("execute_run", "resume_run") for a, b in zip(argv, argv[1:]))
+
+
+def _process_start_time(stat: str) -> float:
+    """Wall-clock start of a process from its /proc/<pid>/stat (field 22, clock ticks since boot)."""
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name in parentheses may hold spaces
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _why_not_the_worker(pid: int, recorded_at: float | None) -> str | None:
+    """None if process `pid` is alive and is the run worker that recorded its pid at `recorded_at`, else why not;
+    raises `_CannotTell` when this host cannot show it."""
+    if not Path("/proc/self/stat").exists():
+        raise _CannotTell("no /proc")
+    proc = Path("/proc") / str(pid)
+    try:
+        stat = (proc / "stat").read_text()
+        argv = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+    except (FileNotFoundError, ProcessLookupError):  # the worker runs as the daemon's user: hidepid cannot hide it
+        return f"no process {pid}"
+    except PermissionError as exc:
+        raise _CannotTell(f"/proc/{pid}: {exc.strerror}") from None
+    state = stat[stat.rindex(")") + 2:].split()[0]
+    if state in ("Z", "X"):
+        return f"process {pid} has exited"
+    if not _looks_like_run_worker(argv):
+        return f"pid {pid} is now another program: {' '.join(argv)[:200]!r}"
+    started = _process_start_time(stat)
+    if recorded_at is not None and started > recorded_at + PID_REUSE_SLACK_S:
+        return f"pid {pid} is now another process, started {started - recorded_at:.0f} s after the worker's"
+    return None
