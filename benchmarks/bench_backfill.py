@@ -14,14 +14,16 @@ sensor's tick time over a landing folder of 10,000 files.
                       fresh process for all of them): Dagster's per-run overhead, no process launches.
      (b) daemon       the realistic path: a real `dagster-daemon` on the repo's `workspace.yaml`,
                       an asset backfill as the UI's "Materialize" submits it (PartitionBackfill),
-                      the QueuedRunCoordinator (4 runs at once) and the default run launcher; every
-                      run is a new process, and with the default multiprocess executor every step too.
-                      Variants (same daemon, one after the other): `in_process` (run config
-                      `execution: {config: {in_process: {}}}`, a candidate fix) over the 24
-                      partitions, then `multiprocess` (the default) over the first 4 partitions only
-                      (one wave of the 4-run queue: over 24 it takes > 10 min on 2 shared CPUs; the
-                      per-run costs it reports do not depend on the count); optionally `forkserver`
-                      (multiprocess executor, forkserver start method).
+                      the QueuedRunCoordinator (4 runs at once, queue read every second) and the
+                      health-checked default run launcher; every run is a new process. Variants (same
+                      daemon, one after the other): `multiprocess`, the code location's default executor
+                      (a process per step, forked from a forkserver that has the code location imported;
+                      geoseg_assets/executors.py), over the 24 partitions; `in_process` (run config
+                      `execution: {config: {in_process: {}}}`: the whole run in its run process) over the
+                      24; optionally `spawn` (multiprocess executor with Dagster's own default start
+                      method, a fresh interpreter per step) over the first 4 partitions only (one wave of
+                      the 4-run queue: over 24 it takes > 10 min on 2 shared CPUs; the per-run costs it
+                      reports do not depend on the count).
                       Wall = backfill submitted -> last run finished; also printed without the
                       backfill daemon's pickup delay (it polls every 30 s), and against the same
                       partitions' asset compute measured in (a), i.e. without 4 runs competing for
@@ -36,7 +38,7 @@ sensor's tick time over a landing folder of 10,000 files.
    applies to the steady-state tick; the cold tick is a one-off when the sensor is first switched on.
 
     .venv/bin/python benchmarks/bench_backfill.py [--regions 4 --dates 6 --size 512]
-        [--variants in_process multiprocess] [--process-per-step-partitions 4 (0: all)]
+        [--variants multiprocess in_process spawn] [--spawn-partitions 4 (0: all)]
         [--sensor-regions 10 --sensor-dates 1000] [--skip-daemon] [--skip-sensor] [--keep]
 """
 
@@ -64,9 +66,9 @@ BACKFILL_ASSETS = ("scenes", "tiles")
 GOAL_RATIO = 1.3
 GOAL_TICK_S = 2.0
 RUN_CONFIGS = {
-    "multiprocess": None,  # the default executor of asset jobs: multiprocess, spawn, max_concurrent = CPU count
+    "multiprocess": None,  # the code location's default executor: multiprocess, forkserver, max_concurrent = CPUs
     "in_process": {"execution": {"config": {"in_process": {}}}},
-    "forkserver": {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {}}}}}},
+    "spawn": {"execution": {"config": {"multiprocess": {"start_method": {"spawn": {}}}}}},
 }
 
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
@@ -356,18 +358,20 @@ def measure_daemon(args, env: dict, work: Path, instance, partitions: list[str])
 
 
 def variant_partitions(args, variant: str, partitions: list[str]) -> list[str]:
-    """Variants that start a process per step get the first `--process-per-step-partitions` partitions only: on 2
-    shared CPUs their 24-partition backfill takes far longer than this benchmark's time budget."""
-    if variant in ("multiprocess", "forkserver") and args.process_per_step_partitions:
-        return partitions[:args.process_per_step_partitions]
+    """The `spawn` variant (a fresh interpreter per step) gets the first `--spawn-partitions` partitions only: on 2
+    shared CPUs its 24-partition backfill takes far longer than this benchmark's time budget."""
+    if variant == "spawn" and args.spawn_partitions:
+        return partitions[:args.spawn_partitions]
     return partitions
 
 
 def report_daemon(variant: str, r: dict, baseline: dict[str, float], slots: int) -> None:
     s, n, n_expected = r["sum"], max(r["runs"], 1), r["partitions"]
-    label = {"multiprocess": "multiprocess executor (default: a process per step)",
+    label = {"multiprocess": "the code location's default executor: multiprocess, a process per step forked "
+                             "from a forkserver",
              "in_process": "in_process executor (run config), the whole run in its run process",
-             "forkserver": "multiprocess executor, forkserver start method"}[variant]
+             "spawn": "multiprocess executor with spawn (Dagster's default start method): a fresh interpreter per "
+                      "step"}[variant]
     print(f"  (b) daemon backfill of {n_expected} partitions, {label}:")
     if not r["complete"] or r["last_end"] is None:
         print(f"      INCOMPLETE: {r['runs']}/{n_expected} runs created before the timeout; "
@@ -495,11 +499,10 @@ def main() -> int:
     parser.add_argument("--regions", type=int, default=4)
     parser.add_argument("--dates", type=int, default=6)
     parser.add_argument("--size", type=int, default=512, help="synthetic scene side in pixels")
-    parser.add_argument("--variants", nargs="*", default=["in_process", "multiprocess"], choices=sorted(RUN_CONFIGS),
-                        help="daemon backfills, run one after the other on the same daemon")
-    parser.add_argument("--process-per-step-partitions", type=int, default=4,
-                        help="partitions for the multiprocess/forkserver variants (0: all); "
-                        "4 = one wave of the 4-run queue")
+    parser.add_argument("--variants", nargs="*", default=["multiprocess", "in_process", "spawn"],
+                        choices=sorted(RUN_CONFIGS), help="daemon backfills, run one after the other on the same daemon")
+    parser.add_argument("--spawn-partitions", type=int, default=4,
+                        help="partitions for the spawn variant (0: all); 4 = one wave of the 4-run queue")
     parser.add_argument("--daemon-timeout", type=float, default=360,
                         help="seconds per daemon backfill before canceling")
     parser.add_argument("--completion-wait", type=float, default=35,

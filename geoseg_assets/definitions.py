@@ -20,6 +20,7 @@ from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
 from geoseg_assets.celery_executor import celery_imagery_job
+from geoseg_assets.executors import default_executor
 from geoseg_assets.checks import (
     dataset_class_coverage,
     dataset_no_leakage,
@@ -45,17 +46,25 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("GEOSEG_DATA_DIR", REPO_ROOT / "data")).resolve()
 
 
-def default_resources(data_dir: Path) -> dict:
+def default_dvc_repo() -> Path:
+    """The git + DVC repository that versions the dataset: $GEOSEG_DVC_REPO, else this checkout. Its dvc.yaml
+    keeps the dataset at `<repo>/data/store/dataset`, so a data root other than `<checkout>/data` needs a
+    repository of its own whose `data/` is that root (otherwise materializing `dataset` would rewrite this
+    checkout's dvc.lock; the asset refuses a data root DVC does not version)."""
+    return Path(os.environ.get("GEOSEG_DVC_REPO", REPO_ROOT)).resolve()
+
+
+def default_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
-    labels in `<data>/labels.gpkg`, the synthetic source's class map, this repository as the DVC
-    repo with its default remote `<repo>/data/dvc-remote`, a local SQLite MLflow store under
+    labels in `<data>/labels.gpkg`, the synthetic source's class map, `dvc_repo` (this checkout by default)
+    as the DVC repo with its default remote `<repo>/data/dvc-remote`, a local SQLite MLflow store under
     `<data>/mlflow`, failure notices in the log only, networks on CUDA when present, else CPU."""
     return {
         "data_store": DataStore(root=str(data_dir / "store")),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
         "label_store": GeoPackageLabelStore(path=str(data_dir / "labels.gpkg")),
         "class_map": ClassMapResource(),
-        "dvc": DvcStore(repo_dir=str(REPO_ROOT)),
+        "dvc": DvcStore(repo_dir=str(dvc_repo)),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
                                           artifact_location=str(data_dir / "mlflow" / "artifacts")),
         "notifier": Notifier(),
@@ -64,29 +73,29 @@ def default_resources(data_dir: Path) -> dict:
     }
 
 
-def production_resources(data_dir: Path) -> dict:
+def production_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """A shared deployment: labels in PostGIS, runs and models on an MLflow tracking server, datasets on a
     shared DVC remote (a folder, s3://, MinIO). Connection settings are `dg.EnvVar`s, resolved when a run
     starts (an unset variable fails the run naming it) and shown by name, never by value, in the UI."""
     return {
-        **default_resources(data_dir),
+        **default_resources(data_dir, dvc_repo),
         "label_store": PostgisLabelStore(
             host=dg.EnvVar("GEOSEG_PG_HOST"), port=dg.EnvVar.int("GEOSEG_PG_PORT"), user=dg.EnvVar("GEOSEG_PG_USER"),
             password=dg.EnvVar("GEOSEG_PG_PASSWORD"), dbname=dg.EnvVar("GEOSEG_PG_DB")),
         "mlflow_tracking": MlflowTracking(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
-        "dvc": DvcStore(repo_dir=str(REPO_ROOT), remote_url=dg.EnvVar("GEOSEG_DVC_REMOTE")),
+        "dvc": DvcStore(repo_dir=str(dvc_repo), remote_url=dg.EnvVar("GEOSEG_DVC_REMOTE")),
     }
 
 
 RESOURCE_PROFILES = {"embedded": default_resources, "production": production_resources}
 
 
-def profile_resources(profile: str, data_dir: Path) -> dict:
+def profile_resources(profile: str, data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """The resources of a named profile (`$GEOSEG_RESOURCES`: `embedded`, the default, or `production`)."""
     if profile not in RESOURCE_PROFILES:
         raise ValueError(f"GEOSEG_RESOURCES={profile!r} is not a resource profile; use one of "
                          f"{', '.join(RESOURCE_PROFILES)}")
-    return RESOURCE_PROFILES[profile](data_dir)
+    return RESOURCE_PROFILES[profile](data_dir, dvc_repo)
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -110,6 +119,15 @@ training_job = dg.define_asset_job(
     "Launch it several times with different `model` configs for a batch of experiments.",
 )
 
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=dg.AssetSelection.assets(dataset, model, model_evaluation),
+    tags={"geoseg/heavy": "true"},
+    description="Rebuild the training set from every labelled partition (dates that landed since the last build "
+    "included: a new DVC version), train a challenger on it, evaluate and promote it if it beats the champion. "
+    "What drift_sensor requests: retraining on the data that was already there would learn nothing new.",
+)
+
 monitoring_job = dg.define_asset_job(
     "monitoring_job",
     selection=dg.AssetSelection.assets(data_quality_report, data_drift_report, prediction_drift_report),
@@ -129,7 +147,6 @@ imagery_job = dg.define_asset_job(
 )
 
 
-
 def build_defs(resources: dict) -> dg.Definitions:
     """The code location with the given resources (tests and other deployments swap them)."""
     return dg.Definitions(
@@ -138,10 +155,12 @@ def build_defs(resources: dict) -> dg.Definitions:
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
                       dataset_class_coverage],
         sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier, drift_sensor],
-        jobs=[imagery_job, import_labels_job, dataset_job, training_job, prediction_job, monitoring_job, feedback_job,
-              celery_imagery_job],
+        jobs=[imagery_job, import_labels_job, dataset_job, training_job, retraining_job, prediction_job, monitoring_job,
+              feedback_job, celery_imagery_job],
         resources=resources,
+        executor=default_executor,
     )
 
 
-defs = build_defs(profile_resources(os.environ.get("GEOSEG_RESOURCES", "embedded"), default_data_dir()))
+defs = build_defs(profile_resources(os.environ.get("GEOSEG_RESOURCES", "embedded"), default_data_dir(),
+                                    default_dvc_repo()))

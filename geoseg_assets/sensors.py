@@ -195,11 +195,12 @@ def plan_drift_retraining(reports: list[tuple[str, int, float]], cursor: dict, p
 
 
 @dg.sensor(
-    job_name="training_job",
+    job_name="retraining_job",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Reads new `data_drift_report` results; when drift exceeds DriftPolicy in enough partitions (or one "
-    "beyond the hard threshold) requests one retraining run (model -> evaluation -> promotion) per drift event, "
+    "beyond the hard threshold) requests one retraining run (dataset rebuilt with the new labelled dates -> model "
+    "-> evaluation -> promotion) per drift event, "
     "and notifies.",
 )
 def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier) -> dg.SensorResult:
@@ -217,7 +218,7 @@ def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy,
         after = max(after or 0, record.storage_id)
     request, state, reason = plan_drift_retraining(reports, cursor, drift_policy)
     if request is not None:
-        notifier.notify(f"geoseg drift event {request.run_key}: {reason}; retraining requested (training_job)",
+        notifier.notify(f"geoseg drift event {request.run_key}: {reason}; retraining requested (retraining_job)",
                         run_key=request.run_key, reason=reason)
         context.log.info(reason)
     return dg.SensorResult(

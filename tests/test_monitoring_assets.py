@@ -100,7 +100,7 @@ def test_drift_sensor_requests_one_retraining_per_drift_event(shifted):
     requests, cursor = tick(cursor)  # the same event is never requested twice
     assert requests == []
     defs = build_defs(resources)
-    assert defs.resolve_sensor_def("drift_sensor").job_name == "training_job"
+    assert defs.resolve_sensor_def("drift_sensor").job_name == "retraining_job"
 
 
 class Policy:
