@@ -20,7 +20,6 @@ from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
 from geoseg_assets.celery_executor import celery_imagery_job
-from geoseg_assets.executors import default_executor
 from geoseg_assets.checks import (
     dataset_class_coverage,
     dataset_no_leakage,
@@ -28,6 +27,7 @@ from geoseg_assets.checks import (
     scene_integrity,
     tile_stats_sanity,
 )
+from geoseg_assets.executors import default_executor
 from geoseg_assets.sensors import drift_sensor, label_change_sensor, new_scene_sensor, run_failure_notifier
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
