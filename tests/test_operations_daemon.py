@@ -61,6 +61,8 @@ AUTOMATION_SENSOR = "geoseg_automation_sensor"
 FOLLOWERS = ["tiles", "masks", "data_quality_report", "predictions", "data_drift_report", "prediction_drift_report",
              "model_quality_report"]
 NOT_REQUESTED = ["dataset", "model", "champion_model"]  # a new scene never retrains by itself
+IMAGERY_STEPS = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
+                 "masks_label_geometries_valid"}  # imagery_job's steps
 SENSOR_TIMEOUT = 10 * 60
 RECOVERY_TIMEOUT = 5 * 60
 
@@ -581,9 +583,17 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     successes = [r for r in group if r.status == DagsterRunStatus.SUCCESS]
     assert len(successes) == 1 and successes[0].parent_run_id == run_id, _describe_runs(instance)
     assert successes[0].tags.get("dagster/retry_number") == "1"
+    # The retry re-executes from failure: exactly the steps the killed run had not finished (a step that ended
+    # before the kill, e.g. `scenes`, is not run twice), and each asset's latest materialization is the run's
+    # that finished it.
+    retry_id = successes[0].run_id
+    finished = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    retried = {e.step_key for e in instance.all_logs(retry_id, of_type=DagsterEventType.STEP_START)}
+    print(f"steps finished before the kill {sorted(finished)}, run by the retry {sorted(retried)}")
+    assert retried and not finished & retried and finished | retried == IMAGERY_STEPS, (finished, retried)
     for asset in ("scenes", "tiles", "masks"):
         record = _materialization(instance, asset, partition)
-        assert record is not None and record.run_id == successes[0].run_id, (asset, record)
+        assert record is not None and record.run_id == (run_id if asset in finished else retry_id), (asset, record)
 
     # No run lost anywhere in the instance: every run ended, and each failure has a successful retry.
     print(_describe_runs(instance))
