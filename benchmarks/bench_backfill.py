@@ -18,7 +18,9 @@ sensor's tick time over a landing folder of 10,000 files.
                       health-checked default run launcher; every run is a new process. Variants (same
                       daemon, one after the other): `multiprocess`, the code location's default executor
                       (a process per step, forked from a forkserver that has the code location imported;
-                      geoseg_assets/executors.py), over the 24 partitions; `in_process` (run config
+                      geoseg_assets/executors.py), over the 24 partitions; `forkserver_bare` (the same
+                      with `preload_modules: []`, which is what dagster 1.13.27 does when none are named: every
+                      step process imports the code location again); `in_process` (run config
                       `execution: {config: {in_process: {}}}`: the whole run in its run process) over the
                       24; optionally `spawn` (multiprocess executor with Dagster's own default start
                       method, a fresh interpreter per step) over the first 4 partitions only (one wave of
@@ -38,7 +40,7 @@ sensor's tick time over a landing folder of 10,000 files.
    applies to the steady-state tick; the cold tick is a one-off when the sensor is first switched on.
 
     .venv/bin/python benchmarks/bench_backfill.py [--regions 4 --dates 6 --size 512]
-        [--variants multiprocess in_process spawn] [--spawn-partitions 4 (0: all)]
+        [--variants multiprocess in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
         [--sensor-regions 10 --sensor-dates 1000] [--skip-daemon] [--skip-sensor] [--keep]
 """
 
@@ -68,6 +70,9 @@ GOAL_TICK_S = 2.0
 RUN_CONFIGS = {
     "multiprocess": None,  # the code location's default executor: multiprocess, forkserver, max_concurrent = CPUs
     "in_process": {"execution": {"config": {"in_process": {}}}},
+    # The default's start method with nothing preloaded: what dagster 1.13.27 does for `forkserver: {}`.
+    "forkserver_bare": {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {
+        "preload_modules": []}}}}}},
     "spawn": {"execution": {"config": {"multiprocess": {"start_method": {"spawn": {}}}}}},
 }
 
@@ -368,7 +373,9 @@ def variant_partitions(args, variant: str, partitions: list[str]) -> list[str]:
 def report_daemon(variant: str, r: dict, baseline: dict[str, float], slots: int) -> None:
     s, n, n_expected = r["sum"], max(r["runs"], 1), r["partitions"]
     label = {"multiprocess": "the code location's default executor: multiprocess, a process per step forked "
-                             "from a forkserver",
+                             "from a forkserver that preloaded the code location (geoseg_assets/forkserver_preload.py)",
+             "forkserver_bare": "multiprocess, a process per step forked from a forkserver with nothing preloaded "
+                                "(dagster's own `forkserver: {}`): each step imports the code location",
              "in_process": "in_process executor (run config), the whole run in its run process",
              "spawn": "multiprocess executor with spawn (Dagster's default start method): a fresh interpreter per "
                       "step"}[variant]

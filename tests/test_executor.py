@@ -1,6 +1,6 @@
 """The code location's default executor (geoseg_assets/executors.py): every asset job runs its steps in their
-own processes, forked from a forkserver that has the code location imported, and a run's config can still ask
-for `in_process` or another start method.
+own processes, forked from a forkserver that has the code location imported (geoseg_assets/forkserver_preload.py),
+and a run's config can still ask for `in_process`, another start method or other preload modules.
 
 The runs execute in a fresh interpreter, as a run worker does (`execute_job` of the reconstructable job on a
 real SQLite instance): a forkserver is per process and keeps the environment it started with, so it must not
@@ -39,8 +39,13 @@ with dg.instance_for_test(temp_dir=home) as instance:
     events = [r.dagster_event for r in instance.all_logs(result.run_id) if r.dagster_event]
     run_pid = next(e.pid for e in events if e.event_type == dg.DagsterEventType.RUN_START)
     steps = {e.step_key: e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
-    print(json.dumps({"success": result.success, "run_pid": run_pid, "steps": steps,
-                      "forkserver": fs._forkserver._forkserver_pid is not None}))
+    server = fs._forkserver._forkserver_pid
+    # What the forkserver was asked to preload (its command line) and what it has loaded (its memory map: rasterio's
+    # and GDAL's libraries are only there once the code location was imported).
+    cmdline = open(f"/proc/{server}/cmdline").read().replace("\0", " ") if server else ""
+    maps = open(f"/proc/{server}/maps").read() if server else ""
+    print(json.dumps({"success": result.success, "run_pid": run_pid, "steps": steps, "forkserver": server is not None,
+                      "forkserver_cmdline": cmdline, "forkserver_has_rasterio": "/rasterio/" in maps}))
 """
 
 
@@ -68,9 +73,16 @@ def test_every_asset_job_uses_the_default_executor():
     assert defs.resolve_job_def("celery_imagery_job").executor_def is not default_executor  # its own executor
 
 
+PRELOAD = {"forkserver": {"preload_modules": ["geoseg_assets.forkserver_preload"]}}
+
+
 @pytest.mark.parametrize("config, expected", [
-    ({"multiprocess": {}}, {"multiprocess": {"start_method": {"forkserver": {}}}}),
-    ({"multiprocess": {"max_concurrent": 1}}, {"multiprocess": {"start_method": {"forkserver": {}}, "max_concurrent": 1}}),
+    ({"multiprocess": {}}, {"multiprocess": {"start_method": PRELOAD}}),
+    ({"multiprocess": None}, {"multiprocess": {"start_method": PRELOAD}}),
+    ({"multiprocess": {"max_concurrent": 1}}, {"multiprocess": {"start_method": PRELOAD, "max_concurrent": 1}}),
+    ({"multiprocess": {"start_method": {"forkserver": {}}}}, {"multiprocess": {"start_method": PRELOAD}}),
+    ({"multiprocess": {"start_method": {"forkserver": {"preload_modules": ["dagster"]}}}},
+     {"multiprocess": {"start_method": {"forkserver": {"preload_modules": ["dagster"]}}}}),
     ({"multiprocess": {"start_method": {"spawn": {}}}}, {"multiprocess": {"start_method": {"spawn": {}}}}),
     ({"in_process": {}}, {"in_process": {}}),
 ])
@@ -83,6 +95,10 @@ def test_default_run_forks_each_step_from_a_forkserver(tmp_path):
     pids = result["steps"].values()
     assert result["forkserver"], "no forkserver was started: steps were spawned"
     assert result["run_pid"] not in pids and len(set(pids)) == len(result["steps"]), result  # a process per step
+    # The steps were forked from a server that had the code location loaded, so none of them imported it again
+    # (dagster 1.13.27 preloads nothing when the run config names no modules).
+    assert "geoseg_assets.forkserver_preload" in result["forkserver_cmdline"], result["forkserver_cmdline"]
+    assert result["forkserver_has_rasterio"], "the forkserver did not import the code location"
 
 
 def test_run_config_in_process_keeps_every_step_in_the_run_process(tmp_path):
