@@ -10,8 +10,10 @@ nothing but its own executor module (the config's missing key becomes [] in `_co
 and [] overrides the documented default, the job's module), so every step re-imported everything. Measured on
 this 2-core machine, idle, one scenes + tiles run (4 steps), STEP_WORKER_STARTING -> STEP_START: 2.6-3.6 s for every
 step before; now 3.8-4.5 s for the first (the forkserver boots and preloads) and 0.45-0.5 s for each later one.
-benchmarks/bench_backfill.py prints the per-step start cost under load (variant `forkserver_bare` is the old way). `execution: {config: {in_process: {}}}` in a run's config still runs the whole run
-in one process; `multiprocess: {start_method: {spawn: {}}}` restores spawning, and a run config that sets its own
+benchmarks/bench_backfill.py prints the per-step start cost under load (variant `forkserver_bare` is the old way).
+
+`execution: {config: {in_process: {}}}` in a run's config still runs the whole run in one process;
+`multiprocess: {start_method: {spawn: {}}}` restores spawning, and a run config that sets its own
 `forkserver: {preload_modules: [...]}` keeps it.
 """
 
