@@ -3,6 +3,7 @@ requests retraining; failed runs notify."""
 
 
 import datetime as dt
+import hashlib
 import json
 
 import dagster as dg
@@ -166,24 +167,27 @@ DRIFT_REPORT = dg.AssetKey("data_drift_report")
 DRIFT_EVENT_TAG = "geoseg/drift_event"
 
 
-def plan_drift_retraining(reports: list[tuple[str, int, float]], cursor: dict, policy):
-    """Pure planning step: (partition, storage id, drift share) of new drift reports -> at most one
-    retraining request, once per drift event.
+def plan_drift_retraining(reports: list[tuple[str, int, float, bool]], cursor: dict, policy,
+                          retraining_in_flight: str | None = None):
+    """Pure planning step: (partition, storage id, drift share, in training set) of new drift reports -> at most
+    one retraining request, once per drift event.
 
     Partitions drifting since the last event accumulate in `cursor["pending"]`; an event fires when
     `policy.min_partitions` of them drift, or one reaches `policy.hard_threshold`. Its partitions are
     then handled: the same reports never trigger twice, and a partition that recovers leaves the pool.
+    A report of a partition the training set holds is no drift signal (the model has seen those data; a
+    retraining that took the drifted dates in refreshes their reports this way) and takes it out of the pool.
+    While a retraining run is queued or running (`retraining_in_flight` names it) no event fires: the pool
+    waits for that run's training set, which may cover it.
     """
     pending: dict[str, list] = dict(cursor.get("pending", {}))
-    for partition, storage_id, share in reports:
-        if share >= policy.threshold:
+    for partition, storage_id, share, in_training_set in reports:
+        if share >= policy.threshold and not in_training_set:
             pending[partition] = [storage_id, share]
         else:
             pending.pop(partition, None)
     hard = [p for p, (_, share) in pending.items() if share >= policy.hard_threshold]
-    if pending and (len(pending) >= policy.min_partitions or hard):
-        import hashlib
-
+    if pending and (len(pending) >= policy.min_partitions or hard) and retraining_in_flight is None:
         event = sorted(f"{p}@{sid}" for p, (sid, _) in pending.items())
         run_key = "drift:" + hashlib.sha256("|".join(event).encode()).hexdigest()[:16]
         reason = (f"drift share >= {policy.threshold} in {len(pending)} partition(s)"
@@ -194,14 +198,19 @@ def plan_drift_retraining(reports: list[tuple[str, int, float]], cursor: dict, p
     return None, {"pending": pending}, None
 
 
+RETRAINING_JOB = "retraining_job"
+IN_FLIGHT = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
 @dg.sensor(
-    job_name="retraining_job",
+    job_name=RETRAINING_JOB,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Reads new `data_drift_report` results; when drift exceeds DriftPolicy in enough partitions (or one "
     "beyond the hard threshold) requests one retraining run (dataset rebuilt with the new labelled dates -> model "
-    "-> evaluation -> promotion) per drift event, "
-    "and notifies.",
+    "-> evaluation -> promotion) per drift event, and notifies. Partitions the training set holds never count, and "
+    "no event fires while a retraining run is queued or running.",
 )
 def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -211,12 +220,16 @@ def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy,
     reports = []
     for record in result.records:
         materialization = record.asset_materialization
-        share = materialization.metadata.get("drift_share")
-        if share is None or materialization.partition is None:
-            continue
-        reports.append((str(materialization.partition), record.storage_id, float(share.value)))
         after = max(after or 0, record.storage_id)
-    request, state, reason = plan_drift_retraining(reports, cursor, drift_policy)
+        share = materialization.metadata.get("drift_share")
+        if share is None or materialization.partition is None:  # a baseline report: nothing to compare yet
+            continue
+        in_training_set = materialization.metadata.get("in_training_set")
+        reports.append((str(materialization.partition), record.storage_id, float(share.value),
+                        bool(in_training_set and in_training_set.value)))
+    in_flight = context.instance.get_runs(filters=dg.RunsFilter(job_name=RETRAINING_JOB, statuses=IN_FLIGHT), limit=1)
+    running = in_flight[0].run_id if in_flight else None
+    request, state, reason = plan_drift_retraining(reports, cursor, drift_policy, running)
     if request is not None:
         notifier.notify(f"geoseg drift event {request.run_key}: {reason}; retraining requested (retraining_job)",
                         run_key=request.run_key, reason=reason)
@@ -225,5 +238,6 @@ def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy,
         run_requests=[request] if request else [],
         cursor=json.dumps({**state, "after": after}, sort_keys=True),
         skip_reason=None if request else dg.SkipReason(
-            f"{len(reports)} new drift report(s); {len(state['pending'])} partition(s) drifting, below the policy"),
+            f"{len(reports)} new drift report(s); {len(state['pending'])} partition(s) drifting, "
+            + (f"waiting for retraining run {running}" if running and state["pending"] else "below the policy")),
     )

@@ -51,6 +51,8 @@ def test_drift_reports_separate_a_shifted_sensor_from_training_conditions(shifte
     assert calm["dataset_drift"].value is False and drift["dataset_drift"].value is True
     assert drift["drift_share"].value >= 0.5 > calm["drift_share"].value
     assert "NIR_mean" in drift["drifted_columns"].value and calm["reference"].value.startswith("training set")
+    # The training date is part of the training set (no drift signal for the sensor); the shifted date is not.
+    assert calm["in_training_set"].value is True and drift["in_training_set"].value is False
     html = resources["data_store"].path("data_drift_report", {"region": "alpha", "date": SHIFTED}, "report.html")
     text = html.read_text()
     assert html.stat().st_size > 10_000 and "NIR_mean" in text and "drift" in text.lower()
@@ -99,7 +101,22 @@ def test_drift_sensor_requests_one_retraining_per_drift_event(shifted):
     assert len(requests) == 1 and requests[0].run_key.startswith("drift:"), cursor
     requests, cursor = tick(cursor)  # the same event is never requested twice
     assert requests == []
+
+    # While that event's retraining run is in flight (created, not yet ended), the same partitions drift again: no
+    # second run is requested; they wait in the pool, and fire once the run has ended (without a training set that
+    # covers them).
     defs = build_defs(resources)
+    queued = instance.create_run_for_job(defs.resolve_job_def("retraining_job"), status=dg.DagsterRunStatus.NOT_STARTED)
+    for region in ("alpha", "beta"):
+        assert report(shifted, region, SHIFTED, "data_drift_report").success
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+            "drift_policy": policy, "notifier": Notifier()}) as context:
+        waiting = drift_sensor(context)
+    assert waiting.run_requests == [] and queued.run_id in waiting.skip_reason.skip_message, waiting.skip_reason
+    assert sorted(json.loads(waiting.cursor)["pending"]) == [f"{SHIFTED}|alpha", f"{SHIFTED}|beta"]
+    instance.report_run_failed(instance.get_run_by_id(queued.run_id))
+    requests, cursor = tick(waiting.cursor)
+    assert len(requests) == 1 and requests[0].run_key.startswith("drift:"), cursor
     assert defs.resolve_sensor_def("drift_sensor").job_name == "retraining_job"
 
 
@@ -108,13 +125,27 @@ class Policy:
 
 
 def test_drift_planner_counts_partitions_and_honours_the_hard_threshold():
-    request, state, _ = plan_drift_retraining([("a", 1, 0.6)], {}, Policy)
+    request, state, _ = plan_drift_retraining([("a", 1, 0.6, False)], {}, Policy)
     assert request is None and state["pending"] == {"a": [1, 0.6]}
-    request, state, _ = plan_drift_retraining([("a", 2, 0.2)], state, Policy)  # recovered
+    request, state, _ = plan_drift_retraining([("a", 2, 0.2, False)], state, Policy)  # recovered
     assert request is None and state["pending"] == {}
-    request, state, _ = plan_drift_retraining([("a", 3, 0.6), ("b", 4, 0.7)], state, Policy)
+    request, state, _ = plan_drift_retraining([("a", 3, 0.6, False), ("b", 4, 0.7, False)], state, Policy)
     assert request is not None and state["pending"] == {}
-    again, _, _ = plan_drift_retraining([("a", 3, 0.6), ("b", 4, 0.7)], {}, Policy)
+    again, _, _ = plan_drift_retraining([("a", 3, 0.6, False), ("b", 4, 0.7, False)], {}, Policy)
     assert again.run_key == request.run_key  # the same reports are the same event (the run key dedupes)
-    hard, _, reason = plan_drift_retraining([("c", 5, 0.95)], {}, Policy)
+    hard, _, reason = plan_drift_retraining([("c", 5, 0.95, False)], {}, Policy)
     assert hard is not None and "c" in reason
+
+
+def test_drift_planner_ignores_training_data_and_waits_for_a_running_retraining():
+    # After a retraining took the drifted dates in, their refreshed reports (against the new training set, which
+    # holds them) still differ from the older dates but are no drift signal: they leave the pool, nothing fires.
+    request, state, _ = plan_drift_retraining([("a", 1, 0.6, False)], {}, Policy)
+    assert request is None and list(state["pending"]) == ["a"]
+    request, state, _ = plan_drift_retraining([("a", 2, 1.0, True), ("b", 3, 1.0, True)], state, Policy)
+    assert request is None and state["pending"] == {}
+    # A drift event while a retraining run is queued or running waits for it, and fires once it has ended.
+    request, state, _ = plan_drift_retraining([("c", 4, 0.7, False), ("d", 5, 0.95, False)], state, Policy, "run-1")
+    assert request is None and sorted(state["pending"]) == ["c", "d"]
+    request, state, reason = plan_drift_retraining([], state, Policy)
+    assert request is not None and state["pending"] == {} and "c (0.70)" in reason and "d (0.95)" in reason

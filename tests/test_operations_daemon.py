@@ -17,7 +17,9 @@ throwaway PostgreSQL database, data under a temp GEOSEG_DATA_DIR), no webserver.
 3. Drift: two dates land 50 % brighter; their drift reports (automation) pass the DriftPolicy, and `drift_sensor`,
    once switched on, requests one `retraining_job` run: the training set is rebuilt with those dates (new DVC
    version, in the throwaway git repository the code location gets as GEOSEG_DVC_REPO), a new model version is
-   trained on it and evaluated; the run succeeds exactly when it clears the quality floor.
+   trained on it and evaluated; the run succeeds exactly when it clears the quality floor. The drift reports
+   automation then refreshes against the new training set mark those dates as training data, and the sensor's
+   next tick requests no second retraining.
 
 4. SIGKILL of the daemon's process group while an imagery_job run executes kills the daemon, the code server
    it spawned and, as that server's children, the run worker and its step processes. With the repo's
@@ -272,6 +274,16 @@ def _switch_on(ops: Ops, sensor: str):
     return done[-1]  # ticks come newest first
 
 
+def _next_tick(ops: Ops, sensor: str, after: float, timeout: float = 420):
+    """The sensor's first finished tick that started after `after` (the drift sensor ticks every 300 s)."""
+    while not (done := [t for t in _sensor_ticks(ops.instance, sensor)
+                        if t.timestamp > after and t.status.value in ("SKIPPED", "SUCCESS")]):
+        ops.check_daemon()
+        assert time.time() - after < timeout, f"no {sensor} tick within {timeout} s:\n{ops.tail()}"
+        time.sleep(2)
+    return done[-1]  # ticks come newest first
+
+
 def _describe_runs(instance) -> str:
     return "\n".join(f"  {r.run_id[:8]} {r.job_name} {r.status.value} assets={sorted(k.to_user_string() for k in r.asset_selection or [])} "
                      f"partition={r.tags.get('dagster/partition')} sensor={r.tags.get('dagster/sensor_name')} "
@@ -411,7 +423,8 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     drift event: it rebuilds the training set from every labelled partition, the drifted dates included (a new
     DVC version), trains a new model version on it (MLflow lineage names that version and those partitions) and
     evaluates it: promoted if it clears the quality floor and beats the champion, else the run fails on the floor and
-    the champion stays. No human action beyond the switch."""
+    the champion stays. No human action beyond the switch, and no second run: the refreshed reports of dates the
+    new training set holds are no drift signal."""
     import mlflow
     from dagster import DagsterEventType, DagsterRunStatus
 
@@ -494,9 +507,26 @@ def test_drift_requests_retraining_on_the_new_data(ops):
         assert f"{test_miou:.4f}" in emeta["promotion_reason"].value and str(floor) in emeta["promotion_reason"].value
         failed_steps = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)}
         assert failed_steps == {"model_evaluation"}, failures
+
+    # The new training set holds the drifted dates, so automation refreshes the region's drift reports against it.
+    # The brightened dates still differ from the others, but they are training data now: the sensor's next tick
+    # after the refresh finds no drift event and requests no second retraining (a retraining loop, otherwise).
+    _wait_until_quiet(ops)  # whatever the new training set or a new champion re-plans (reports, predictions) ends
+    t_quiet = time.time()
+    refreshed = {p: r for p in (f"{d}|{REGION}" for d in (SENSOR_DATE, *DRIFT_DATES))
+                 if (r := _materialization(instance, "data_drift_report", p)) and r.timestamp >= dataset.timestamp}
+    print("drift reports against the new training set: " + ", ".join(
+        f"{p} share {r.asset_materialization.metadata['drift_share'].value} in training set "
+        f"{r.asset_materialization.metadata['in_training_set'].value}" for p, r in refreshed.items()))
+    assert set(partitions) <= set(refreshed), sorted(refreshed)
+    assert all(r.asset_materialization.metadata["in_training_set"].value for r in refreshed.values())
+    tick = _next_tick(ops, DRIFT_SENSOR, t_quiet)
+    pending = json.loads(_sensor_state(instance, DRIFT_SENSOR).instigator_data.cursor)["pending"]
+    print(f"{DRIFT_SENSOR} tick {tick.timestamp - t_quiet:.1f} s after the refresh: {tick.status.value} "
+          f"({tick.skip_reason}), runs {tick.run_ids}, pending {pending}")
+    assert tick.status.value == "SKIPPED" and not tick.run_ids and pending == {}, (tick.status, tick.run_ids, pending)
     assert all(r.tags.get("dagster/sensor_name") != DRIFT_SENSOR for r in _runs(instance)
                if r.run_id not in runs_before and r.run_id != run_id), "more than one retraining run"
-    _wait_until_quiet(ops)  # whatever a new champion re-plans (predictions, reports) ends before the next test
     _assert_no_run_lost(instance)
     state = _sensor_state(instance, DRIFT_SENSOR)
     instance.stop_sensor(state.instigator_origin_id, state.selector_id, None)

@@ -83,12 +83,14 @@ class DriftReportConfig(dg.Config):
     group_name="monitoring",
     automation_condition=FOLLOW_UPSTREAM,
     description="Evidently data-drift report of the partition's per-tile band and spectral-index statistics against "
-    "the training set (or, for a product the training set does not cover, the region's previous date).",
+    "the training set (or, for a product the training set does not cover, the region's previous date); "
+    "`in_training_set` marks a partition the training set holds, which the drift sensor does not count.",
 )
 def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, data_store: DataStore,
                       dvc: DvcStore) -> dg.MaterializeResult:
     from geoseg_assets.monitoring.drift import data_drift, drift_chart_png
     from geoseg_assets.monitoring.features import (
+        dataset_partitions,
         dataset_reference_features,
         dataset_regions,
         feature_columns,
@@ -99,7 +101,9 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
     current = scene_tile_features(str(scene_path), scene["band_names"], tile=config.feature_tile)
     dataset_dir = _dataset_dir(data_store)
     method, threshold = config.method, config.threshold
+    in_training_set = False  # a partition the training set holds is data the model has seen: no drift signal
     if dataset_dir is not None and _dataset_bands(data_store) == scene["band_names"]:
+        in_training_set = (dims["region"], dims["date"]) in dataset_partitions(dataset_dir)
         version = dvc.version(DVC_STAGE) or "unversioned"
         regions = [dims["region"]] if dims["region"] in dataset_regions(dataset_dir) else None
         scope = dims["region"] if regions else "all-regions"
@@ -136,11 +140,13 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
         raise dg.Failure(f"{scene_path}: {exc}", allow_retries=False) from exc
     png = drift_chart_png(result, f"data drift {dims['region']} {dims['date']} vs {against}")
     data_store.write_bytes(data_store.path("data_drift_report", dims, CHART_PNG), png)
-    record = {"reference": against, "drift_share": result.drift_share, "dataset_drift": result.dataset_drift,
-              "drifted_columns": result.drifted_columns, "column_scores": result.column_scores}
+    record = {"reference": against, "in_training_set": in_training_set, "drift_share": result.drift_share,
+              "dataset_drift": result.dataset_drift, "drifted_columns": result.drifted_columns,
+              "column_scores": result.column_scores}
     data_store.write_bytes(data_store.path("data_drift_report", dims, REPORT_JSON), json.dumps(record, indent=2).encode())
     context.log.info(f"{dims['region']}/{dims['date']}: drift share {result.drift_share:.2f} vs {against}")
-    return dg.MaterializeResult(metadata={"reference": against, **_drift_metadata(result, png, html_path)})
+    return dg.MaterializeResult(metadata={"reference": against, "in_training_set": in_training_set,
+                                          **_drift_metadata(result, png, html_path)})
 
 
 @dg.asset(

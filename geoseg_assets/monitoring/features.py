@@ -149,6 +149,11 @@ def dataset_regions(dataset_dir: str | os.PathLike, split: str = "train") -> set
     return {t["region"] for t in load_manifest(dataset_dir)["splits"][split]["tiles"]}
 
 
+def dataset_partitions(dataset_dir: str | os.PathLike) -> set[tuple[str, str]]:
+    """(region, date) of every partition the dataset was built from: data a model trained on it has seen."""
+    return {(p["region"], p["date"]) for p in load_manifest(dataset_dir)["partitions"]}
+
+
 def dataset_reference_features(dataset_dir: str | os.PathLike, split: str = "train", *, tile: int = 64,
                                indices: Sequence[str] = ("NDVI", "NDWI"),
                                min_valid_fraction: float = 0.5, regions: Sequence[str] | None = None) -> pd.DataFrame:
