@@ -28,7 +28,13 @@ from geoseg_assets.checks import (
     tile_stats_sanity,
 )
 from geoseg_assets.executors import default_executor
-from geoseg_assets.sensors import drift_sensor, label_change_sensor, new_scene_sensor, run_failure_notifier
+from geoseg_assets.sensors import (
+    RETRAINING_JOB,
+    drift_sensor,
+    label_change_sensor,
+    new_scene_sensor,
+    run_failure_notifier,
+)
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.drift_policy import DriftPolicy
@@ -120,7 +126,7 @@ training_job = dg.define_asset_job(
 )
 
 retraining_job = dg.define_asset_job(
-    "retraining_job",
+    RETRAINING_JOB,
     selection=dg.AssetSelection.assets(dataset, model, model_evaluation),
     tags={"geoseg/heavy": "true"},
     description="Rebuild the training set from every labelled partition (dates that landed since the last build "

@@ -88,6 +88,7 @@ class DriftReportConfig(dg.Config):
 )
 def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, data_store: DataStore,
                       dvc: DvcStore) -> dg.MaterializeResult:
+    from geoseg_assets.ml.data import load_manifest
     from geoseg_assets.monitoring.drift import data_drift, drift_chart_png
     from geoseg_assets.monitoring.features import (
         dataset_partitions,
@@ -100,12 +101,13 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
     dims, scene_path, scene = upstream_scene(context, data_store)
     current = scene_tile_features(str(scene_path), scene["band_names"], tile=config.feature_tile)
     dataset_dir = _dataset_dir(data_store)
+    manifest = load_manifest(dataset_dir) if dataset_dir is not None else None
     method, threshold = config.method, config.threshold
     in_training_set = False  # a partition the training set holds is data the model has seen: no drift signal
-    if dataset_dir is not None and _dataset_bands(data_store) == scene["band_names"]:
-        in_training_set = (dims["region"], dims["date"]) in dataset_partitions(dataset_dir)
+    if manifest is not None and manifest["band_names"] == scene["band_names"]:
+        in_training_set = (dims["region"], dims["date"]) in dataset_partitions(manifest)
         version = dvc.version(DVC_STAGE) or "unversioned"
-        regions = [dims["region"]] if dims["region"] in dataset_regions(dataset_dir) else None
+        regions = [dims["region"]] if dims["region"] in dataset_regions(manifest) else None
         scope = dims["region"] if regions else "all-regions"
         cache = data_store.path("monitoring_reference", None,
                                 f"features-{version[:16]}-{scope}-{config.feature_tile}.parquet")
@@ -121,7 +123,8 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
     else:
         before = previous_date(data_store, "scenes", dims["region"], dims["date"], SUMMARY_FILE)
         if before is None:  # the first date of a product the training set does not cover is the baseline
-            note = (f"baseline: the training set has other bands ({_dataset_bands(data_store)}) and this is the "
+            bands = manifest["band_names"] if manifest else None
+            note = (f"baseline: the training set has other bands ({bands}) and this is the "
                     f"region's first date; later dates of {dims['region']} are compared with it")
             context.log.warning(f"{scene_path}: {note}")
             data_store.write_bytes(data_store.path("data_drift_report", dims, REPORT_JSON),
@@ -161,6 +164,7 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
 )
 def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataStore,
                             class_map: ClassMapResource) -> dg.MaterializeResult:
+    from geoseg_assets.ml.data import load_manifest
     from geoseg_assets.monitoring.drift import class_share_drift, drift_chart_png
     from geoseg_assets.monitoring.features import class_samples, dataset_class_samples, dataset_regions
 
@@ -175,7 +179,7 @@ def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataS
     names = {c.id: c.name for c in class_map.for_region(dims["region"]).classes}
     current = class_samples(str(classes_path))
     html_path = data_store.path("prediction_drift_report", dims, REPORT_HTML)
-    regions = [dims["region"]] if dims["region"] in dataset_regions(dataset_dir) else None
+    regions = [dims["region"]] if dims["region"] in dataset_regions(load_manifest(dataset_dir)) else None
     labels = dataset_class_samples(dataset_dir, ("train", "val", "test"), regions=regions)
     vs_training = class_share_drift(labels, current, names, html_path=str(html_path))
     png = drift_chart_png(vs_training, f"predicted class shares {dims['region']} {dims['date']} vs training labels")

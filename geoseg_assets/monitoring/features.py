@@ -10,7 +10,7 @@ replacement, seeded) of labelled or predicted pixels, kept in a bounded reservoi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -144,14 +144,14 @@ def split_tiles_of(ds: ShardDataset, regions: Sequence[str] | None) -> list[int]
     return [i for i, t in enumerate(ds.tiles) if t.get("region") in wanted]
 
 
-def dataset_regions(dataset_dir: str | os.PathLike, split: str = "train") -> set[str]:
-    """Regions with at least one stored tile in the split."""
-    return {t["region"] for t in load_manifest(dataset_dir)["splits"][split]["tiles"]}
+def dataset_regions(manifest: Mapping, split: str = "train") -> set[str]:
+    """Regions with at least one stored tile in the split of the dataset `manifest` describes."""
+    return {t["region"] for t in manifest["splits"][split]["tiles"]}
 
 
-def dataset_partitions(dataset_dir: str | os.PathLike) -> set[tuple[str, str]]:
+def dataset_partitions(manifest: Mapping) -> set[tuple[str, str]]:
     """(region, date) of every partition the dataset was built from: data a model trained on it has seen."""
-    return {(p["region"], p["date"]) for p in load_manifest(dataset_dir)["partitions"]}
+    return {(p["region"], p["date"]) for p in manifest["partitions"]}
 
 
 def dataset_reference_features(dataset_dir: str | os.PathLike, split: str = "train", *, tile: int = 64,
