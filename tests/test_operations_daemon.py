@@ -163,13 +163,13 @@ class Ops:
         print(f"labels, {SETUP_DATE} imagery, dataset and champion v{champion.version} set up in "
               f"{time.time() - t0:.1f} s")
 
-    def land(self, date: str, brightness_shift: float = 0.0) -> float:
-        """Generate a 256x256 synthetic scene aside (optionally `brightness_shift` brighter: a re-calibrated
+    def land(self, date: str, brightness_shift: float = 0.0, size: int = 256) -> float:
+        """Generate a `size`² synthetic scene aside (optionally `brightness_shift` brighter: a re-calibrated
         sensor), then rename it into `<landing>/<region>/<date>/scene.tif` (the scan ignores dot files, and a
         rename is atomic: the sensor never sees half a file)."""
         from resources.scene_sources import SyntheticSource
 
-        source = SyntheticSource(cache_dir=str(self.staging), regions=[REGION], dates=[date], width=256, height=256,
+        source = SyntheticSource(cache_dir=str(self.staging), regions=[REGION], dates=[date], width=size, height=size,
                                  brightness_shifts={date: brightness_shift} if brightness_shift else {})
         ref = source.fetch(REGION, date)
         folder = self.landing / REGION / date
@@ -632,9 +632,13 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
 
 CODE_SERVER_KILL_DATE = "2024-10-15"
 # A run-monitoring pass every 5 s instead of the repo's 30 s in this test's copy of dagster.yaml, so that
-# monitoring looks at the run several times while its worker runs on without the code server (~30-40 s on this
-# box); with 30 s it might look once or never, and the test would not show that monitoring leaves it alone.
+# monitoring looks at the run several times while its worker runs on without the code server; with 30 s it might
+# look once or never, and the test would not show that monitoring leaves it alone.
 CODE_SERVER_TEST_POLL_S = 5
+# The run must outlive the kill by several passes. With steps forked from a preloaded forkserver, a 256² run ended
+# about 1 s after the kill (the worker was gone before the test looked, monitoring never checked it); a 4096² scene
+# keeps `scenes`, `tiles` and `masks` busy for several seconds more.
+CODE_SERVER_KILL_SIZE = 4096
 
 
 def test_killing_the_code_server_mid_run_fails_no_run(ops):
@@ -661,7 +665,7 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
         if REGION not in instance.get_dynamic_partitions("region"):
             instance.add_dynamic_partitions("region", [REGION])
         before = {r.run_id for r in _runs(instance)}
-        run_id = _launch_imagery_run(ops, CODE_SERVER_KILL_DATE)
+        run_id = _launch_imagery_run(ops, CODE_SERVER_KILL_DATE, size=CODE_SERVER_KILL_SIZE)
         print(f"\nimagery_job {run_id[:8]} submitted for {partition} in {time.time() - t_start:.1f} s")
         run, worker = _wait_for_a_step(ops, run_id)
 
@@ -743,12 +747,12 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
 
 # ------------------------------------------------------------------------------ helpers of the kill tests
 
-def _launch_imagery_run(ops, date: str) -> str:
-    """Land a scene for `date` and submit imagery_job for it to the run queue; the new run's id."""
+def _launch_imagery_run(ops, date: str, size: int = 256) -> str:
+    """Land a `size`² scene for `date` and submit imagery_job for it to the run queue; the new run's id."""
     from geoseg_assets.partitions import partition_key
 
     partition = str(partition_key(REGION, date))
-    ops.land(date)
+    ops.land(date, size=size)
     before = {r.run_id for r in _runs(ops.instance)}
     ops.cli("job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", "imagery_job",
             "--tags", json.dumps({"dagster/partition": partition}))
