@@ -57,6 +57,7 @@ def test_real_scene_and_tiles_match_rasterio(region, real_resources):
         np.testing.assert_array_equal(out.read(), ref.read())  # bit for bit, no resampling
         ref_valid = ref.read_masks().all(axis=0)  # a pixel is valid when every band holds data
         assert scene_meta["nodata_fraction"].value == pytest.approx(1 - ref_valid.mean(), abs=1e-6)
+        assert (scene_meta["nodata_source"].value, scene_meta["nodata_value"].value) == ("file", ref.nodata)
         assert out.descriptions == tuple(bands)
 
         frame = gpd.read_parquet(store.path("tiles", dims, "tiles.parquet"))

@@ -75,7 +75,7 @@ def scenes(
         summary = write_scene_cog(
             list(ref.paths),
             str(cog_path),
-            scene_source.spec_for(dims["region"]),
+            scene_source.scene_spec(ref),
             target_crs=config.target_crs,
             target_resolution=config.target_resolution,
             resampling=config.resampling,
@@ -105,6 +105,8 @@ def scenes(
             "bands": summary.band_names,
             "dtype": summary.dtype,
             "nodata_value": summary.nodata if summary.nodata is not None else "none",
+            "nodata_source": summary.nodata_source,
+            "nodata_note": summary.nodata_note,
             "nodata_fraction": dg.MetadataValue.float(round(summary.nodata_fraction, 6)),
             "quicklook": md.image(png, "quicklook"),
             "quicklook_path": md.path(quicklook_path),

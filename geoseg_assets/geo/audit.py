@@ -31,9 +31,19 @@ def audit_scene_cog(path: str, spec: SceneSpec, expected: dict) -> list[str]:
             problems.append(f"{path} dtype {src.dtypes[0]} differs from the source spec {spec.dtype}")
         if not src.overviews(1) and max(src.width, src.height) > 512:
             problems.append(f"{path} has no overviews")
+        if "nodata" in expected and not _same_nodata(src.nodata, expected["nodata"]):
+            problems.append(f"{path} nodata {src.nodata} differs from the recorded {expected['nodata']} "
+                            f"({expected.get('nodata_source', 'unknown source')})")
     if expected.get("valid_pixels", 0) <= 0:
         problems.append(f"{path} holds no valid pixels")
     return problems
+
+
+def _same_nodata(a, b) -> bool:
+    """Equal nodata values, NaN equal to NaN, None only to None."""
+    if a is None or b is None:
+        return a is None and b is None
+    return (math.isnan(a) and math.isnan(b)) or a == b
 
 
 def audit_tile_stats(frame, band_names: list[str], scene_bounds, dtype_range) -> list[str]:
