@@ -62,14 +62,15 @@ def default_dvc_repo() -> Path:
 
 def default_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
-    labels in `<data>/labels.gpkg`, the synthetic source's class map, `dvc_repo` (this checkout by default)
+    labels in `<data>/labels.gpkg`, class maps from `<data>/landing/classes.json` and `<data>/landing/<region>/classes.json`
+    when present (else the built-in classes), `dvc_repo` (this checkout by default)
     as the DVC repo with its default remote `<repo>/data/dvc-remote`, a local SQLite MLflow store under
     `<data>/mlflow`, failure notices in the log only, networks on CUDA when present, else CPU."""
     return {
         "data_store": DataStore(root=str(data_dir / "store")),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
         "label_store": GeoPackageLabelStore(path=str(data_dir / "labels.gpkg")),
-        "class_map": ClassMapResource(),
+        "class_map": ClassMapResource(folder=str(data_dir / "landing")),
         "dvc": DvcStore(repo_dir=str(dvc_repo)),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
                                           artifact_location=str(data_dir / "mlflow" / "artifacts")),

@@ -6,10 +6,12 @@ import dagster as dg
 
 REGION = "region"
 DATE = "date"
-DATE_START = "2010-01-01"
+# Landing dates are acquisition dates: from Landsat 1's launch (the start of the archive) to today (UTC).
+DATE_START = "1972-07-23"
 
 region_partitions = dg.DynamicPartitionsDefinition(name=REGION)
-date_partitions = dg.DailyPartitionsDefinition(start_date=DATE_START)
+# end_offset=1: today's (UTC) partition exists from midnight on, so a scene acquired today can run today.
+date_partitions = dg.DailyPartitionsDefinition(start_date=DATE_START, end_offset=1)
 region_date_partitions = dg.MultiPartitionsDefinition({REGION: region_partitions, DATE: date_partitions})
 
 

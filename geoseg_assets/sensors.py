@@ -19,20 +19,39 @@ from resources.scene_sources import SceneSource
 FINGERPRINT_TAG = "geoseg/scene_fingerprint"
 
 
-def plan_scene_runs(scan, cursor: dict, known_regions: set[str]):
+def date_problem(ref, today: dt.date) -> str | None:
+    """Why a scene's date has no partition (before DATE_START, or after `today`), with the fix; None if it has one.
+
+    A future date is a misnamed folder (or a clock off by days): requesting it would fail the whole tick,
+    since its partition does not exist yet, so the file is skipped and the other scenes still run.
+    """
+    date = dt.date.fromisoformat(ref.date)
+    if date < dt.date.fromisoformat(DATE_START):
+        return (f"{ref.paths[0]}: skipped, date {ref.date} is before the first date partition {DATE_START} "
+                f"(Landsat 1's launch): rename the date folder to the acquisition date")
+    if date > today:
+        return (f"{ref.paths[0]}: skipped, the date folder {ref.date} is in the future (today is {today} UTC): "
+                f"rename it to the acquisition date")
+    return None
+
+
+def plan_scene_runs(scan, cursor: dict, known_regions: set[str], today: dt.date | None = None):
     """Pure planning step: which regions to add and which partitions to (re)run.
 
     `cursor["seen"]` maps partition key -> fingerprint of the content last requested; a partition
     is requested again only when its fingerprint changes (a replaced file), never for the same bytes.
+    Scenes dated outside DATE_START..`today` (default: today in UTC, the date partitions' last day) are
+    skipped with a problem naming the file and the fix; a skipped future date runs once renamed, or on its day.
     """
     seen: dict[str, str] = dict(cursor.get("seen", {}))
-    start = dt.date.fromisoformat(DATE_START)
+    today = today or dt.datetime.now(dt.timezone.utc).date()
     problems = list(scan.problems)
     new_regions: list[str] = []
     requests: list[dg.RunRequest] = []
     for ref in scan.refs:
-        if dt.date.fromisoformat(ref.date) < start:
-            problems.append(f"{ref.paths[0]}: date {ref.date} is before the first date partition {DATE_START}; skipped")
+        problem = date_problem(ref, today)
+        if problem is not None:
+            problems.append(problem)
             continue
         if ref.region not in known_regions and ref.region not in new_regions:
             new_regions.append(ref.region)
@@ -75,7 +94,9 @@ def new_scene_sensor(context: dg.SensorEvaluationContext, scene_source: SceneSou
         run_requests=requests,
         dynamic_partitions_requests=[region_partitions.build_add_request(new_regions)] if new_regions else [],
         cursor=json.dumps({"seen": seen, "digests": digests}, sort_keys=True),
-        skip_reason=None if requests else dg.SkipReason(f"no new or changed scenes in {scene_source.location()}"),
+        skip_reason=None if requests else dg.SkipReason(
+            f"no new or changed scenes in {scene_source.location()}"
+            + (f"; {len(problems)} skipped: " + "; ".join(problems[:3]) if problems else "")),
     )
 
 

@@ -10,13 +10,14 @@ import datetime as dt
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
-from geoseg_assets.geo.scene_io import SceneSpec, sha256_file
+from geoseg_assets.geo.errors import SceneError
+from geoseg_assets.geo.scene_io import SceneSpec, check_nodata_fits, sha256_file
 from geoseg_assets.geo import synthetic
 from resources.data_store import UnsafePartitionKeyError, check_partition_value
 
@@ -33,6 +34,8 @@ class SceneRef:
     paths: tuple[str, ...]
     fingerprint: str  # changes whenever any file's content changes
     sha256: tuple[str, ...] = ()  # per file, in `paths` order (empty until the files exist)
+    nodata: float | None = None  # nodata the source's metadata declares for these files (a STAC item)
+    nodata_declared_in: str = ""  # where that declaration is, named in messages
 
 
 @dataclass
@@ -46,14 +49,35 @@ class RegionSpec(Config):
 
     band_names: list[str]
     dtype: str | None = None
+    nodata: float | None = Field(
+        default=None,
+        description="Nodata value of the region's files: overrides the file's own and disables border-fill "
+        "detection. None: the file's nodata, else constant fill connected to the border is detected.",
+    )
+
+
+def declared_spec(spec: SceneSpec, nodata, where: str) -> SceneSpec:
+    """`spec` with the nodata declared in `where` (None: none declared), checked against the spec's dtype
+    so a bad value fails naming its declaration and the fix."""
+    if nodata is None:
+        return spec
+    check_nodata_fits(nodata, spec.dtype, where)
+    return replace(spec, nodata=nodata, nodata_declared_in=where)
 
 
 def check_date(value: str) -> str:
-    """Return an ISO date string or raise naming the expected format."""
+    """Return the date if it is a real calendar date written exactly YYYY-MM-DD, else raise naming the format.
+
+    Strict on purpose: Python's fromisoformat also reads `20240615` or `2024-W24-6`, whose partition
+    (2024-06-15) would then not name the folder the scene lies in.
+    """
     try:
-        return dt.date.fromisoformat(value).isoformat()
+        iso = dt.date.fromisoformat(value).isoformat()
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"date {value!r} is not YYYY-MM-DD") from exc
+        raise ValueError(f"date {value!r} is not a calendar date YYYY-MM-DD") from exc
+    if iso != value:
+        raise ValueError(f"date {value!r} is not written YYYY-MM-DD (it reads as {iso})")
+    return iso
 
 
 def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple[str, ...]]:
@@ -87,12 +111,35 @@ class SceneSource(ConfigurableResource):
     band_names: list[str] = Field(default=list(synthetic.BAND_NAMES), description="Expected bands, in file order.")
     dtype: str | None = Field(default="uint16", description="Expected pixel dtype (None accepts any).")
     region_specs: dict[str, RegionSpec] = Field(default_factory=dict, description="Per-region product specs.")
+    nodata: float | None = Field(
+        default=None,
+        description="Nodata value of the default product (regions without a spec of their own): overrides the "
+        "file's own. None: the file's nodata, else constant fill connected to the border is detected.",
+    )
 
     def spec_for(self, region: str) -> SceneSpec:
+        """The region's product spec: its own declaration if it has one, else the source default."""
+        return self.region_spec(region) or declared_spec(
+            SceneSpec(band_names=tuple(self.band_names) if self.band_names else None, dtype=self.dtype),
+            self.nodata, f"the {type(self).__name__} `nodata` config",
+        )
+
+    def region_spec(self, region: str) -> SceneSpec | None:
+        """The product spec the region declares itself (`region_specs` config), or None."""
         spec = self.region_specs.get(region)
-        if spec is not None:
-            return SceneSpec(band_names=tuple(spec.band_names), dtype=spec.dtype)
-        return SceneSpec(band_names=tuple(self.band_names) if self.band_names else None, dtype=self.dtype)
+        if spec is None:
+            return None
+        return declared_spec(SceneSpec(band_names=tuple(spec.band_names), dtype=spec.dtype), spec.nodata,
+                             f"the `region_specs[{region!r}]` config")
+
+    def scene_spec(self, ref: SceneRef) -> SceneSpec:
+        """The spec one scene is written with: the region's, whose declared nodata wins over the one the
+        scene's metadata (a STAC item) declares, which wins over the source default."""
+        region = self.region_spec(ref.region)
+        spec = region or self.spec_for(ref.region)
+        if ref.nodata is None or (region is not None and region.nodata is not None):
+            return spec
+        return declared_spec(spec, ref.nodata, ref.nodata_declared_in)
 
     def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
         raise NotImplementedError
@@ -111,8 +158,8 @@ class SceneSource(ConfigurableResource):
 class LandingFolderSource(SceneSource):
     """Scenes dropped as `<root>/<region>/<YYYY-MM-DD>/<name>.tif` (several files are mosaicked).
 
-    A region folder may hold a `region.json` ({"band_names": [...], "dtype": "uint8"}) declaring
-    its product when it differs from the source default; `region_specs` config wins over it.
+    A region folder may hold a `region.json` ({"band_names": [...], "dtype": "uint8", "nodata": 0})
+    declaring its product when it differs from the source default; `region_specs` config wins over it.
     """
 
     root: str = Field(description="Landing folder.")
@@ -120,12 +167,11 @@ class LandingFolderSource(SceneSource):
     def location(self) -> str:
         return self.root
 
-    def spec_for(self, region: str) -> SceneSpec:
+    def region_spec(self, region: str) -> SceneSpec | None:
         sidecar = Path(self.root) / region / REGION_SPEC_FILE
         if region not in self.region_specs and sidecar.is_file():
-            data = json.loads(sidecar.read_text())
-            return SceneSpec(band_names=tuple(data["band_names"]), dtype=data.get("dtype"))
-        return super().spec_for(region)
+            return read_region_json(sidecar)
+        return super().region_spec(region)
 
     def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
         result = ScanResult()
@@ -139,19 +185,33 @@ class LandingFolderSource(SceneSource):
             except UnsafePartitionKeyError as exc:
                 result.problems.append(f"{region_dir}: skipped, {exc}")
                 continue
-            for date_dir in sorted(p for p in region_dir.iterdir() if p.is_dir()):
-                try:
-                    date = check_date(date_dir.name)
-                except ValueError as exc:
-                    result.problems.append(f"{date_dir}: skipped, {exc}; name date folders like 2024-06-01")
-                    continue
-                files = sorted(
-                    str(p) for p in date_dir.iterdir()
-                    if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
-                )
-                if files:
-                    result.refs.append(_ref(region, date, files, digest_cache))
+            try:
+                date_dirs = sorted(p for p in region_dir.iterdir() if p.is_dir())
+            except OSError as exc:
+                result.problems.append(f"{region_dir}: skipped, cannot list it ({exc}); make it readable")
+                continue
+            for date_dir in date_dirs:
+                self._scan_date_dir(result, region, date_dir, digest_cache)
         return result
+
+    @staticmethod
+    def _scan_date_dir(result: ScanResult, region: str, date_dir: Path, digest_cache: dict[str, list] | None) -> None:
+        """Add one date folder's scene to `result`, or a problem naming the folder and the fix (never raises),
+        so one misnamed or unreadable folder never stops the scan of the others."""
+        try:
+            date = check_date(date_dir.name)
+        except ValueError as exc:
+            result.problems.append(f"{date_dir}: skipped, {exc}; name date folders like 2024-06-01")
+            return
+        try:
+            files = sorted(
+                str(p) for p in date_dir.iterdir()
+                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+            )
+            if files:
+                result.refs.append(_ref(region, date, files, digest_cache))
+        except OSError as exc:  # unreadable, or removed while scanning
+            result.problems.append(f"{date_dir}: skipped, cannot read its files ({exc}); make them readable")
 
     def fetch(self, region: str, date: str) -> SceneRef:
         date_dir = Path(self.root) / check_partition_value(region, "region") / check_date(date)
@@ -159,6 +219,19 @@ class LandingFolderSource(SceneSource):
         if not files:
             raise FileNotFoundError(f"{date_dir}: no .tif scene for region={region!r} date={date!r}; land one there")
         return _ref(region, date, files, None)
+
+
+def read_region_json(path: Path) -> SceneSpec:
+    """The product a region.json declares; SceneError naming the file and the fix when it cannot be used."""
+    example = '{"band_names": ["SWIR1", "NIR", "R", "G"], "dtype": "uint8", "nodata": 0}'
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise SceneError(path, f"is not valid JSON ({exc})", f"write it as a JSON object, e.g. {example}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("band_names"), list):
+        raise SceneError(path, "declares no `band_names` list", f"write it as a JSON object, e.g. {example}")
+    spec = SceneSpec(band_names=tuple(data["band_names"]), dtype=data.get("dtype"))
+    return declared_spec(spec, data.get("nodata"), str(path))
 
 
 class StacCatalogSource(SceneSource):
@@ -171,6 +244,16 @@ class StacCatalogSource(SceneSource):
 
     def location(self) -> str:
         return self.catalog_path
+
+    def _declared_nodata(self, item, href: str | None):
+        """The nodata an item declares for its GeoTIFF: the asset's `raster:bands` (STAC raster extension,
+        first band that has one), else an item property `nodata`; None when it declares none."""
+        for asset in item.assets.values():
+            if href is not None and asset.get_absolute_href() == href:
+                for band in asset.extra_fields.get("raster:bands") or []:
+                    if isinstance(band, dict) and band.get("nodata") is not None:
+                        return band["nodata"]
+        return item.properties.get("nodata")
 
     def _href(self, item) -> str | None:
         if self.asset_key is not None:
@@ -191,6 +274,7 @@ class StacCatalogSource(SceneSource):
             result.problems.append(f"{self.catalog_path}: cannot read STAC catalog ({exc}); check the path and JSON")
             return result
         grouped: dict[tuple[str, str], list[str]] = {}
+        declared: dict[str, tuple[object, str]] = {}  # href -> (nodata, where the item declares it)
         for item in catalog.get_items(recursive=True):
             where = f"{self.catalog_path} item {item.id!r}"
             region = item.properties.get(self.region_property)
@@ -208,8 +292,13 @@ class StacCatalogSource(SceneSource):
                 result.problems.append(f"{where}: skipped, {exc}")
                 continue
             grouped.setdefault((str(region), when.date().isoformat()), []).append(href)
+            nodata = self._declared_nodata(item, href)
+            if nodata is not None:
+                declared[href] = (nodata, f"{self.catalog_path} item {item.id!r}")
         for (region, date), files in sorted(grouped.items()):
-            result.refs.append(_ref(region, date, files, digest_cache))
+            ref = _ref(region, date, files, digest_cache)
+            first = next((declared[f] for f in ref.paths if f in declared), None)
+            result.refs.append(ref if first is None else replace(ref, nodata=first[0], nodata_declared_in=first[1]))
         return result
 
 

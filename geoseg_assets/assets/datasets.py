@@ -7,7 +7,7 @@ import geopandas as gpd
 from pydantic import Field
 
 from geoseg_assets import metadata as md
-from geoseg_assets.assets.masks import MASK_FILE, masks
+from geoseg_assets.assets.masks import MASK_FILE, masks, resolve_class_map
 from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, fail_on_bad_input
 from geoseg_assets.assets.tiles import TILES_FILE, tiles
 from geoseg_assets.geo.dataset import DatasetError, PartitionInput, build_dataset
@@ -73,7 +73,7 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
     if not parts:
         raise dg.Failure("no partition has tiles and masks with the configured bands; materialize tiles and masks first",
                          allow_retries=False)
-    maps = {p.region: class_map.for_region(p.region) for p in parts}
+    maps = {p.region: resolve_class_map(class_map, p.region) for p in parts}
     first = next(iter(maps.values()))
     if any(m != first for m in maps.values()):
         raise dg.Failure(f"regions {sorted(maps)} use different class maps; build one dataset per class map "

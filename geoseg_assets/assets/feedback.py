@@ -8,7 +8,7 @@ from pydantic import Field
 
 from geoseg_assets.assets.predictions import POLYGONS_FILE, SUMMARY_FILE
 from geoseg_assets.assets.scenes import fail_on_bad_input
-from geoseg_assets.geo.errors import LabelError
+from geoseg_assets.geo.errors import ClassMapError, LabelError
 from resources.data_store import DataStore, UnsafePartitionKeyError, check_partition_value
 from resources.label_store import ClassMapResource, ImportOptions, LabelStore
 from resources.scene_sources import check_date
@@ -56,7 +56,7 @@ def feedback_labels(context: dg.OpExecutionContext, config: FeedbackConfig, data
         try:
             report = label_store.import_file(str(polygons), dims["region"], scene["crs_wkt"],
                                              class_map.for_region(dims["region"]), options)
-        except LabelError as exc:
+        except (LabelError, ClassMapError) as exc:
             raise fail_on_bad_input(exc) from exc
         context.log.info(f"{item}: {report.features} polygon(s) of {annotator} added for review: {report.class_counts}")
 

@@ -7,7 +7,8 @@ from pydantic import Field
 
 from geoseg_assets import metadata as md
 from geoseg_assets.assets.scenes import SUMMARY_FILE, fail_on_bad_input, scenes, upstream_scene
-from geoseg_assets.geo.errors import LabelError
+from geoseg_assets.geo.classmap import ClassMap
+from geoseg_assets.geo.errors import ClassMapError, LabelError
 from geoseg_assets.geo.labels import LabelReport
 from geoseg_assets.geo.masks import overlay_image, write_mask_cog
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
@@ -18,6 +19,15 @@ from resources.label_store import ClassMapResource, ImportOptions, LabelStore
 MASK_FILE = "mask.tif"
 OVERLAY_FILE = "overlay.png"
 LABEL_FINGERPRINT_TAG = "geoseg/label_fingerprint"
+
+
+def resolve_class_map(class_map: ClassMapResource, region: str | None = None) -> ClassMap:
+    """The class map of `region` (None: the project's) from its file or config, read now; a bad class-map file
+    fails the run without retries (a retry reads the same file), naming the file and the fix."""
+    try:
+        return class_map.for_region(region) if region is not None else class_map.project_map()
+    except ClassMapError as exc:
+        raise fail_on_bad_input(exc) from exc
 
 
 @dg.asset(
@@ -34,7 +44,7 @@ def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store:
           class_map: ClassMapResource) -> dg.MaterializeResult:
     dims, scene_path, scene = upstream_scene(context, data_store)
     mask_path = data_store.path("masks", dims, MASK_FILE)
-    classes = class_map.for_region(dims["region"])
+    classes = resolve_class_map(class_map, dims["region"])
     labels = label_store.labels(dims["region"], date=dims["date"])
     if len(labels) and labels.crs is not None and labels.crs.to_wkt() != scene["crs_wkt"]:
         labels = labels.to_crs(scene["crs_wkt"])
@@ -55,6 +65,8 @@ def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store:
             "class_pixels": summary.class_pixels,
             "class_shares": {k: round(v / labelled, 6) if labelled else 0.0 for k, v in summary.class_pixels.items()},
             "label_count": len(labels),
+            "class_map": {c.name: c.id for c in classes.classes},
+            "class_map_source": classes.source,
             "label_fingerprint": fingerprint,
             "scene_fingerprint": scene.get("fingerprint", ""),
             "overlay": md.image(png, "mask over quicklook"),
@@ -106,7 +118,7 @@ def import_labels(context: dg.OpExecutionContext, config: ImportLabelsConfig, da
     try:
         report = import_region_labels(config.path, config.region, options, data_store=data_store,
                                       label_store=label_store, class_map=class_map)
-    except LabelError as exc:
+    except (LabelError, ClassMapError) as exc:
         raise fail_on_bad_input(exc) from exc
     context.log.info(
         f"imported {report.features} label(s) into region {config.region!r}: {report.class_counts}; "

@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from geoseg_assets import metadata as md
+from geoseg_assets.assets.masks import resolve_class_map
 from geoseg_assets.assets.models import CHAMPION_ASSET, PREPROCESSING_FILE
 from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
@@ -82,7 +83,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
             "integrity_issues": [i.to_dict() for i in issues]})
     net = mlflow_tracking.load_version(str(champion.version))
     normalizer = Normalizer.from_dict(preprocessing)
-    classes = model_class_map(preprocessing, class_map.for_region(dims["region"]))
+    classes = model_class_map(preprocessing, resolve_class_map(class_map, dims["region"]))
     try:
         inference = InferenceConfig(window=config.window, overlap=config.overlap, blend=config.blend,
                                     batch_size=config.batch_size, reader_threads=config.reader_threads)

@@ -19,3 +19,7 @@ class SceneError(InputError):
 
 class LabelError(InputError):
     """A label file (or label set) that cannot be used as it is."""
+
+
+class ClassMapError(InputError):
+    """A class-map file that cannot be used as it is."""

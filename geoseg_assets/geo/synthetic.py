@@ -24,10 +24,11 @@ from shapely.affinity import rotate, scale, translate
 from shapely.geometry import LineString, Polygon, box
 from shapely.ops import unary_union
 
+from .classmap import DEFAULT_CLASS_MAP
 from .windows import iter_blocks
 
-# Class ids of the synthetic ground truth (the labels issue's default class map uses the same).
-CLASSES: dict[str, int] = {"water": 1, "forest": 2, "cropland": 3, "built_up": 4, "road": 5, "bare": 6}
+# Class ids of the synthetic ground truth: the project's built-in class map.
+CLASSES: dict[str, int] = {c.name: c.id for c in DEFAULT_CLASS_MAP.classes}
 BAND_NAMES = ("B", "G", "R", "NIR")
 # Mean surface reflectance x 10000 for B, G, R, NIR.
 SPECTRA: dict[str, tuple[float, float, float, float]] = {
