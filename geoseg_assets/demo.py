@@ -165,7 +165,8 @@ def main() -> int:
         model_meta = trained.asset_materializations_for_node("model")[0].metadata
         evaluation = trained.asset_materializations_for_node("model_evaluation")[0].metadata
         print(f"  ok     {'model':16} v{model_meta['model_version'].value}: best val mIoU "
-              f"{model_meta['best_val_miou'].value:.3f}, test mIoU {evaluation['test_miou'].value:.3f}, "
+              f"{model_meta['best_val_miou'].value:.3f}, test mIoU {evaluation['test_miou'].value:.3f} (present "
+              f"classes; all classes {evaluation['test_miou_all_classes'].value:.3f}), "
               f"{'promoted to champion' if evaluation['promoted'].value else 'not promoted'} "
               f"({evaluation['promotion_reason'].value})  run {trained.run_id[:8]}")
     else:

@@ -13,6 +13,9 @@ from geoseg_assets.ml.metrics import (
     ConfusionAccumulator,
     confusion_matrix,
     confusion_matrix_png,
+    miou_note,
+    per_class_markdown,
+    per_class_rows,
     per_tile_metrics,
     segmentation_metrics,
 )
@@ -71,10 +74,12 @@ def test_metrics_by_hand(no_warnings):
         assert c["precision"] == pytest.approx(precision) and c["recall"] == pytest.approx(recall)
         assert (c["support"], c["predicted"]) == (support, predicted)
     assert m["miou"] == pytest.approx(95 / 168)  # (4/7 + 5/8 + 1/2) / 3 = (32 + 35 + 28) / 56 / 3
+    assert m["miou_all_classes"] == m["miou"]  # every class is present: both figures agree
+    assert [m["per_class"][n]["share"] for n in NAMES] == pytest.approx([6 / 15, 6 / 15, 3 / 15])
     assert m["fwiou"] == pytest.approx(81 / 140)  # (6*4/7 + 6*5/8 + 3*1/2) / 15 = 243/28/15
     assert m["mean_dice"] == pytest.approx(928 / 1287)  # (8/11 + 10/13 + 2/3) / 3 = (312 + 330 + 286)/429/3
     assert m["pixel_accuracy"] == pytest.approx(11 / 15)
-    assert m["counts"] == {"pixels": 15, "correct": 11, "classes_present": 3, "classes": 3}
+    assert m["counts"] == {"pixels": 15, "correct": 11, "classes_present": 3, "classes_predicted_only": 0, "classes": 3}
 
 
 def test_ignored_pixels_change_nothing_whatever_the_prediction():
@@ -159,7 +164,7 @@ def test_cuda_tensors_are_moved_to_cpu():
     assert ConfusionAccumulator([0, 1, 2]).add(truth, pred).matrix.tolist() == HAND_CM
 
 
-def test_absent_class_is_nan_and_predicted_only_class_counts(no_warnings):
+def test_absent_class_is_nan_and_predicted_only_class_counts_only_in_the_all_class_figure(no_warnings):
     # classes 0..3: 3 never appears; 2 is predicted once but never true
     truth = np.array([0, 0, 1, 1, 255])
     pred = np.array([0, 2, 1, 1, 3])
@@ -170,11 +175,54 @@ def test_absent_class_is_nan_and_predicted_only_class_counts(no_warnings):
     assert all(math.isnan(d[k]) for k in ("iou", "f1", "precision", "recall"))
     assert (c["iou"], c["f1"], c["precision"], c["support"], c["predicted"]) == (0.0, 0.0, 0.0, 0, 1)
     assert math.isnan(c["recall"])
-    # IoU a = 1/2, b = 2/2, c = 0 -> mIoU over 3 present classes, d excluded
-    assert m["miou"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
-    assert m["mean_dice"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)  # F1 a = 2*1/(2+1)
+    # IoU a = 1/2, b = 2/2: mIoU over the 2 classes in the truth; the all-class figure adds c (predicted only) as 0,
+    # d (nowhere) stays out of both
+    assert m["miou"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["miou_all_classes"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert m["mean_dice"] == pytest.approx((2 / 3 + 1.0) / 2)  # F1 a = 2*1/(2+1)
     assert m["fwiou"] == pytest.approx((2 * 0.5 + 2 * 1.0) / 4)
-    assert m["counts"]["classes_present"] == 3
+    assert (m["counts"]["classes_present"], m["counts"]["classes_predicted_only"]) == (2, 1)
+    assert [m["per_class"][n]["present"] for n in "abcd"] == [True, True, False, False]
+
+
+# water and forest in the truth (8 px each); urban absent from it but predicted on 3 px.
+ABSENT_CM = [[5, 1, 2],
+             [1, 6, 1],
+             [0, 0, 0]]
+
+
+def test_miou_over_present_classes_vs_all_classes_by_hand(no_warnings):
+    m = segmentation_metrics(np.array(ABSENT_CM), NAMES)
+    # water: tp 5, support 8, predicted 6 -> union 9, IoU 5/9; forest: tp 6, support 8, predicted 7 -> IoU 6/9;
+    # urban: support 0, predicted 3 -> IoU 0. Its 3 false positives are false negatives of water (2) and forest (1):
+    # they still lower the present classes' IoU.
+    assert m["per_class"]["water"]["iou"] == pytest.approx(5 / 9)
+    assert m["per_class"]["forest"]["iou"] == pytest.approx(6 / 9)
+    urban = m["per_class"]["urban"]
+    assert (urban["iou"], urban["support"], urban["predicted"], urban["present"]) == (0.0, 0, 3, False)
+    assert m["miou"] == pytest.approx(11 / 18)  # (5/9 + 6/9) / 2 = 0.6111
+    assert m["miou_all_classes"] == pytest.approx(11 / 27)  # (5/9 + 6/9 + 0) / 3 = 0.4074
+    assert m["fwiou"] == pytest.approx((8 * 5 / 9 + 8 * 6 / 9) / 16)
+    assert m["pixel_accuracy"] == pytest.approx(11 / 16)
+
+
+def test_per_class_table_rounds_and_says_absent(no_warnings):
+    m = segmentation_metrics(np.array(ABSENT_CM), NAMES)
+    rows = {r["class"]: r for r in per_class_rows(m)}
+    assert rows["water"] == {"class": "water", "support": 8, "share": 0.5, "predicted": 6, "present": True,
+                             "iou": 0.5556, "f1": 0.7143, "precision": 0.8333, "recall": 0.625}
+    assert rows["urban"] == {"class": "urban", "support": 0, "share": 0.0, "predicted": 3, "present": False,
+                             "iou": None, "f1": None, "precision": None, "recall": None}
+    lines = per_class_markdown(m).splitlines()
+    assert lines[0] == "| class | support px | share | IoU | F1 | precision | recall | predicted px |"
+    assert lines[2] == "| water | 8 | 0.5000 | 0.5556 | 0.7143 | 0.8333 | 0.6250 | 6 |"
+    assert lines[4] == "| urban | 0 | absent | absent | absent | absent | absent | 3 |"
+    assert miou_note(m) == ("mIoU over the 2 classes present in the truth (absent: urban); the all-class mIoU also "
+                            "counts urban (predicted, absent from the truth) as IoU 0")
+    never_predicted = segmentation_metrics(np.array([[3, 0], [1, 0]]), ["a", "b"])  # b present, never predicted
+    assert per_class_markdown(never_predicted).splitlines()[3] == "| b | 1 | 0.2500 | 0.0000 | 0.0000 | n/a | 0.0000 | 0 |"
+    assert miou_note(never_predicted).endswith("(every class is present); the all-class mIoU equals it (no absent "
+                                               "class was predicted)")
 
 
 def test_empty_matrix_is_all_nan_without_warnings(no_warnings):
@@ -222,3 +270,6 @@ def test_per_tile_metrics_worst_first():
     assert rows[0]["miou"] == pytest.approx(1 / 3) and rows[0]["pixel_accuracy"] == pytest.approx(0.5)
     assert rows[2]["miou"] == 1.0 and rows[2]["pixels"] == 4
     assert math.isnan(rows[3]["miou"]) and rows[3]["pixels"] == 0
+    # a tile holding one class: its mIoU is that class's IoU (2/4), class 1 (only predicted) does not count as 0
+    one_class = per_tile_metrics([("water_only", np.zeros((2, 2), dtype=np.uint8), np.array([[0, 0], [1, 1]]))], ids)
+    assert one_class[0]["miou"] == 0.5

@@ -44,13 +44,39 @@ def test_training_records_lineage_and_promotes_only_past_the_floor(project):
     assert evaluation["promoted"].value is True and "no champion yet" in evaluation["promotion_reason"].value
     assert str(tracking.alias_version(CHAMPION).version) == meta["model_version"].value
     assert run.data.metrics["test_miou"] == evaluation["test_miou"].value
+    assert run.data.metrics["test_miou_all_classes"] == evaluation["test_miou_all_classes"].value
+    assert evaluation["test_miou_all_classes"].value <= evaluation["test_miou"].value
+    assert evaluation["miou_classes"].value.startswith("mIoU over the ")
+    table = evaluation["per_class"].value.splitlines()
+    assert table[0] == "| class | support px | share | IoU | F1 | precision | recall | predicted px |"
+    per_class = tracking.client().download_artifacts(run.info.run_id, "evaluation/per_class.json")
+    rows = json.load(open(per_class))
+    assert len(table) == 2 + len(rows) and sum(r["support"] for r in rows) > 0
+    assert all((r["iou"] is None) == (not r["present"]) for r in rows)  # absent classes are not scored as 0
+    for r, line in zip(rows, table[2:]):  # one line per class with its support; "absent" where it has none
+        assert line.startswith(f"| {r['class']} | {r['support']} | ") and ("absent" in line) == (not r["present"])
+    passed = result.get_asset_check_evaluations()[0]
+    assert passed.passed and passed.description == (f"test mIoU {evaluation['test_miou'].value:.4f} (present "
+                                                    "classes) reaches the floor min_miou=0.0000")
 
-    # A challenger below the floor: the blocking check fails the run and the champion stays.
+    # A challenger below the floor: the blocking check fails the run, saying the score, the floor and the fix;
+    # the champion stays.
     failed = train_and_evaluate(project, min_miou=1.0, seed=1)
     assert not failed.success
     checks = {e.check_name: e.passed for e in failed.get_asset_check_evaluations()}
     assert checks == {"min_test_miou": False}
     assert str(tracking.alias_version(CHAMPION).version) == meta["model_version"].value
+    weak = failed.asset_materializations_for_node("model_evaluation")[0].metadata
+    score = weak["test_miou"].value
+    expected = (f"test mIoU {score:.4f} (present classes) is below the floor min_miou=1.0000; lower `min_miou` in the "
+                "model_evaluation config or improve the model (more labels, more steps)")
+    failed_check = failed.get_asset_check_evaluations()[0]
+    assert failed_check.description == expected
+    assert (failed_check.metadata["test_miou"].value, failed_check.metadata["min_miou"].value) == (score, 1.0)
+    assert weak["promoted"].value is False and weak["promotion_reason"].value == expected
+    [step_failure] = failed.get_step_failure_events()
+    assert step_failure.step_key == "model_evaluation"
+    assert step_failure.event_specific_data.user_failure_data.description == f"min_test_miou failed: {expected}"
 
     # The failure sensor tells people, naming job, assets and run.
     received = []
@@ -79,6 +105,7 @@ def test_training_records_lineage_and_promotes_only_past_the_floor(project):
     assert len(received) == 1
     text = received[0]["text"]
     assert "training_job" in text and failed.run_id in text and "min_test_miou" in text
+    assert f"test mIoU {score:.4f}" in text and "min_miou=1.0000" in text  # the notification carries the numbers too
 
 
 def test_crash_mid_training_is_retried_and_resumes_from_the_checkpoint(project, monkeypatch):

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from geoseg_assets import metadata as md
 from geoseg_assets.assets.datasets import DVC_STAGE, dataset
-from geoseg_assets.assets.masks import MASK_FILE, masks
+from geoseg_assets.assets.masks import MASK_FILE, masks, resolve_class_map
 from geoseg_assets.assets.models import CHAMPION_ASSET
 from geoseg_assets.assets.predictions import CLASSES_FILE, predictions
 from geoseg_assets.assets.scenes import SUMMARY_FILE, scenes, upstream_scene
@@ -176,7 +176,7 @@ def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataS
     dataset_dir = _dataset_dir(data_store)
     if dataset_dir is None:
         raise dg.Failure("no training set to compare with: materialize `dataset` first", allow_retries=False)
-    names = {c.id: c.name for c in class_map.for_region(dims["region"]).classes}
+    names = {c.id: c.name for c in resolve_class_map(class_map, dims["region"]).classes}
     current = class_samples(str(classes_path))
     html_path = data_store.path("prediction_drift_report", dims, REPORT_HTML)
     regions = [dims["region"]] if dims["region"] in dataset_regions(load_manifest(dataset_dir)) else None
@@ -288,15 +288,17 @@ def model_quality_report(context: dg.AssetExecutionContext, data_store: DataStor
         record = json.loads((classes.parent / "prediction.json").read_text()) if (classes.parent / "prediction.json").exists() else {}
         if mask.exists() and record.get("model_version") == str(champion.version):
             pairs.append((f"{region}/{date}", str(classes), str(mask)))
-    classes_of = class_map.classes
+    classes_of = resolve_class_map(class_map).classes
     live = live_quality(pairs, [c.id for c in classes_of], [c.name for c in classes_of])
     png = history_png(history)
     html_path = data_store.path("model_quality_report", None, REPORT_HTML)
     data_store.write_bytes(html_path, model_quality_html(history, live, png, mlflow_tracking.model_name).encode())
     data_store.write_bytes(data_store.path("model_quality_report", None, REPORT_JSON),
                            json.dumps({"history": history, "live": live}, indent=2).encode())
-    live_table = "| partition | mIoU | pixel acc | labelled px |\n|---|---|---|---|\n" + "\n".join(
-        f"| {p['partition']} | {p['miou']:.4f} | {p['pixel_accuracy']:.4f} | {p['labelled_pixels']} |"
+    live_table = ("| partition | mIoU (present classes) | mIoU (all classes) | pixel acc | labelled px |\n"
+                  "|---|---|---|---|---|\n") + "\n".join(
+        f"| {p['partition']} | {p['miou']:.4f} | {p['miou_all_classes']:.4f} | {p['pixel_accuracy']:.4f} "
+        f"| {p['labelled_pixels']} |"
         for p in live["partitions"])
     return dg.MaterializeResult(metadata={
         "champion_version": str(champion.version),

@@ -6,8 +6,14 @@ Conventions (shared by every function here):
 - A truth or prediction id that is neither a class nor (for truth) the ignore id raises ValueError:
   such pixels are never silently dropped (a wrong class map or an argmax -> id bug must surface).
 - Any 0/0 ratio is NaN ("undefined"), never 0 and never a warning. So a class absent from both truth
-  and prediction has NaN IoU/F1 and is left out of mIoU and mean Dice; a class predicted but absent
-  from truth has IoU 0 and F1 0 (it counts in the means), precision 0 and recall NaN.
+  and prediction has NaN IoU/F1; a class predicted but absent from truth has IoU 0 and F1 0, precision 0
+  and recall NaN.
+- `miou` and `mean_dice` are macro means over the classes PRESENT in the truth (support > 0), the
+  torchmetrics / mmseg "ignore NaN" convention: a class the evaluated pixels do not hold cannot be
+  scored, so it is left out instead of counting 0. Its false positives still count, as false
+  negatives of the present classes they were taken from. `miou_all_classes` is the stricter figure
+  that also counts every class predicted but absent from the truth as IoU 0 (classes absent from
+  both truth and prediction stay out: nothing was there to get wrong).
 """
 
 from __future__ import annotations
@@ -142,13 +148,15 @@ def _class_stats(cm) -> dict[str, np.ndarray]:
 
 
 def _headline(cm: np.ndarray, s: dict[str, np.ndarray]) -> dict[str, float]:
-    """mIoU, fwIoU, mean Dice and pixel accuracy from the per-class stats (NaN when nothing was counted)."""
+    """mIoU (present classes), all-class mIoU, fwIoU, mean Dice and pixel accuracy from the per-class stats
+    (NaN when nothing was counted); see the module docstring for which classes each mean covers."""
     total = int(s["support"].sum())
     in_truth = s["support"] > 0
     return dict(
-        miou=_nanmean(s["iou"]),
+        miou=_nanmean(s["iou"][in_truth]),
+        miou_all_classes=_nanmean(s["iou"]),
         fwiou=float((s["support"][in_truth] * s["iou"][in_truth]).sum() / total) if total else float("nan"),
-        mean_dice=_nanmean(s["f1"]),
+        mean_dice=_nanmean(s["f1"][in_truth]),
         pixel_accuracy=float(np.trace(cm) / total) if total else float("nan"),
     )
 
@@ -156,21 +164,70 @@ def _headline(cm: np.ndarray, s: dict[str, np.ndarray]) -> dict[str, float]:
 def segmentation_metrics(cm, class_names: Sequence[str]) -> dict:
     """Headline and per-class metrics of a confusion matrix (rows = truth), as plain Python numbers.
 
-    mIoU and mean Dice are macro means over classes present in truth or prediction (absent ones are NaN
-    and excluded); fwIoU weights IoU by truth pixels; per-class F1 equals per-class Dice."""
+    `miou` and `mean_dice` are macro means over the classes present in the truth; `miou_all_classes` also
+    counts classes predicted but absent from the truth as 0; fwIoU weights IoU by truth pixels; per-class
+    F1 equals per-class Dice. Per class: `support` (truth pixels), `share` (support / labelled pixels),
+    `predicted` (predicted pixels) and `present` (support > 0). `counts` says how many classes each mean
+    covers: `classes_present` for `miou`, plus `classes_predicted_only` for `miou_all_classes`."""
     cm = np.asarray(cm, dtype=np.int64)
     s = _class_stats(cm)
     if len(class_names) != cm.shape[0]:
         raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix")
+    share = _ratio(s["support"], s["support"].sum())
     per_class = {
         name: dict(iou=float(s["iou"][i]), f1=float(s["f1"][i]), precision=float(s["precision"][i]),
-                   recall=float(s["recall"][i]), support=int(s["support"][i]), predicted=int(s["predicted"][i]),
-                   true_positives=int(s["tp"][i]))
+                   recall=float(s["recall"][i]), support=int(s["support"][i]), share=float(share[i]),
+                   predicted=int(s["predicted"][i]), true_positives=int(s["tp"][i]), present=bool(s["support"][i] > 0))
         for i, name in enumerate(class_names)
     }
-    counts = dict(pixels=int(cm.sum()), correct=int(np.trace(cm)),
-                  classes_present=int((~np.isnan(s["iou"])).sum()), classes=int(cm.shape[0]))
+    in_truth = s["support"] > 0
+    counts = dict(pixels=int(cm.sum()), correct=int(np.trace(cm)), classes_present=int(in_truth.sum()),
+                  classes_predicted_only=int((~in_truth & (s["predicted"] > 0)).sum()), classes=int(cm.shape[0]))
     return {**_headline(cm, s), "per_class": per_class, "counts": counts}
+
+
+RATES = ("iou", "f1", "precision", "recall")
+
+
+def _round4(x: float) -> float | None:
+    """`x` rounded to 4 digits, None when undefined (NaN), so tables and JSON never show a NaN."""
+    return None if x != x else round(float(x), 4)
+
+
+def per_class_rows(metrics: dict) -> list[dict]:
+    """One row per class of a `segmentation_metrics` result, for tables and JSON: support and predicted pixels,
+    share of the labelled pixels and IoU/F1/precision/recall rounded to 4 digits. A class absent from the
+    truth was not scored, so its rates are None rather than a 0 that reads like a failure."""
+    return [{"class": name, "support": c["support"], "share": _round4(c["share"]), "predicted": c["predicted"],
+             "present": c["present"], **{k: _round4(c[k]) if c["present"] else None for k in RATES}}
+            for name, c in metrics["per_class"].items()]
+
+
+def per_class_markdown(metrics: dict) -> str:
+    """Markdown table of `per_class_rows`: a class absent from the truth reads "absent" in its share and rates;
+    a present class's undefined rate (precision of a class never predicted) reads "n/a"."""
+    def cell(row: dict, key: str) -> str:
+        if not row["present"]:
+            return "absent"
+        return "n/a" if row[key] is None else f"{row[key]:.4f}"
+
+    head = "| class | support px | share | IoU | F1 | precision | recall | predicted px |\n|---|---|---|---|---|---|---|---|\n"
+    return head + "\n".join(
+        f"| {r['class']} | {r['support']} | " + " | ".join(cell(r, k) for k in ("share", *RATES)) + f" | {r['predicted']} |"
+        for r in per_class_rows(metrics))
+
+
+def miou_note(metrics: dict) -> str:
+    """One sentence saying which classes `miou` and `miou_all_classes` average, naming the classes left out."""
+    per_class = metrics["per_class"]
+    absent = [n for n, c in per_class.items() if not c["present"]]
+    predicted_only = [n for n in absent if per_class[n]["predicted"] > 0]
+    note = f"mIoU over the {metrics['counts']['classes_present']} classes present in the truth"
+    note += f" (absent: {', '.join(absent)})" if absent else " (every class is present)"
+    if predicted_only:
+        return note + (f"; the all-class mIoU also counts {', '.join(predicted_only)} (predicted, absent from the "
+                       "truth) as IoU 0")
+    return note + "; the all-class mIoU equals it (no absent class was predicted)"
 
 
 def _compact(n: int) -> str:
@@ -230,8 +287,9 @@ def confusion_matrix_png(cm, class_names: Sequence[str], normalize: str | None =
 
 
 def per_tile_metrics(tiles: Iterable[tuple], class_ids: Sequence[int], ignore_id: int | None = IGNORE_ID) -> list[dict]:
-    """mIoU and pixel accuracy of each (tile_id, y_true, y_pred), worst first (lowest mIoU, ties by tile id),
-    to point reviewers at the tiles to look at. Tiles with no labelled pixel (NaN) come last."""
+    """mIoU (over the classes present in the tile's truth) and pixel accuracy of each (tile_id, y_true, y_pred),
+    worst first (lowest mIoU, ties by tile id), to point reviewers at the tiles to look at. Tiles with no
+    labelled pixel (NaN) come last."""
     rows = []
     for tile_id, y_true, y_pred in tiles:
         cm = confusion_matrix(y_true, y_pred, class_ids, ignore_id)

@@ -13,19 +13,23 @@ from geoseg_assets.geo.scene_io import raster_env
 from geoseg_assets.geo.windows import iter_blocks
 from geoseg_assets.ml.metrics import ConfusionAccumulator, segmentation_metrics
 from geoseg_assets.ml.plots import _png
+from geoseg_assets.ml.promotion import recorded_test_miou
 
 IGNORE_ID = 255
 
 
 def version_history(client, model_name: str, champion_version: str | None = None) -> list[dict]:
-    """Every registered version, oldest first: its run, test mIoU, per-class test IoU, promotion tag."""
+    """Every registered version, oldest first: its run, test mIoU (present classes) and all-class test mIoU,
+    per-class test IoU, promotion tag. A version evaluated before present-class mIoU was logged has only its
+    all-class figure (its `test_miou` was that figure), so its present-class test mIoU is None."""
     rows = []
     for mv in client.search_model_versions(f"name = '{model_name}'"):
         run = client.get_run(mv.run_id)
         metrics = run.data.metrics
+        test_miou, test_miou_all = recorded_test_miou(metrics)
         rows.append({
             "version": str(mv.version), "run_id": mv.run_id, "created": int(mv.creation_timestamp or 0),
-            "test_miou": metrics.get("test_miou"), "best_val_miou": metrics.get("best_val_miou"),
+            "test_miou": test_miou, "test_miou_all_classes": test_miou_all, "best_val_miou": metrics.get("best_val_miou"),
             "per_class_iou": {k.removeprefix("test_iou_"): v for k, v in sorted(metrics.items()) if k.startswith("test_iou_")},
             "promotion": run.data.tags.get("geoseg.promotion", "not evaluated"),
             "champion": str(mv.version) == str(champion_version),
@@ -37,7 +41,8 @@ def version_history(client, model_name: str, champion_version: str | None = None
 def live_quality(pairs: Sequence[tuple[str, str, str]], class_ids: Sequence[int], class_names: Sequence[str],
                  block: int = 1024) -> dict:
     """mIoU of predictions against masks for (partition, prediction COG, mask COG) triples, per partition
-    and pooled; unlabelled (255) pixels and nodata are ignored."""
+    and pooled; unlabelled (255) pixels and nodata are ignored. `miou` averages the classes present in
+    the labels, `miou_all_classes` also counts classes predicted but absent from them as 0."""
     pooled = ConfusionAccumulator(class_ids, IGNORE_ID)
     partitions = []
     with raster_env():
@@ -51,16 +56,19 @@ def live_quality(pairs: Sequence[tuple[str, str, str]], class_ids: Sequence[int]
                     keep = (truth != IGNORE_ID) & (pred != IGNORE_ID)
                     acc.add(truth[keep], pred[keep])
             metrics = segmentation_metrics(acc.matrix, list(class_names))
-            partitions.append({"partition": name, "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
-                               "labelled_pixels": metrics["counts"]["pixels"]})
+            partitions.append({"partition": name, "miou": metrics["miou"], "miou_all_classes": metrics["miou_all_classes"],
+                               "pixel_accuracy": metrics["pixel_accuracy"], "labelled_pixels": metrics["counts"]["pixels"]})
             pooled = pooled.merge(acc)
     metrics = segmentation_metrics(pooled.matrix, list(class_names))
-    return {"miou": metrics["miou"] if partitions else float("nan"), "pixel_accuracy": metrics["pixel_accuracy"],
-            "per_class_iou": {n: v["iou"] for n, v in metrics["per_class"].items()}, "partitions": partitions}
+    return {"miou": metrics["miou"] if partitions else float("nan"),
+            "miou_all_classes": metrics["miou_all_classes"] if partitions else float("nan"),
+            "pixel_accuracy": metrics["pixel_accuracy"],
+            "per_class_iou": {n: v["iou"] for n, v in metrics["per_class"].items() if v["present"]}, "partitions": partitions}
 
 
 def history_png(history: Sequence[dict]) -> bytes:
-    """Test mIoU per registered version (champion starred) and per-class IoU lines."""
+    """Test mIoU (present classes; dashed: all classes) per registered version (champion starred) and per-class
+    IoU lines."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.2), dpi=100)
@@ -68,13 +76,16 @@ def history_png(history: Sequence[dict]) -> bytes:
     versions = [h["version"] for h in history]
     x = np.arange(len(history))
     ax.plot(x, [h["test_miou"] if h["test_miou"] is not None else np.nan for h in history], "o-", color="black",
-            label="test mIoU", linewidth=2)
+            label="test mIoU (present classes)", linewidth=2)
+    ax.plot(x, [h["test_miou_all_classes"] if h["test_miou_all_classes"] is not None else np.nan for h in history],
+            "o--", color="grey", label="test mIoU (all classes)")
     classes = sorted({c for h in history for c in h["per_class_iou"]})
     for c in classes:
         ax.plot(x, [h["per_class_iou"].get(c, np.nan) for h in history], "-", alpha=0.5, label=c)
     for i, h in enumerate(history):
-        if h["champion"] and h["test_miou"] is not None:
-            ax.plot([i], [h["test_miou"]], "*", color="gold", markersize=16, markeredgecolor="black")
+        star = h["test_miou"] if h["test_miou"] is not None else h["test_miou_all_classes"]
+        if h["champion"] and star is not None:
+            ax.plot([i], [star], "*", color="gold", markersize=16, markeredgecolor="black")
     ax.set_xticks(x, [f"v{v}" for v in versions])
     ax.set_ylim(0, 1), ax.set_ylabel("IoU"), ax.set_title("model versions (star: champion)")
     ax.legend(fontsize=7, loc="lower right", ncol=2)
@@ -91,19 +102,21 @@ def model_quality_html(history: Sequence[dict], live: dict, png: bytes, model_na
 
     rows = "".join(
         f"<tr{' class=champion' if h['champion'] else ''}><td>v{h['version']}</td><td>{cell(h['test_miou'])}</td>"
-        f"<td>{cell(h['best_val_miou'])}</td><td>{html.escape(h['promotion'])}</td>"
+        f"<td>{cell(h['test_miou_all_classes'])}</td><td>{cell(h['best_val_miou'])}</td><td>{html.escape(h['promotion'])}</td>"
         f"<td>{html.escape(str(h['dataset_version']))}</td><td>{html.escape(h['run_id'])}</td></tr>" for h in history)
     live_rows = "".join(
-        f"<tr><td>{html.escape(p['partition'])}</td><td>{cell(p['miou'])}</td><td>{cell(p['pixel_accuracy'])}</td>"
-        f"<td>{p['labelled_pixels']}</td></tr>" for p in live["partitions"]) or "<tr><td colspan=4>no labelled partition predicted by the champion</td></tr>"
+        f"<tr><td>{html.escape(p['partition'])}</td><td>{cell(p['miou'])}</td><td>{cell(p['miou_all_classes'])}</td>"
+        f"<td>{cell(p['pixel_accuracy'])}</td><td>{p['labelled_pixels']}</td></tr>" for p in live["partitions"]) or "<tr><td colspan=5>no labelled partition predicted by the champion</td></tr>"
     image = base64.b64encode(png).decode()
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>model quality: {html.escape(model_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 tr.champion{{background:#fff6cc}}</style></head><body>
 <h1>Model quality: {html.escape(model_name)}</h1>
 <h2>Registered versions (test mIoU, best val mIoU, promotion)</h2>
-<table><tr><th>version</th><th>test mIoU</th><th>best val mIoU</th><th>promotion</th><th>dataset version</th><th>MLflow run</th></tr>{rows}</table>
+<p>test mIoU averages the classes present in the test truth; all classes also counts classes predicted but absent
+from it as 0 (versions evaluated before both were logged have only the all-class figure).</p>
+<table><tr><th>version</th><th>test mIoU (present classes)</th><th>test mIoU (all classes)</th><th>best val mIoU</th><th>promotion</th><th>dataset version</th><th>MLflow run</th></tr>{rows}</table>
 <p><img src="data:image/png;base64,{image}" alt="mIoU per version"></p>
-<h2>Live quality of the champion on labelled partitions (pooled mIoU {cell(live['miou'])})</h2>
-<table><tr><th>partition</th><th>mIoU</th><th>pixel accuracy</th><th>labelled pixels</th></tr>{live_rows}</table>
+<h2>Live quality of the champion on labelled partitions (pooled mIoU {cell(live['miou'])}, classes present in the labels)</h2>
+<table><tr><th>partition</th><th>mIoU (present classes)</th><th>mIoU (all classes)</th><th>pixel accuracy</th><th>labelled pixels</th></tr>{live_rows}</table>
 </body></html>"""
