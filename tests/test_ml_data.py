@@ -72,10 +72,15 @@ def write_dataset(root: Path, counts=None, size: int = 32, seed: int = 0, per_sh
                            "ignored_pixels": int(bincount[IGNORE])}
         if split == "train":
             moments = np.moveaxis(images, 1, 0)[:, masks != IGNORE].astype(np.float64)
+    return write_manifest(root, size, classes, moments, class_px, splits)
+
+
+def write_manifest(root: Path, size: int, classes, train_pixels: np.ndarray, class_px: dict, splits: dict) -> Path:
+    """manifest.json of a hand-made dataset: norm stats from `train_pixels` (bands, N)."""
     manifest = {
         "format_version": 1, "dtype": "uint16", "band_names": BANDS, "tile_shape": [size, size],
         "class_map": {"classes": classes, "ignore_id": IGNORE},
-        "norm": {"split": "train", "mean": moments.mean(axis=1).tolist(), "std": moments.std(axis=1).tolist()},
+        "norm": {"split": "train", "mean": train_pixels.mean(axis=1).tolist(), "std": train_pixels.std(axis=1).tolist()},
         "class_distribution": class_px, "splits": splits,
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -220,7 +225,7 @@ def test_loaders_are_deterministic_for_a_seed(dataset):
     c = make_loaders(dataset, batch_size=3, indices=("NDVI",), crop=16, seed=1)
     info = a[3]
     assert info.in_channels == 5 and info.num_classes == 3 and info.split_sizes == {"train": 8, "val": 4, "test": 3}
-    assert len(a[0]) == 2  # 8 tiles, batches of 3, the incomplete last one dropped
+    assert len(a[0]) == 8  # 8 tiles, but at least 8 batches of 3 crops per epoch (MIN_STEPS_PER_EPOCH)
     first = _batches(a[0], 1)
     assert all(x.shape == (3, 5, 16, 16) for x, _ in first)
     for x, y in first:
@@ -237,7 +242,9 @@ def test_loaders_are_deterministic_for_a_seed(dataset):
     ds = ShardDataset(dataset, "val", info.normalizer)
     assert torch.equal(val_a[0][1][0], ds[0][1]) and torch.equal(val_a[0][0][2], ds[2][0])
     with pytest.raises(ValueError, match="crop"):
-        make_loaders(dataset, batch_size=2, crop=64)
+        make_loaders(dataset, batch_size=2, crop=0)
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        make_loaders(dataset, batch_size=2, samples_per_epoch=0)
 
 
 def test_reads_a_dataset_built_by_the_pipeline(tmp_path):
@@ -258,3 +265,85 @@ def test_reads_a_dataset_built_by_the_pipeline(tmp_path):
     assert raw_image.dtype == np.uint16
     assert torch.allclose(x[0], info.normalizer.prepare(raw_image))
     assert torch.equal(y[0] == IGNORE_INDEX, torch.from_numpy(raw_mask == 255))
+
+
+def write_mosaic_dataset(root: Path, tile: int = 32) -> Path:
+    """A 3 x 3-tile scene put into a dataset as the pipeline does (tile positions in the manifest): bands
+    0/1 hold each pixel's scene row/col + 1, the mask is a function of (row, col); the left two tile
+    columns are train, the right one val (two tiles) and test (one)."""
+    ids = sorted(CLASSES.values())
+    size = 3 * tile
+    rows, cols = np.mgrid[0:size, 0:size]
+    scene = np.stack([rows + 1, cols + 1, np.full_like(rows, 500), np.full_like(rows, 900)]).astype(np.uint16)
+    truth = np.asarray(ids, dtype=np.uint8)[(rows // 4 + 2 * (cols // 4)) % len(ids)]
+    layout = {"train": [(r, c) for c in (0, tile) for r in (0, tile, 2 * tile)],
+              "val": [(0, 2 * tile), (tile, 2 * tile)], "test": [(2 * tile, 2 * tile)]}
+    root.mkdir(parents=True, exist_ok=True)
+    splits, class_px = {}, {}
+    for split, places in layout.items():
+        images = np.stack([scene[:, r:r + tile, c:c + tile] for r, c in places])
+        masks = np.stack([truth[r:r + tile, c:c + tile] for r, c in places])
+        names = {k: f"{k}-{split}-00000.npy" for k in ("images", "masks")}
+        np.save(root / names["images"], images)
+        np.save(root / names["masks"], masks)
+        splits[split] = {"shards": [{**names, "count": len(places)}], "tile_count": len(places), "tiles": [
+            {"tile_id": f"t_{r}_{c}", "region": "r", "date": "d", "shard": 0, "offset": i, "row": r, "col": c,
+             "width": tile, "height": tile, "labelled_fraction": 1.0} for i, (r, c) in enumerate(places)]}
+        counts = np.bincount(masks.ravel(), minlength=256)
+        class_px[split] = {"pixels": {n: int(counts[cid]) for n, cid in CLASSES.items()}, "ignored_pixels": 0}
+    train = np.concatenate([scene[:, r:r + tile, c:c + tile].reshape(4, -1) for r, c in layout["train"]], axis=1)
+    return write_manifest(root, tile, CLASSES, train.astype(np.float64), class_px, splits)
+
+
+def test_train_crops_span_neighbouring_tiles_and_never_read_another_split(tmp_path):
+    root = write_mosaic_dataset(tmp_path / "mosaic")
+    train, _, _, info = make_loaders(root, batch_size=4, crop=48, seed=2, augment=False, samples_per_epoch=40)
+    mean, std = torch.tensor(info.normalizer.mean)[:2, None, None], torch.tensor(info.normalizer.std)[:2, None, None]
+    lut = torch.tensor(sorted(CLASSES.values()))
+    crossings, samples = 0, 0
+    set_epoch(train, 1)
+    for x, y in train:
+        assert x.shape == (4, 4, 48, 48)
+        for b in range(4):
+            samples += 1
+            labelled = y[b] != IGNORE_INDEX
+            assert labelled.any()
+            rc = (x[b, :2] * std + mean).round().long() - 1
+            row, col = rc[0][labelled], rc[1][labelled]
+            assert (col < 64).all()  # only train tiles' pixels carry labels ...
+            assert (x[b][:, ~labelled] == 0).all()  # ... and the rest is the train mean, never val/test pixels
+            expected = (row // 4 + 2 * (col // 4)) % 3
+            assert torch.equal(y[b][labelled], expected)  # every label sits on its own pixel
+            grid_rows = torch.arange(48)[:, None].expand(48, 48)[labelled]
+            assert len(set((row - grid_rows).tolist())) == 1  # rows are contiguous: one window of the scene
+            crossings += int(((row < 32).any() & (row >= 32).any()) or ((col < 32).any() & (col >= 32).any()))
+    assert samples == 40 and crossings > 10  # most 48 px crops of 32 px tiles span a tile border
+
+
+def test_crops_per_epoch_do_not_depend_on_the_tile_count(tmp_path, dataset):
+    small = write_mosaic_dataset(tmp_path / "mosaic")  # 6 train tiles
+    for root, tiles in ((small, 6), (dataset, 8)):
+        train, _, _, info = make_loaders(root, batch_size=4, crop=16, samples_per_epoch=24)
+        assert info.split_sizes["train"] == tiles
+        set_epoch(train, 1)
+        assert len(train) == 6 and sum(x.shape[0] for x, _ in train) == 24
+        default, _, _, _ = make_loaders(root, batch_size=4, crop=16)
+        assert len(default) == 8  # at least 8 batches by default, whatever the tile count
+
+
+def test_crop_context_shows_other_splits_pixels_but_never_their_labels(tmp_path):
+    root = write_mosaic_dataset(tmp_path / "mosaic")
+    train, _, _, info = make_loaders(root, batch_size=4, crop=48, seed=2, augment=False, samples_per_epoch=40,
+                                     context=True)
+    mean, std = torch.tensor(info.normalizer.mean)[:2, None, None], torch.tensor(info.normalizer.std)[:2, None, None]
+    shown = 0
+    set_epoch(train, 1)
+    for x, y in train:
+        for b in range(4):
+            rc = (x[b, :2] * std + mean).round().long() - 1
+            labelled = y[b] != IGNORE_INDEX
+            assert (rc[1][labelled] < 64).all()  # labels come from train tiles only
+            context = (rc[1] >= 64) & (rc[1] < 96)  # pixels of the val/test column, at their true coordinates
+            shown += int(context.sum())
+            assert not labelled[context].any()
+    assert shown > 0

@@ -174,3 +174,39 @@ def test_class_weights_are_inverse_sqrt_frequency_with_mean_one():
     w = class_weights([100, 400, 0, 2500])
     assert w[2] == 0 and torch.isclose(w[[0, 1, 3]].mean(), torch.tensor(1.0))
     assert torch.isclose(w[0] / w[1], torch.tensor(2.0)) and torch.isclose(w[0] / w[3], torch.tensor(5.0))
+
+
+def test_a_14_tile_dataset_trains_eight_steps_per_epoch_by_default(tmp_path):
+    small = write_dataset(tmp_path / "ds14", counts={"train": 14, "val": 2, "test": 1}, per_shard=14)
+    config = tiny_config(tmp_path, "steps", epochs=2, batch_size=8)
+    result = train(config, small)
+    assert [h["train_steps"] for h in result.history] == [8, 8]  # not 14 // 8 = 1
+    fixed = train(tiny_config(tmp_path, "fixed", epochs=1, batch_size=8, samples_per_epoch=24), small)
+    assert fixed.history[0]["train_steps"] == 3
+
+
+def test_class_weighting_modes_and_cap():
+    counts = [900, 90, 10]
+    sqrt = class_weights(counts, "inverse_sqrt", cap=None)
+    expected = torch.tensor([0.9, 0.09, 0.01]).rsqrt()
+    torch.testing.assert_close(sqrt, expected / expected.mean())
+    inverse = class_weights(counts, "inverse", cap=None)
+    assert float(inverse[2] / inverse[0]) == pytest.approx(90.0)
+    capped = class_weights(counts, "inverse", cap=10.0)
+    assert float(capped.max() / capped.min()) == pytest.approx(10.0) and float(capped.mean()) == pytest.approx(1.0)
+    assert float(capped[1]) == pytest.approx(float(capped[2]))  # both hit the cap
+    with pytest.raises(ValueError, match="class_weighting"):
+        TrainConfig(class_weighting="median")
+    assert TrainConfig(class_weighting=False).class_weighting == "none"  # older configs keep working
+
+
+def test_group_norm_trains_on_batches_of_one_and_reloads(dataset, tmp_path):
+    config = tiny_config(tmp_path, "gn", epochs=1, batch_size=1, samples_per_epoch=4, norm="group")
+    result = train(config, dataset)
+    best = _state(result.best_state_path)
+    assert best["model_kwargs"]["norm"] == "group"
+    net = build_model(best["architecture"], best["encoder"], best["in_channels"], best["num_classes"],
+                      **best["model_kwargs"])
+    net.load_state_dict(best["model"])  # the same network: GroupNorm keys, no BatchNorm running stats
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())

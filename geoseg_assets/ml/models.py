@@ -9,6 +9,7 @@ it for pretrained encoders (weights cycled over the new channels and rescaled).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -38,11 +39,14 @@ def architecture_key(architecture: str) -> str:
 
 def build_model(architecture: str, encoder: str, in_channels: int, num_classes: int,
                 encoder_weights: str | None = None, weights_path: str | os.PathLike | None = None,
-                **model_kwargs) -> nn.Module:
+                norm: str = "batch", **model_kwargs) -> nn.Module:
     """An smp Unet / UnetPlusPlus / FPN / DeepLabV3Plus with `encoder` (e.g. "resnet18", "mobilenet_v2"),
     `in_channels` inputs and `num_classes` logits per pixel, weights loaded from `weights_path` if given.
 
-    `model_kwargs` go to the smp class (e.g. encoder_depth=3, decoder_channels=(64, 32, 16) for Unet)."""
+    `model_kwargs` go to the smp class (e.g. encoder_depth=3, decoder_channels=(64, 32, 16) for Unet).
+    `norm="group"` swaps every BatchNorm for GroupNorm after the weights are loaded (`to_group_norm`)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     cls = ARCHITECTURES[architecture_key(architecture)]
     if encoder not in smp.encoders.get_encoder_names():
         raise ValueError(f"unknown encoder {encoder!r}; smp {smp.__version__} offers e.g. resnet18, resnet34, "
@@ -55,6 +59,26 @@ def build_model(architecture: str, encoder: str, in_channels: int, num_classes: 
                 classes=int(num_classes), **model_kwargs)
     if weights_path is not None:
         load_weights(model, weights_path)
+    return to_group_norm(model) if norm == "group" else model
+
+
+NORMS = ("batch", "group")
+
+
+def to_group_norm(model: nn.Module, groups: int = 16) -> nn.Module:
+    """Replace every BatchNorm2d by a GroupNorm of up to `groups` groups over the same channels, keeping
+    its affine weights: statistics per sample, so batches of 1-4 crops train as well as large ones."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            channels = child.num_features
+            gn = nn.GroupNorm(math.gcd(groups, channels), channels, eps=child.eps, affine=True)
+            if child.affine:
+                with torch.no_grad():
+                    gn.weight.copy_(child.weight)
+                    gn.bias.copy_(child.bias)
+            setattr(model, name, gn)
+        else:
+            to_group_norm(child, groups)
     return model
 
 

@@ -31,11 +31,12 @@ from torch import nn
 
 from .data import IGNORE_INDEX, MANIFEST_FILE, make_loaders, set_epoch
 from .metrics import confusion_matrix, segmentation_metrics
-from .models import build_model
+from .models import NORMS, build_model
 
 log = logging.getLogger("geoseg.train")
 
 CHECKPOINT_FORMAT = 1
+CLASS_WEIGHTINGS = ("none", "inverse_sqrt", "inverse")
 LAST, BEST = "last.pt", "best.pt"
 # Config fields that may change between a crash and the resume without changing the result.
 RESUME_FREE = ("checkpoint_dir", "device", "num_workers")
@@ -56,8 +57,12 @@ class TrainConfig:
     warmup_fraction: float = 0.05  # share of all steps spent warming the lr up linearly
     seed: int = 0
     patience: int | None = 5  # epochs without val mIoU improvement before stopping; None = never stop early
-    crop: int | None = None  # random train crop size in px (None = whole tiles)
-    class_weighting: bool = True  # CE weights 1/sqrt(train frequency), mean 1
+    crop: int | None = None  # train crop size in px (None = the tile size); crops may span neighbouring tiles
+    samples_per_epoch: int | None = None  # train crops per epoch (None = one per train tile, at least 8 batches)
+    crop_context: bool = False  # crops show val/test tiles' pixels (never their labels) instead of a blank
+    class_weighting: str = "none"  # CE class weights: none | inverse_sqrt | inverse (train frequency)
+    class_weight_cap: float | None = 10.0  # largest weight / smallest weight; None = uncapped
+    norm: str = "batch"  # normalization layers: batch (smp's BatchNorm) | group (GroupNorm, for tiny batches)
     dice_weight: float = 1.0  # loss = CE + dice_weight * Dice
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision; only ever used on CUDA
@@ -67,6 +72,17 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms(True, warn_only=True) during the run
     encoder_weights: str | None = None  # named smp weights (downloads!); keep None offline
     weights_path: str | None = None  # local state dict of the encoder or the whole model to start from
+
+    def __post_init__(self):
+        if isinstance(self.class_weighting, bool):  # older configs: True meant inverse_sqrt
+            self.class_weighting = "inverse_sqrt" if self.class_weighting else "none"
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {self.class_weighting!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.class_weight_cap is not None and not self.class_weight_cap >= 1:
+            raise ValueError(f"class_weight_cap must be >= 1 (largest / smallest weight) or None, "
+                             f"got {self.class_weight_cap}")
 
     def to_dict(self) -> dict:
         """JSON-safe copy (tuples become lists), as stored in checkpoints."""
@@ -113,14 +129,20 @@ class SegmentationLoss(nn.Module):
         return loss
 
 
-def class_weights(pixels: Sequence[int]) -> torch.Tensor:
-    """Inverse-sqrt-frequency weights, normalized to mean 1 over the classes that have pixels (0 for the rest)."""
+def class_weights(pixels: Sequence[int], weighting: str = "inverse_sqrt", cap: float | None = None) -> torch.Tensor:
+    """CE weights from train pixel counts: frequency^-1/2 (`inverse_sqrt`) or frequency^-1 (`inverse`),
+    the largest at most `cap` times the smallest, normalized to mean 1 over the classes that have pixels
+    (0 for the rest). The cap keeps a class of a few hundred pixels from outweighing the rest of the scene."""
+    if weighting not in CLASS_WEIGHTINGS or weighting == "none":
+        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTINGS[1:]}, got {weighting!r}")
     counts = torch.tensor([float(p) for p in pixels], dtype=torch.float64)
     if counts.sum() <= 0:
         raise ValueError("no labelled train pixels to weight classes by")
     present = counts > 0
     w = torch.zeros_like(counts)
-    w[present] = (counts[present] / counts.sum()).rsqrt()
+    w[present] = (counts[present] / counts.sum()) ** (-0.5 if weighting == "inverse_sqrt" else -1.0)
+    if cap is not None:
+        w[present] = w[present].clamp(max=float(cap) * float(w[present].min()))
     w[present] /= w[present].mean()
     return w.float()
 
@@ -201,6 +223,12 @@ def _atomic_save(obj, path: Path) -> None:
         raise
 
 
+def model_kwargs(config: TrainConfig) -> dict:
+    """What `build_model` needs besides names and sizes: the smp arguments plus a non-default `norm`,
+    stored in checkpoints so evaluation and inference rebuild the same network."""
+    return {**config.model_kwargs, **({"norm": config.norm} if config.norm != "batch" else {})}
+
+
 def _dataset_hash(dataset_dir) -> str:
     return hashlib.sha256((Path(dataset_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
 
@@ -265,13 +293,14 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
         torch.manual_seed(config.seed)
         train_loader, val_loader, _, info = make_loaders(
             dataset_dir, config.batch_size, indices=config.indices, crop=config.crop, seed=config.seed,
-            num_workers=config.num_workers)
+            num_workers=config.num_workers, samples_per_epoch=config.samples_per_epoch, context=config.crop_context)
         if info.split_sizes["val"] == 0:
             raise ValueError(f"the val split of {dataset_dir} holds no tile: early stopping and best.pt need one")
         model = build_model(config.architecture, config.encoder, info.in_channels, info.num_classes,
                             encoder_weights=config.encoder_weights, weights_path=config.weights_path,
-                            **config.model_kwargs).to(device)
-        weights = class_weights(info.train_class_pixels) if config.class_weighting else None
+                            **model_kwargs(config)).to(device)
+        weights = (None if config.class_weighting == "none" else
+                   class_weights(info.train_class_pixels, config.class_weighting, config.class_weight_cap))
         loss_fn = SegmentationLoss(weights, config.dice_weight).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps = len(train_loader) if config.max_steps_per_epoch is None else min(len(train_loader),
@@ -296,7 +325,7 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
             log.info("resuming from %s at epoch %d/%d (best val mIoU %.4f)", last_path, start, config.epochs, best_miou)
 
         meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "dataset_sha256": dataset_sha,
-                "architecture": config.architecture, "encoder": config.encoder, "model_kwargs": config.model_kwargs,
+                "architecture": config.architecture, "encoder": config.encoder, "model_kwargs": model_kwargs(config),
                 "in_channels": info.in_channels, "num_classes": info.num_classes,
                 "normalizer": info.normalizer.to_dict(), "class_ids": list(info.class_ids),
                 "class_names": list(info.class_names), "ignore_index": IGNORE_INDEX}
@@ -306,10 +335,11 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
             t0 = time.perf_counter()
             set_epoch(train_loader, epoch)
             model.train()
-            total, seen = 0.0, 0
+            total, seen, done = 0.0, 0, 0
             for step, (x, y) in enumerate(train_loader):
                 if step >= steps:
                     break
+                done += 1
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, enabled=use_amp):
@@ -322,7 +352,7 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
                 seen += x.shape[0]
             val = evaluate(model, val_loader, loss_fn, info.class_names, device, use_amp)
             miou = val["miou"] if math.isfinite(val["miou"]) else 0.0
-            metrics = {"train_loss": total / max(seen, 1), "val_loss": val["loss"], "val_miou": miou,
+            metrics = {"train_loss": total / max(seen, 1), "train_steps": done, "val_loss": val["loss"], "val_miou": miou,
                        "val_pixel_accuracy": val["pixel_accuracy"],
                        **{f"val_iou_{n}": v for n, v in val["iou"].items() if math.isfinite(v)},
                        "lr": optimizer.param_groups[0]["lr"]}

@@ -1,0 +1,397 @@
+"""Model quality: the pipeline against a plain smp training script, same labelled pixels, network, steps and seed.
+
+For each case a scene with labels on its top rows and a held-out area (the bottom `--holdout` share of rows):
+1. the pipeline lands the scene, imports the labels of the top rows into its label store, materializes
+   scenes -> tiles -> masks -> dataset -> model (+ evaluation, promoted) -> predictions, all through Dagster;
+2. the plain script (what a user writes in 70 lines: smp Unet, random crops from the labelled rows, CE +
+   Dice, AdamW, N steps, non-overlapping tiles at inference) trains on the SAME scene COG and the SAME mask
+   COG the pipeline rasterized, with the same network, crop, batch, number of optimizer steps and seed;
+3. both whole-scene predictions are scored on the held-out rows against the truth: mIoU over the classes
+   present there, pixel accuracy and IoU per class.
+
+Cases: `spacenet` (the bundled real SpaceNet image, 0.5 m, 1 band, 43 building footprints: building vs
+background) and `synthetic_hard` (a small 6-class scene where two classes cover over 85 % of pixels,
+noisier pixels, labels with shifted borders and 5 % of polygons in a wrong class; truth = the clean labels).
+
+    .venv/bin/python benchmarks/bench_model_quality.py              # both cases, default budget
+    .venv/bin/python benchmarks/bench_model_quality.py --case spacenet --steps 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SPACENET = REPO / "tests/data/spacenet_buildings"
+DATE = "2024-06-15"
+
+
+@dataclass
+class Case:
+    """A scene, its full truth raster (class ids, 255 = unknown) and the training labels (top rows only)."""
+
+    name: str
+    scene: Path  # GeoTIFF to land
+    spec: dict  # region.json
+    classes: list[dict]  # class map: name, id, color
+    labels: object  # GeoDataFrame with a `class` column (names), in the scene CRS, clipped to the top rows
+    truth: np.ndarray  # (H, W) uint8 class ids of the whole scene, 255 where unknown
+    holdout_row: int  # rows >= this are held out
+    indices: list[str]
+
+
+def _labelled_box(src, holdout_row: int):
+    from shapely.geometry import box
+
+    left, top = src.transform * (0, 0)
+    right, bottom = src.transform * (src.width, holdout_row)
+    return box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+
+
+def spacenet_case(work: Path, holdout: float) -> Case:
+    """SpaceNet buildings: background everywhere inside the labelled rows, building footprints on top."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+    from shapely.geometry import box
+    from shapely.ops import unary_union
+
+    path = SPACENET / "sample_geotiff.tif"
+    buildings = gpd.read_file(SPACENET / "geotiff_labels.geojson")
+    with rasterio.open(path) as src:
+        holdout_row = int(round(src.height * (1 - holdout)))
+        buildings = buildings.set_crs(src.crs, allow_override=True) if buildings.crs != src.crs else buildings
+        footprint = box(*src.bounds)
+        truth = rasterize([(g, 2) for g in buildings.geometry], out_shape=(src.height, src.width),
+                          transform=src.transform, fill=1, dtype="uint8")
+        valid = src.read_masks(1) > 0
+        labelled = _labelled_box(src, holdout_row)
+    truth[~valid] = 255
+    houses = [g.intersection(labelled) for g in buildings.geometry if g.intersects(labelled)]
+    background = labelled.intersection(footprint).difference(unary_union(houses))
+    labels = gpd.GeoDataFrame({"class": ["background"] + ["building"] * len(houses)},
+                              geometry=[background, *houses], crs=buildings.crs)
+    return Case("spacenet", path, {"band_names": ["PAN"], "dtype": "uint16"},
+                [{"name": "background", "id": 1, "color": [200, 200, 200]},
+                 {"name": "building", "id": 2, "color": [200, 40, 40]}], labels, truth, holdout_row, [])
+
+
+def synthetic_hard_case(work: Path, holdout: float, size: int = 768, seed: int = 0) -> Case:
+    """6 synthetic classes, cropland + forest over 85 % of pixels, sensor noise 0.12, noisy labels."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from shapely import STRtree
+
+    from geoseg_assets.geo import synthetic as syn
+    from geoseg_assets.geo.classmap import DEFAULT_CLASS_MAP
+
+    params = syn.SyntheticParams(region="hard", date=DATE, width=size, height=size, seed=seed, noise=0.12)
+    transform = syn.scene_transform(params)
+    cover = syn.land_cover(params.region, size, size, seed)
+    rng = np.random.default_rng(seed)
+    bare = cover["bare"]
+    keep = rng.random(len(bare)) < 0.3  # most bare parcels become cropland: bare is rare, cropland dominant
+    cover["cropland"] = cover["cropland"] + [p for p, k in zip(bare, keep) if not k]
+    cover["bare"] = [p for p, k in zip(bare, keep) if k]
+    world = syn.to_world(cover, transform)
+    shapes = [(g, syn.CLASSES[name]) for name in syn.PRIORITY for g in world[name]]
+    tree = STRtree([g for g, _ in shapes])
+    truth, pixels = syn.render_window(params, world, tree, shapes, Window(0, 0, size, size), transform)
+    truth = truth.astype(np.uint8)
+    truth[truth == 0] = 255
+    scene = work / "synthetic_hard.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint16",
+                       crs=f"EPSG:{syn.EPSG}", transform=transform, nodata=syn.NODATA, tiled=True, blockxsize=256,
+                       blockysize=256, compress="DEFLATE") as dst:
+        dst.write(pixels)
+    # Noisy labels: every polygon's border moved by up to +-1.5 px, 5 % of polygons in a random other class.
+    names = list(syn.CLASSES)
+    rows = []
+    for name in syn.PRIORITY:
+        for g in world[name]:
+            label = name if rng.random() >= 0.05 else str(rng.choice([n for n in names if n != name]))
+            shifted = g.buffer(float(rng.uniform(-1.5, 1.5)) * syn.RESOLUTION)
+            if not shifted.is_empty:
+                rows.append((label, shifted))
+    holdout_row = int(round(size * (1 - holdout)))
+    with rasterio.open(scene) as src:
+        labelled = _labelled_box(src, holdout_row)
+    labels = gpd.GeoDataFrame({"class": [n for n, _ in rows]}, geometry=[g.intersection(labelled) for _, g in rows],
+                              crs=f"EPSG:{syn.EPSG}")
+    labels = labels[~labels.geometry.is_empty & labels.geom_type.isin(["Polygon", "MultiPolygon"])]
+    classes = [{"name": c.name, "id": c.id, "color": list(c.color)} for c in DEFAULT_CLASS_MAP.classes]
+    return Case("synthetic_hard", scene, {"band_names": list(syn.BAND_NAMES), "dtype": "uint16"}, classes, labels,
+                truth, holdout_row, ["NDVI", "NDWI"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(case: Case, work: Path, budget: dict) -> dict:
+    """Land the scene, import labels, materialize everything through Dagster; paths of the outputs."""
+    import dagster as dg
+
+    from geoseg_assets.assets.masks import MASK_FILE
+    from geoseg_assets.assets.models import EvaluationConfig, ModelConfig
+    from geoseg_assets.assets.datasets import DatasetConfig
+    from geoseg_assets.assets.predictions import CLASSES_FILE
+    from geoseg_assets.assets.scenes import SCENE_FILE
+    from geoseg_assets.assets.tiles import TilesConfig
+    from geoseg_assets.assets.masks import ImportLabelsConfig
+    from geoseg_assets.definitions import build_defs
+    from geoseg_assets.partitions import partition_key
+    from resources.compute import ComputeDevice
+    from resources.data_store import DataStore
+    from resources.drift_policy import DriftPolicy
+    from resources.dvc_store import DvcStore
+    from resources.label_store import ClassMapResource, ClassSpec, GeoPackageLabelStore
+    from resources.mlflow_tracking import MlflowTracking
+    from resources.notifier import Notifier
+    from resources.scene_sources import REGION_SPEC_FILE, LandingFolderSource
+
+    repo = work / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["config", "user.name", "bench"], ["config", "user.email", "bench@geoseg.invalid"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    (repo / ".gitignore").write_text("/data/\n")
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "geoseg_assets" / "geo").mkdir(parents=True)  # the stage's code dependency
+    shutil.copy(REPO / "geoseg_assets/geo/dataset.py", repo / "geoseg_assets/geo/dataset.py")
+    landing = work / "landing"
+    region = case.name.replace("_", "-")
+    (landing / region / DATE).mkdir(parents=True)
+    shutil.copy(case.scene, landing / region / DATE / case.scene.name)
+    (landing / region / REGION_SPEC_FILE).write_text(json.dumps(case.spec))
+    labels_path = work / "labels.geojson"
+    case.labels.to_file(labels_path, driver="GeoJSON")
+    store = DataStore(root=str(repo / "data" / "store"))
+    resources = {
+        "data_store": store, "scene_source": LandingFolderSource(root=str(landing)),
+        "label_store": GeoPackageLabelStore(path=str(work / "labels.gpkg")),
+        "class_map": ClassMapResource(classes=[ClassSpec(**c) for c in case.classes]),
+        "dvc": DvcStore(repo_dir=str(repo), remote_url=str(work / "dvc-remote")),
+        "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+                                          artifact_location=str(work / "mlflow-artifacts")),
+        "notifier": Notifier(), "compute": ComputeDevice(device="cpu"), "drift_policy": DriftPolicy(),
+    }
+    defs = build_defs(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("region", [region])
+    key = partition_key(region, DATE)
+    dims = {"region": region, "date": DATE}
+    tiles = TilesConfig(tile_size=budget["tile_size"])
+
+    def run(job: str, config: dict | None = None, **kwargs):
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, run_config=dg.RunConfig(ops=config or {}), raise_on_error=False, **kwargs)
+        if not result.success:
+            errors = [e.message for e in result.all_events if e.is_failure]
+            raise SystemExit(f"{case.name}: {job} failed: {errors[-3:]}")
+        return result
+
+    run("imagery_job", {"tiles": tiles}, partition_key=key)
+    run("import_labels_job", {"import_labels": ImportLabelsConfig(path=str(labels_path), region=region, replace=True)})
+    run("imagery_job", {"tiles": tiles}, partition_key=key)  # masks with the labels
+    dataset = run("dataset_job", {"dataset": DatasetConfig(**{"band_names": case.spec["band_names"],
+                                                              "block_size_m": budget["block_size_m"], **budget["dataset"]})})
+    meta = dataset.asset_materializations_for_node("dataset")[0].metadata
+    model_config = ModelConfig(**{"indices": case.indices, "epochs": budget["epochs"], "samples_per_epoch": budget["samples"],
+                                  "batch_size": budget["batch_size"], "crop": budget["crop"], "seed": budget["seed"],
+                                  "patience": None, "fresh": True, "export_onnx": False, **budget["model"]})
+    t0 = time.perf_counter()
+    trained = run("training_job", {"model": model_config, "model_evaluation": EvaluationConfig(min_miou=0.0)})
+    seconds = time.perf_counter() - t0
+    evaluation = trained.asset_materializations_for_node("model_evaluation")[0].metadata
+    run("prediction_job", partition_key=key)
+    return {"scene": store.path("scenes", dims, SCENE_FILE), "mask": store.path("masks", dims, MASK_FILE),
+            "prediction": store.path("predictions", dims, CLASSES_FILE), "seconds": seconds,
+            "tiles": f"{meta['tiles_train'].value}/{meta['tiles_val'].value}/{meta['tiles_test'].value}",
+            "test_miou": evaluation["test_miou"].value}
+
+
+# --------------------------------------------------------------------------------------------------
+# The plain script (what a user writes without the pipeline)
+# --------------------------------------------------------------------------------------------------
+
+
+def plain_script(scene_path: Path, mask_path: Path, class_ids: list[int], budget: dict) -> tuple[np.ndarray, float]:
+    """Unet-resnet18 on random crops of the labelled pixels, CE + Dice, AdamW; whole-scene prediction by
+    non-overlapping windows. Returns (class ids (H, W), training seconds)."""
+    import rasterio
+    import segmentation_models_pytorch as smp
+    import torch
+    import torch.nn.functional as F
+
+    from geoseg_assets.assets.models import ModelConfig, train_config
+
+    torch.manual_seed(budget["seed"])
+    rng = np.random.default_rng(budget["seed"])
+    with rasterio.open(scene_path) as src:
+        image = src.read().astype(np.float32)
+        valid = src.dataset_mask() > 0
+    with rasterio.open(mask_path) as src:
+        mask = src.read(1)
+    lut = np.full(256, 255, dtype=np.int64)
+    lut[class_ids] = np.arange(len(class_ids))
+    target = lut[mask]
+    labelled = target != 255
+    mean = image[:, labelled].mean(axis=1)[:, None, None]
+    std = image[:, labelled].std(axis=1)[:, None, None] + 1e-6
+    x_all = (image - mean) / std
+    x_all[:, ~valid] = 0
+    c, h, w = x_all.shape
+    crop, batch = budget["crop"], budget["batch_size"]
+    rows, cols = np.nonzero(labelled)
+    # the same network as the pipeline's default ModelConfig
+    kwargs = train_config(ModelConfig(), "unused").model_kwargs
+    net = smp.Unet("resnet18", encoder_weights=None, in_channels=c, classes=len(class_ids), **kwargs)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=255)
+    pad = ((0, 0), (crop, crop), (crop, crop))
+    xp, yp = np.pad(x_all, pad), np.pad(target, pad[1:], constant_values=255)
+    t0 = time.perf_counter()
+    net.train()
+    for _ in range(budget["steps"]):
+        xs, ys = [], []
+        for _ in range(batch):
+            i = rng.integers(len(rows))  # a crop around a random labelled pixel
+            top, left = rows[i] + crop - crop // 2, cols[i] + crop - crop // 2
+            xc, yc = xp[:, top:top + crop, left:left + crop], yp[top:top + crop, left:left + crop]
+            if rng.random() < 0.5:
+                xc, yc = xc[:, :, ::-1], yc[:, ::-1]
+            if rng.random() < 0.5:
+                xc, yc = xc[:, ::-1], yc[::-1]
+            xs.append(np.ascontiguousarray(xc))
+            ys.append(np.ascontiguousarray(yc))
+        x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        logits = net(x)
+        loss = F.cross_entropy(logits, y, ignore_index=255) + dice(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    net.eval()
+    out = np.full((h, w), 255, dtype=np.uint8)
+    ids = np.asarray(class_ids, dtype=np.uint8)
+    with torch.inference_mode():
+        for top in range(0, h, crop):
+            for left in range(0, w, crop):
+                window = np.zeros((c, crop, crop), dtype=np.float32)
+                part = x_all[:, top:top + crop, left:left + crop]
+                window[:, :part.shape[1], :part.shape[2]] = part
+                pred = net(torch.from_numpy(window)[None]).argmax(1)[0].numpy()
+                out[top:top + crop, left:left + crop] = ids[pred[:part.shape[1], :part.shape[2]]]
+    out[~valid] = 255
+    return out, seconds
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def score(prediction: np.ndarray, case: Case) -> dict:
+    """mIoU over the classes present in the held-out truth, pixel accuracy, IoU per class."""
+    from geoseg_assets.ml.metrics import confusion_matrix, segmentation_metrics
+
+    ids = [c["id"] for c in case.classes]
+    names = [c["name"] for c in case.classes]
+    truth = case.truth[case.holdout_row:]
+    pred = prediction[case.holdout_row:]
+    unpredicted = int(((pred == 255) & (truth != 255)).sum())  # nodata in the prediction where truth is known
+    cm = confusion_matrix(np.where(pred == 255, 255, truth), pred, ids, ignore_id=255)
+    metrics = segmentation_metrics(cm, names)
+    return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "unpredicted": unpredicted,
+            "iou": {n: v["iou"] for n, v in metrics["per_class"].items()},
+            "support": {n: int(cm[i].sum()) for i, n in enumerate(names)}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=["spacenet", "synthetic_hard", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=240, help="optimizer steps of both trainers")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=15, help="pipeline epochs (steps / epochs crops batches each)")
+    parser.add_argument("--tile-size", type=int, default=128, help="pipeline tile grid (split granularity)")
+    parser.add_argument("--holdout", type=float, default=0.2, help="share of rows held out at the bottom")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--model", type=json.loads, default={}, help="ModelConfig overrides (JSON) of the pipeline")
+    parser.add_argument("--dataset", type=json.loads, default={}, help="DatasetConfig overrides (JSON)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--skip-plain", action="store_true", help="train the pipeline only (config experiments)")
+    args = parser.parse_args()
+    if args.steps % args.epochs:
+        parser.error(f"--steps {args.steps} must be a multiple of --epochs {args.epochs}")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "seed": args.seed,
+              "epochs": args.epochs, "samples": args.steps // args.epochs * args.batch_size,
+              "tile_size": args.tile_size, "model": args.model, "dataset": args.dataset}
+    print(f"pipeline overrides: model {args.model}, dataset {args.dataset}")
+    print(f"budget: {args.steps} optimizer steps x {args.batch_size} crops of {args.crop} px, seed {args.seed}, "
+          f"same Unet-resnet18; pipeline: {args.epochs} epochs x {budget['samples']} crops, tiles {args.tile_size} px; "
+          f"held out: bottom {args.holdout:.0%} of rows")
+    names = ["spacenet", "synthetic_hard"] if args.case == "all" else [args.case]
+    worse = []
+    for name in names:
+        work = Path(tempfile.mkdtemp(prefix=f"geoseg-bench-quality-{name}-"))
+        try:
+            case = (spacenet_case if name == "spacenet" else synthetic_hard_case)(work, args.holdout)
+            import rasterio
+            with rasterio.open(case.scene) as src:
+                res = abs(src.transform.a)
+            budget["block_size_m"] = 2 * args.tile_size * res  # blocks of 2 x 2 tiles
+            shares = np.bincount(case.truth[case.truth != 255], minlength=256)
+            shares = {c["name"]: round(float(shares[c["id"]] / shares.sum()), 3) for c in case.classes}
+            print(f"\n== {name}: {case.truth.shape[1]} x {case.truth.shape[0]} px, class shares {shares}, "
+                  f"held out rows {case.holdout_row}..{case.truth.shape[0]}")
+            pipe = run_pipeline(case, work, budget)
+            pipe_pred = rasterio.open(pipe["prediction"]).read(1)
+            results = {"pipeline": score(pipe_pred, case)}
+            plain_seconds = float("nan")
+            if not args.skip_plain:
+                plain_pred, plain_seconds = plain_script(pipe["scene"], pipe["mask"], [c["id"] for c in case.classes],
+                                                         budget)
+                results["plain script"] = score(plain_pred, case)
+            print(f"pipeline dataset tiles train/val/test {pipe['tiles']}, its test-split mIoU {pipe['test_miou']:.3f}; "
+                  f"training job {pipe['seconds']:.0f} s, plain script training {plain_seconds:.0f} s")
+            print(f"{'':14} {'mIoU (present)':>15} {'pixel acc':>10}  " + "  ".join(f"{c['name']:>10}" for c in case.classes))
+            for who, r in results.items():
+                print(f"{who:14} {r['miou']:15.3f} {r['pixel_accuracy']:10.3f}  " +
+                      "  ".join(f"{r['iou'][c['name']]:10.3f}" for c in case.classes))
+            support = results["pipeline"]["support"]
+            print(f"{'support px':14} {'':15} {'':10}  " + "  ".join(f"{support[c['name']]:10d}" for c in case.classes))
+            if "plain script" in results and results["pipeline"]["miou"] < results["plain script"]["miou"]:
+                worse.append(name)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                print(f"work folder kept: {work}")
+    print("\nresult: " + (f"the pipeline LOST on {worse}" if worse else "the pipeline's held-out mIoU >= the plain "
+                                                                         "script's on every case"))
+    return 1 if worse else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
