@@ -258,8 +258,9 @@ def plain_script(scene_path: Path, mask_path: Path, class_ids: list[int], budget
     c, h, w = x_all.shape
     crop, batch = budget["crop"], budget["batch_size"]
     rows, cols = np.nonzero(labelled)
-    # the same network as the pipeline's default ModelConfig
-    kwargs = train_config(ModelConfig(), "unused").model_kwargs
+    # the same network as the pipeline's ModelConfig (defaults + --model overrides)
+    net_fields = {k: v for k, v in budget["model"].items() if k == "encoder_depth"}  # the script is a Unet-resnet18
+    kwargs = train_config(ModelConfig(**net_fields), "unused").model_kwargs
     net = smp.Unet("resnet18", encoder_weights=None, in_channels=c, classes=len(class_ids), **kwargs)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=255)

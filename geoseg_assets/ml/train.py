@@ -60,7 +60,7 @@ class TrainConfig:
     crop: int | None = None  # train crop size in px (None = the tile size); crops may span neighbouring tiles
     samples_per_epoch: int | None = None  # train crops per epoch (None = one per train tile, at least 8 batches)
     crop_context: bool = False  # crops show val/test tiles' pixels (never their labels) instead of a blank
-    class_weighting: str = "none"  # CE class weights: none | inverse_sqrt | inverse (train frequency)
+    class_weighting: str = "inverse_sqrt"  # CE class weights: none | inverse_sqrt | inverse (train frequency)
     class_weight_cap: float | None = 10.0  # largest weight / smallest weight; None = uncapped
     norm: str = "batch"  # normalization layers: batch (smp's BatchNorm) | group (GroupNorm, for tiny batches)
     dice_weight: float = 1.0  # loss = CE + dice_weight * Dice
