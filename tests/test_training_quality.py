@@ -98,9 +98,10 @@ def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_pro
     whose seams lie elsewhere. Compared on the same pixels, so that only the window position differs:
     - at the blended grid's seams (away from plain tiling's), blending scores within 1 mIoU point of plain
       tiling, for which those pixels are window interiors: blending adds no seam of its own;
-    - control: at plain tiling's seams (away from the blended grid's), plain tiling scores at least half a point
-      below blending: the comparison sees a seam where there is one (measured on this machine's champion: blended
-      seams 0.9116 blended / 0.9113 plain; plain seams 0.8718 plain / 0.8834 blended).
+    - plain tiling's seams (away from the blended grid's) are reported, not asserted: the champion trained on whole
+      tiles lost 1.2 points there (0.8718 plain / 0.8834 blended), but since training crops span tile borders the
+      champion shows no such seam (within 16 px 0.8723 plain / 0.8748 blended; within 4 px 0.8587 / 0.8547;
+      blended seams 0.9201 blended / 0.9202 plain), so a control "plain tiling is worse at its seams" no longer holds.
     Predicted water polygons lie on the true lakes."""
     import geopandas as gpd
     import rasterio
@@ -149,5 +150,5 @@ def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_pro
     print("mIoU by (pixels, grid):", {f"{w} / {g}": round(v, 4) for (w, g), v in miou.items()},
           f"water polygon IoU {water_iou}")
     assert miou["blended seams", "blended"] >= miou["blended seams", "plain"] - 0.01, miou
-    assert miou["plain seams", "plain"] <= miou["plain seams", "blended"] - 0.005, miou  # the control sees seams
+    assert all(cms[key].sum() > 10_000 for key in cms), {k: int(v.sum()) for k, v in cms.items()}  # both pixel sets
     assert min(water_iou.values()) > 0.8
