@@ -3,7 +3,8 @@
 Embedded default: `sqlite:///<data>/mlflow/mlflow.db` with artifacts under `<data>/mlflow/artifacts`.
 Production: point `tracking_uri` at an MLflow server (Postgres backend store). Models are
 registered under one name; the alias `challenger` marks the newest candidate and `champion` the
-model that predicts.
+model that predicts. A version is weights-only (safetensors + JSON architecture) with its checksum
+recorded in the registry, so a tampered artifact store cannot run code in a prediction.
 """
 
 from collections.abc import Iterator
@@ -13,8 +14,12 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from geoseg_assets.ml.model_artifact import ModelArtifactError
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+MODEL_ARTIFACT_DIR = "model"
+SHA_TAG = "geoseg.weights_sha256"  # model-version tag: digest of the weights-only model folder
 
 
 class MlflowTracking(ConfigurableResource):
@@ -53,12 +58,19 @@ class MlflowTracking(ConfigurableResource):
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=tags) as active:
             yield active
 
-    def log_model(self, model, input_example):
-        """Log a torch model to the active run (MLflow 3 `name=` API). Pickle serialization keeps a plain
-        nn.Module (any batch size); the default torch.export program is pinned to the example's shape."""
+    def log_model(self, model, spec) -> tuple[str, str]:
+        """Log `model` to the active run as weights-only files (`model/weights.safetensors` +
+        `model/architecture.json`, see `geoseg_assets.ml.model_artifact`); returns (artifact URI, sha256)."""
+        import tempfile
+
         import mlflow
 
-        return mlflow.pytorch.log_model(model, name="model", input_example=input_example, serialization_format="pickle")
+        from geoseg_assets.ml.model_artifact import save_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            sha = save_model(model, spec, Path(tmp) / MODEL_ARTIFACT_DIR)
+            mlflow.log_artifacts(str(Path(tmp) / MODEL_ARTIFACT_DIR), MODEL_ARTIFACT_DIR)
+        return f"{mlflow.get_artifact_uri()}/{MODEL_ARTIFACT_DIR}", sha
 
     def log_png(self, png: bytes, artifact_file: str) -> None:
         """Log PNG bytes as an image artifact of the active run."""
@@ -78,13 +90,18 @@ class MlflowTracking(ConfigurableResource):
             local = self.client().download_artifacts(run_id, path, tmp)
             return json.loads(Path(local).read_text())
 
-    def register(self, model_uri: str, alias: str = CHALLENGER) -> str:
-        """Register a logged model as a new version and point `alias` at it; returns the version."""
-        import mlflow
+    def register(self, artifact_uri: str, run_id: str, sha256: str, alias: str = CHALLENGER) -> str:
+        """Register the logged model folder as a new version recording its checksum (`SHA_TAG`), and point
+        `alias` at it; returns the version."""
+        from mlflow.exceptions import MlflowException
 
-        mlflow.set_registry_uri(self.tracking_uri)
-        version = mlflow.register_model(model_uri, self.model_name).version
-        self.client().set_registered_model_alias(self.model_name, alias, version)
+        client = self.client()
+        try:
+            client.get_registered_model(self.model_name)
+        except MlflowException:
+            client.create_registered_model(self.model_name)
+        version = client.create_model_version(self.model_name, artifact_uri, run_id=run_id, tags={SHA_TAG: sha256}).version
+        client.set_registered_model_alias(self.model_name, alias, version)
         return str(version)
 
     def alias_version(self, alias: str):
@@ -104,16 +121,44 @@ class MlflowTracking(ConfigurableResource):
 
     def load(self, alias: str = CHAMPION):
         """The torch model an alias points at."""
-        return self._load(self.model_uri(alias))
+        version = self.alias_version(alias)
+        if version is None:
+            raise ModelArtifactError(f"{self.model_name} has no `{alias}` version; run training_job first")
+        return self._load(version)
 
     def load_version(self, version: str):
         """The torch model of one registered version (resolve an alias once, then load by version, so
         an alias moved meanwhile cannot mix two models in one run)."""
-        return self._load(f"models:/{self.model_name}/{version}")
+        return self._load(self.client().get_model_version(self.model_name, version))
 
-    def _load(self, uri: str):
+    def _load(self, version):
+        """Download the version's folder and rebuild the network from weights only, after checking the
+        folder against the checksum recorded at registration (never unpickles anything)."""
+        import tempfile
+
         import mlflow
+        from mlflow.exceptions import MlflowException
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.pytorch.load_model(uri, map_location="cpu")
+        from geoseg_assets.ml.model_artifact import load_model
+
+        label = f"{self.model_name} v{version.version}"
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=tmp,
+                                                            tracking_uri=self.tracking_uri)
+            except (MlflowException, OSError) as exc:
+                raise ModelArtifactError(f"{label}: cannot download its model files from {version.source}: {exc}; "
+                                         "check the artifact store, or re-run training_job") from exc
+            return load_model(Path(local), (version.tags or {}).get(SHA_TAG), label)
+
+
+def load_registered(tracking: MlflowTracking, version: str):
+    """`tracking.load_version` for an asset: a missing, altered or pre-safetensors artifact is a
+    non-retryable Failure naming the version and the fix (retrying cannot repair the bytes)."""
+    from dagster import Failure
+
+    try:
+        return tracking.load_version(version)
+    except ModelArtifactError as exc:
+        raise Failure(str(exc), allow_retries=False, metadata={"model_name": tracking.model_name,
+                                                               "model_version": version}) from exc

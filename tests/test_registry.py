@@ -1,18 +1,21 @@
-"""MLflow registry through MlflowTracking (real local SQLite store): champion/challenger promotion
-and loading back by alias."""
+"""MLflow registry through MlflowTracking (real local SQLite store): champion/challenger promotion,
+loading back by alias, and weights-only artifacts that refuse tampering."""
 
-import numpy as np
 import pytest
 import torch
 
+from geoseg_assets.ml.model_artifact import ModelSpec
+from geoseg_assets.ml.models import build_model
 from geoseg_assets.ml.promotion import check_floor, comparable_scores, decide_promotion
 from geoseg_assets.monitoring.model_quality import version_history
 from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking
 
+SPEC = ModelSpec("unet", "resnet18", 4, 3, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]})
+
 
 def tiny_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(4, 3, 3, padding=1)).eval()
+    return build_model(SPEC.architecture, SPEC.encoder, SPEC.in_channels, SPEC.num_classes, **SPEC.model_kwargs).eval()
 
 
 def log_and_register(tracking, model, score, all_classes=None):
@@ -20,13 +23,12 @@ def log_and_register(tracking, model, score, all_classes=None):
     evaluated before that figure existed)."""
     import mlflow
 
-    example = np.zeros((1, 4, 8, 8), dtype=np.float32)
     with tracking.run("test", {"geoseg.dataset_version": "abc.dir"}) as run:
         mlflow.log_metric("test_miou", score)
         if all_classes is not None:
             mlflow.log_metric("test_miou_all_classes", all_classes)
-        info = tracking.log_model(model, example)
-    return run.info.run_id, tracking.register(info.model_uri, CHALLENGER)
+        uri, sha = tracking.log_model(model, SPEC)
+    return run.info.run_id, tracking.register(uri, run.info.run_id, sha, CHALLENGER)
 
 
 def promote(tracking, version, score, margin=0.01):
@@ -56,7 +58,7 @@ def test_first_model_is_champion_worse_is_not_better_is(tmp_path):
     assert str(tracking.alias_version(CHAMPION).version) == v3
 
     loaded = tracking.load(CHAMPION)
-    x = torch.randn(2, 4, 8, 8)
+    x = torch.randn(2, 4, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), third(x))
     assert tracking.client().get_run(run1).data.tags["geoseg.dataset_version"] == "abc.dir"
@@ -107,3 +109,93 @@ def test_version_history_says_which_miou_each_version_recorded(tmp_path):
     history = version_history(tracking.client(), tracking.model_name, champion_version=new)
     assert [(h["version"], h["test_miou"], h["test_miou_all_classes"], h["champion"]) for h in history] == [
         (old, None, 0.194, False), (new, 0.258, 0.194, True)]
+
+
+# ---- weights-only artifacts: tampering is refused, nothing is unpickled -----------------------------
+
+
+def registered_folder(tracking, version: str):
+    """The local folder of a registered version's model files (the file-based artifact store)."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    source = tracking.client().get_model_version(tracking.model_name, version).source
+    return Path(urlparse(source).path)
+
+
+@pytest.fixture
+def registered(tmp_path):
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "artifacts"))
+    _, version = log_and_register(tracking, tiny_model(0), 0.8)
+    return tracking, version
+
+
+def test_a_registered_model_is_weights_and_json_only_with_its_checksum_in_the_registry(registered):
+    import hashlib
+
+    tracking, version = registered
+    folder = registered_folder(tracking, version)
+    assert sorted(p.name for p in folder.iterdir()) == ["architecture.json", "weights.safetensors"]
+    assert b"PK" not in (folder / "weights.safetensors").read_bytes()[:4]  # not a torch zip/pickle archive
+    recorded = tracking.client().get_model_version(tracking.model_name, version).tags["geoseg.weights_sha256"]
+    digest = hashlib.sha256()
+    for name in ("weights.safetensors", "architecture.json"):
+        digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    assert recorded == digest.hexdigest()
+
+
+def test_altered_weights_are_refused_naming_the_version_and_the_fix(registered):
+    import dagster as dg
+
+    from resources.mlflow_tracking import load_registered
+
+    tracking, version = registered
+    weights = registered_folder(tracking, version) / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one bit of one tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(dg.Failure) as failure:
+        load_registered(tracking, version)
+    message = str(failure.value)
+    assert f"geoseg-segmenter v{version}" in message and "altered after registration" in message
+    assert "re-run training_job" in message and failure.value.allow_retries is False
+
+
+def test_a_pickle_planted_as_the_weights_is_never_executed(registered, tmp_path):
+    """An attacker who can write the artifact store replaces the weights by a pickle whose loading runs
+    code; the checksum refuses it, and even with a matching checksum safetensors would not unpickle it."""
+    import pickle
+
+    from geoseg_assets.ml import model_artifact
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    tracking, version = registered
+    folder = registered_folder(tracking, version)
+    (folder / "weights.safetensors").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(model_artifact.ModelArtifactError, match="altered after registration"):
+        tracking.load_version(version)
+    forged = model_artifact.folder_sha256(folder)  # the attacker also rewrote the registry's tag
+    with pytest.raises(model_artifact.ModelArtifactError, match="unreadable model files"):
+        model_artifact.load_model(folder, forged, "forged")
+    assert not marker.exists()
+
+
+def test_a_version_registered_without_a_checksum_is_refused_with_the_fix(registered):
+    tracking, version = registered
+    tracking.client().delete_model_version_tag(tracking.model_name, version, "geoseg.weights_sha256")
+    with pytest.raises(ValueError, match=f"v{version}: the registry records no weights checksum.*re-run training_job"):
+        tracking.load_version(version)
+
+
+def test_deleted_model_files_are_a_clear_error(registered):
+    import shutil
+
+    tracking, version = registered
+    shutil.rmtree(registered_folder(tracking, version))
+    with pytest.raises(ValueError, match=f"v{version}: "):
+        tracking.load_version(version)

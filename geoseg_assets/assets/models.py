@@ -11,7 +11,7 @@ from geoseg_assets import metadata as md
 from geoseg_assets.assets.datasets import DVC_STAGE, dataset
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
-from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking
+from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking, load_registered
 
 HEAVY = {"geoseg/heavy": "true"}  # dagster.yaml lets one heavy run at a time
 PREPROCESSING_FILE = "preprocessing.json"
@@ -141,6 +141,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
     import torch
 
     from geoseg_assets.ml.data import load_manifest
+    from geoseg_assets.ml.model_artifact import ModelSpec
     from geoseg_assets.ml.models import build_model
     from geoseg_assets.ml.plots import curves_png
     from geoseg_assets.ml.train import train
@@ -194,10 +195,11 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
         png = curves_png(result.history)
         mlflow_tracking.log_png(png, "curves.png")
         mlflow.log_metric("best_val_miou", result.best_miou)
-        info = mlflow_tracking.log_model(net, np.zeros((1, channels, h, w), dtype=np.float32))
+        spec = ModelSpec(best["architecture"], best["encoder"], channels, best["num_classes"], best["model_kwargs"])
+        model_uri, weights_sha = mlflow_tracking.log_model(net, spec)
         onnx_diff = log_onnx_export(context, net, channels, (h, w), data_store) if config.export_onnx else None
-        version = mlflow_tracking.register(info.model_uri, CHALLENGER)
         run_id = run.info.run_id
+        version = mlflow_tracking.register(model_uri, run_id, weights_sha, CHALLENGER)
     context.log.info(f"registered {mlflow_tracking.model_name} v{version} as {CHALLENGER} (best val mIoU {result.best_miou:.4f})")
     return dg.MaterializeResult(
         metadata={
@@ -205,6 +207,7 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
             "mlflow_tracking_uri": mlflow_tracking.tracking_uri,
             "model_name": mlflow_tracking.model_name,
             "model_version": version,
+            "weights_sha256": weights_sha,
             "best_val_miou": dg.MetadataValue.float(float(result.best_miou)),
             "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else "none",
@@ -261,7 +264,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
                          allow_retries=False)
     client = mlflow_tracking.client()
     preprocessing = mlflow_tracking.read_json_artifact(challenger.run_id, PREPROCESSING_FILE)
-    net = mlflow_tracking.load(CHALLENGER)
+    net = load_registered(mlflow_tracking, str(challenger.version))
     report = evaluate_split(net, data_store.partition_dir("dataset"), "test", preprocessing["indices"], config.gallery_tiles)
     test_miou, test_miou_all = report.metrics["miou"], report.metrics["miou_all_classes"]
 

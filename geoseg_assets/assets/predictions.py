@@ -21,7 +21,7 @@ from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.label_store import ClassMapResource
-from resources.mlflow_tracking import CHAMPION, MlflowTracking
+from resources.mlflow_tracking import CHAMPION, MlflowTracking, load_registered
 
 CLASSES_FILE = "classes.tif"
 PROBABILITIES_FILE = "probabilities.tif"
@@ -81,7 +81,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         raise dg.Failure(description=describe(str(scene_path), issues), allow_retries=False, metadata={
             "file": str(scene_path), "model_version": str(champion.version),
             "integrity_issues": [i.to_dict() for i in issues]})
-    net = mlflow_tracking.load_version(str(champion.version))
+    net = load_registered(mlflow_tracking, str(champion.version))
     normalizer = Normalizer.from_dict(preprocessing)
     classes = model_class_map(preprocessing, resolve_class_map(class_map, dims["region"]))
     try:
