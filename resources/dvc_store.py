@@ -20,6 +20,7 @@ Layout, and why (checked against dvc 3.67.1):
 """
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ def _is_url(remote: str) -> bool:
 def _hint(args: list[str], stderr: str) -> str:
     """How to fix a failed dvc call, from the known error texts first, then by sub-command."""
     text = stderr.lower()
+    corrupted = sorted(set(re.findall(r"corrupted cache file '([^']+)'", stderr)))
+    if corrupted:
+        names = ", ".join(Path(c).parent.name + Path(c).name for c in corrupted[:3])
+        return (f"the remote holds {len(corrupted)} object(s) whose bytes do not match their hash (md5 {names}"
+                f"{', ...' if len(corrupted) > 3 else ''}); DVC verified them, dropped them from the cache and "
+                "checked nothing out. Push the dataset again from a clone with good data (`dvc push`), or rebuild "
+                "it and commit the new dvc.lock")
     if "unable to acquire lock" in text:
         return "another dvc process holds the repo lock; wait for it, or delete .dvc/tmp/lock if none is running"
     if "unsaved files" in text or "use `--force`" in text:
@@ -136,9 +144,14 @@ class DvcStore(ConfigurableResource):
             self._dvc("config", "--project", "core.analytics", "false")
         if project.get("cache.type") != self.cache_type:
             self._dvc("config", "--project", "cache.type", self.cache_type)
+        if project.get(f"remote.{self.remote_name}.verify") != "true" and f"remote.{self.remote_name}.url" in project:
+            # re-hash every pulled object against dvc.lock: a corrupted remote object fails the pull instead
+            # of poisoning the cache under the good hash
+            self._dvc("remote", "modify", "--project", self.remote_name, "verify", "true")
         if f"remote.{self.remote_name}.url" not in project:
             self._check_local_remote(root / DEFAULT_REMOTE)
             self._dvc("remote", "add", "--project", "--default", "--force", self.remote_name, DEFAULT_REMOTE)
+            self._dvc("remote", "modify", "--project", self.remote_name, "verify", "true")
         if self.remote_url is not None:
             remote = self.remote_url if _is_url(self.remote_url) else str(Path(self.remote_url).expanduser().resolve())
             if not _is_url(remote):
@@ -188,7 +201,7 @@ class DvcStore(ConfigurableResource):
         if self.version(stage) is None:
             raise DvcError(f"{self._root() / 'dvc.lock'} records no version of {stage!r}; build and commit it first, "
                            "or `git pull` the commit that has it")
-        self._dvc("pull", *(["--force"] if force else []), stage)
+        self._dvc("pull", "--verbose", *(["--force"] if force else []), stage)  # verbose: names corrupted objects
         return self.stage_out(stage)
 
     def commit_of_code(self) -> str:
@@ -202,8 +215,12 @@ class DvcStore(ConfigurableResource):
         except DvcError:
             return None
 
+    def lock_path(self) -> Path:
+        """dvc.lock: the record of each stage's output hash (committed to git)."""
+        return self._root() / "dvc.lock"
+
     def _read_version(self, stage: str) -> DvcVersion:
-        lock = self._root() / "dvc.lock"
+        lock = self.lock_path()
         try:
             (out,) = yaml.safe_load(lock.read_text())["stages"][stage]["outs"]
             return DvcVersion(md5=out["md5"], pointer=lock, size=out.get("size"), nfiles=out.get("nfiles"))

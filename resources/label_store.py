@@ -160,6 +160,37 @@ def filter_valid_on(frame: gpd.GeoDataFrame, date: str | None, statuses) -> gpd.
     return frame[keep].reset_index(drop=True)
 
 
+def geopackage_layers(path: Path, verify: bool = False) -> list[str]:
+    """The layers of a GeoPackage; LabelError naming the file and the fix when it is not one or (with
+    `verify`, SQLite's integrity check, run before every write) it is damaged, so no write replaces it."""
+    import sqlite3
+
+    fix = (f"restore {path.name} from a backup (or re-import every region into a new file); the damaged file "
+           "was left as it is")
+    if not verify:
+        try:
+            return [str(name) for name, _ in pyogrio.list_layers(path)]
+        except Exception as exc:  # pyogrio raises DataSourceError and friends
+            raise LabelError(path, f"cannot be read as a GeoPackage ({exc})", fix) from exc
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\0":
+                raise LabelError(path, "is not a GeoPackage (no SQLite header)", fix)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise LabelError(path, f"cannot be read as a GeoPackage ({exc})", fix) from exc
+    if check != "ok":
+        raise LabelError(path, f"is damaged (SQLite integrity check: {check})", fix)
+    if "gpkg_contents" not in tables:
+        raise LabelError(path, "is an SQLite file without GeoPackage tables", fix)
+    return geopackage_layers(path)
+
+
 class GeoPackageLabelStore(LabelStore):
     """Labels in one GeoPackage file, a layer per region (in that region's scene CRS).
 
@@ -172,7 +203,7 @@ class GeoPackageLabelStore(LabelStore):
     def _layers(self) -> list[str]:
         if not Path(self.path).exists():
             return []
-        return [str(name) for name, _ in pyogrio.list_layers(self.path)]
+        return geopackage_layers(Path(self.path))
 
     def regions(self) -> list[str]:
         return sorted(self._layers())
@@ -230,11 +261,17 @@ class GeoPackageLabelStore(LabelStore):
         os.close(fd)
         os.unlink(tmp)
         try:
+            # LabelError if the store is damaged: never rewrite what cannot be read whole
+            before = set(geopackage_layers(target, verify=True)) if target.exists() else set()
             if target.exists():
                 import shutil
 
                 shutil.copy2(target, tmp)
             frame.to_file(tmp, layer=region, driver="GPKG", SPATIAL_INDEX="YES")
+            lost = before - set(geopackage_layers(Path(tmp)))
+            if lost:
+                raise LabelError(target, f"writing region {region!r} would drop the regions {sorted(lost)}",
+                                 "nothing was changed; check the GeoPackage with `ogrinfo` and report this")
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 from geoseg_assets.geo.errors import SceneError
-from geoseg_assets.geo.scene_io import SceneSpec, check_nodata_fits, sha256_file
+from geoseg_assets.geo.scene_io import SceneSpec, check_landed_file, check_nodata_fits, sha256_file
 from geoseg_assets.geo import synthetic
 from resources.data_store import UnsafePartitionKeyError, check_partition_value
 
@@ -117,6 +117,11 @@ class SceneSource(ConfigurableResource):
         "file's own. None: the file's nodata, else constant fill connected to the border is detected.",
     )
 
+    max_scene_pixels: int = Field(
+        default=1_000_000_000, gt=0,
+        description="Largest output grid (width x height) a scene may have, checked before any pixel is read.",
+    )
+
     def spec_for(self, region: str) -> SceneSpec:
         """The region's product spec: its own declaration if it has one, else the source default."""
         return self.region_spec(region) or declared_spec(
@@ -134,12 +139,12 @@ class SceneSource(ConfigurableResource):
 
     def scene_spec(self, ref: SceneRef) -> SceneSpec:
         """The spec one scene is written with: the region's, whose declared nodata wins over the one the
-        scene's metadata (a STAC item) declares, which wins over the source default."""
+        scene's metadata (a STAC item) declares, which wins over the source default; `max_scene_pixels`."""
         region = self.region_spec(ref.region)
         spec = region or self.spec_for(ref.region)
-        if ref.nodata is None or (region is not None and region.nodata is not None):
-            return spec
-        return declared_spec(spec, ref.nodata, ref.nodata_declared_in)
+        if ref.nodata is not None and (region is None or region.nodata is None):
+            spec = declared_spec(spec, ref.nodata, ref.nodata_declared_in)
+        return replace(spec, max_pixels=self.max_scene_pixels)
 
     def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
         raise NotImplementedError
@@ -194,44 +199,77 @@ class LandingFolderSource(SceneSource):
                 self._scan_date_dir(result, region, date_dir, digest_cache)
         return result
 
-    @staticmethod
-    def _scan_date_dir(result: ScanResult, region: str, date_dir: Path, digest_cache: dict[str, list] | None) -> None:
-        """Add one date folder's scene to `result`, or a problem naming the folder and the fix (never raises),
-        so one misnamed or unreadable folder never stops the scan of the others."""
+    def _scan_date_dir(self, result: ScanResult, region: str, date_dir: Path, digest_cache: dict[str, list] | None) -> None:
+        """Add one date folder's scene to `result`, or a problem naming the folder or file and the fix (never
+        raises), so one misnamed, unreadable or hostile file never stops the scan of the others."""
         try:
             date = check_date(date_dir.name)
         except ValueError as exc:
             result.problems.append(f"{date_dir}: skipped, {exc}; name date folders like 2024-06-01")
             return
         try:
-            files = sorted(
-                str(p) for p in date_dir.iterdir()
-                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
-            )
+            files = self._landed_files(date_dir)
             if files:
                 result.refs.append(_ref(region, date, files, digest_cache))
+        except SceneError as exc:  # one bad file: the date folder waits until it is fixed (a mosaic needs all)
+            result.problems.append(f"{date_dir}: skipped, {exc}")
         except OSError as exc:  # unreadable, or removed while scanning
             result.problems.append(f"{date_dir}: skipped, cannot read its files ({exc}); make them readable")
 
+    def _landed_files(self, date_dir: Path) -> list[str]:
+        """The scene files of a date folder, each a local GeoTIFF inside the landing root (a symlink out of
+        it, a VRT or any non-TIFF content raises SceneError naming the file and the fix)."""
+        root = Path(self.root).resolve()
+        files = []
+        for p in sorted(date_dir.iterdir()):
+            if p.name.startswith(".") or p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
+                continue
+            if not p.resolve().is_relative_to(root):
+                raise SceneError(p, f"links to {p.resolve()}, outside the landing folder {root}",
+                                 "copy the file into the landing folder instead of linking to it")
+            check_landed_file(str(p))
+            files.append(str(p))
+        return files
+
     def fetch(self, region: str, date: str) -> SceneRef:
         date_dir = Path(self.root) / check_partition_value(region, "region") / check_date(date)
-        files = sorted(str(p) for p in date_dir.glob("*") if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith("."))
+        files = self._landed_files(date_dir) if date_dir.is_dir() else []
         if not files:
             raise FileNotFoundError(f"{date_dir}: no .tif scene for region={region!r} date={date!r}; land one there")
         return _ref(region, date, files, None)
 
 
+RASTER_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
 def read_region_json(path: Path) -> SceneSpec:
-    """The product a region.json declares; SceneError naming the file and the fix when it cannot be used."""
+    """The product a region.json declares, validated as a `RegionSpec` (band names a list of distinct
+    strings, a known dtype, a numeric nodata, no unknown keys); SceneError naming the file and the fix."""
+    from pydantic import ValidationError
+
     example = '{"band_names": ["SWIR1", "NIR", "R", "G"], "dtype": "uint8", "nodata": 0}'
+    fix = f"write it as a JSON object, e.g. {example}"
     try:
         data = json.loads(path.read_text())
     except ValueError as exc:
-        raise SceneError(path, f"is not valid JSON ({exc})", f"write it as a JSON object, e.g. {example}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("band_names"), list):
-        raise SceneError(path, "declares no `band_names` list", f"write it as a JSON object, e.g. {example}")
-    spec = SceneSpec(band_names=tuple(data["band_names"]), dtype=data.get("dtype"))
-    return declared_spec(spec, data.get("nodata"), str(path))
+        raise SceneError(path, f"is not valid JSON ({exc})", fix) from exc
+    except OSError as exc:
+        raise SceneError(path, f"cannot be read ({exc.strerror or exc})", "make it readable") from exc
+    if not isinstance(data, dict):
+        raise SceneError(path, f"holds a JSON {type(data).__name__}, not an object", fix)
+    unknown = sorted(set(data) - set(RegionSpec.model_fields))
+    if unknown:
+        raise SceneError(path, f"has unknown key(s) {unknown} (known: {sorted(RegionSpec.model_fields)})", fix)
+    try:
+        spec = RegionSpec.model_validate(data, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(f"`{'.'.join(str(x) for x in e['loc'])}`: {e['msg']}" for e in exc.errors())
+        raise SceneError(path, f"declares an unusable product ({problems})", fix) from exc
+    if not spec.band_names or any(not n.strip() for n in spec.band_names) or len(set(spec.band_names)) < len(spec.band_names):
+        raise SceneError(path, f"`band_names` {spec.band_names} must be distinct, non-empty names", fix)
+    if spec.dtype is not None and spec.dtype not in RASTER_DTYPES:
+        raise SceneError(path, f"`dtype` {spec.dtype!r} is not one of {list(RASTER_DTYPES)}", fix)
+    return declared_spec(SceneSpec(band_names=tuple(spec.band_names), dtype=spec.dtype), spec.nodata, str(path))
 
 
 class StacCatalogSource(SceneSource):
@@ -288,6 +326,7 @@ class StacCatalogSource(SceneSource):
                     raise ValueError("has no datetime")
                 if href is None or not Path(href).is_file():
                     raise ValueError(f"has no readable local GeoTIFF asset (href {href!r})")
+                check_landed_file(href)  # SceneError (a ValueError) for a VRT or other non-TIFF content
             except ValueError as exc:
                 result.problems.append(f"{where}: skipped, {exc}")
                 continue

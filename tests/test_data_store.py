@@ -32,3 +32,26 @@ def test_atomic_write_replaces_only_on_success(store):
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"good"
     assert [p.name for p in target.parent.iterdir()] == ["scene.json"]  # no temp file left behind
+
+
+def test_publishing_replaces_every_output_together_or_none(tmp_path):
+    import pytest
+
+    from resources.data_store import DataStore
+
+    store = DataStore(root=str(tmp_path))
+    a, b = tmp_path / "x" / "a.bin", tmp_path / "x" / "b.png"
+    with store.publishing() as outputs:
+        outputs.write_bytes(a, b"a1")
+        outputs.write_bytes(b, b"b1")
+    with pytest.raises(RuntimeError, match="preview failed"):
+        with store.publishing() as outputs:
+            outputs.write_bytes(a, b"a2")
+            raise RuntimeError("preview failed")
+    assert (a.read_bytes(), b.read_bytes()) == (b"a1", b"b1")
+    assert sorted(p.name for p in a.parent.iterdir()) == ["a.bin", "b.png"]
+    with store.publishing() as outputs:
+        outputs.write_bytes(a, b"a3")
+        outputs.write_bytes(b, b"b3")
+    assert (a.read_bytes(), b.read_bytes()) == (b"a3", b"b3")
+    assert sorted(p.name for p in a.parent.iterdir()) == ["a.bin", "b.png"]

@@ -131,3 +131,27 @@ def test_dataset_outside_the_dvc_stage_out_fails_clearly(project, tmp_path):
     assert not result.success
     failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
     assert "dvc.yaml" in failure.event_specific_data.error.message and "version_with_dvc" in failure.event_specific_data.error.message
+
+
+def test_a_failed_dvc_push_keeps_the_earlier_dataset_and_dvc_lock_byte_identical(project, tmp_path):
+    """A new dataset replaces the old one only with its version recorded and pushed: when `dvc push` fails
+    (a remote whose `files` entry is a file, not a folder), the old folder and dvc.lock come back unchanged,
+    so the next model cannot record a version whose bytes are not the ones on disk."""
+    repo, _, instance, resources = project
+    build(project)
+    before, lock = digests(repo / "data/store/dataset"), (repo / "dvc.lock").read_bytes()
+    broken = tmp_path / "broken-remote"
+    broken.mkdir()
+    (broken / "files").write_text("not a folder")
+    job = build_defs({**resources, "dvc": DvcStore(repo_dir=str(repo), remote_url=str(broken))}).resolve_job_def(
+        "dataset_job")
+    result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                    run_config=dg.RunConfig(ops={"dataset": {"config": {"seed": 7}}}))
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
+    message = failure.event_specific_data.error.message
+    assert "push" in message and "were kept as they were" in message and str(repo / "dvc.lock") in message
+    assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert digests(repo / "data/store/dataset") == before and (repo / "dvc.lock").read_bytes() == lock
+    assert not [p.name for p in (repo / "data/store").iterdir() if p.name.startswith(".dataset")]
+    assert not list((repo / "data/store/.tmp").glob("dataset-*")), "the aside build was left behind"

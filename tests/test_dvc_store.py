@@ -165,3 +165,29 @@ def test_pull_from_a_remote_without_the_data_fails_with_command_and_fix(tracked,
     message = str(err.value)
     assert "dvc pull" in message and "exit code" in message and "remote_url" in message
     assert "empty-remote" in (repo / ".dvc" / "config.local").read_text()
+
+
+def test_a_corrupted_remote_object_fails_the_pull_clearly_and_never_poisons_the_cache(tracked, tmp_path):
+    """One object in the remote rewritten with other bytes (bit rot, a bad sync): the pull re-hashes it,
+    fails naming the object and the fix, and neither the cache nor the workspace holds the bad bytes; even
+    plain `dvc pull` in a clone verifies, since the committed config turns `verify` on."""
+    store, repo, version = tracked
+    good = (repo / DATASET / "manifest.json").read_bytes()
+    md5 = hashlib.md5(good).hexdigest()
+    remote_object = tmp_path / "remote" / "files" / "md5" / md5[:2] / md5[2:]
+    assert remote_object.is_file()
+    remote_object.write_bytes(b'{"tiles": 4, "seed": 666}')
+    shutil.rmtree(repo / DATASET)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    with pytest.raises(DvcError) as failed:
+        store.pull("dataset")
+    message = str(failed.value)
+    assert "do not match their hash" in message and md5 in message and "dvc push" in message
+    cached = repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    assert not cached.exists(), "the corrupted bytes entered the cache under the good hash"
+    assert not (repo / DATASET / "manifest.json").exists()
+    assert "verify = true" in (repo / ".dvc" / "config").read_text()
+
+    remote_object.write_bytes(good)  # repaired remote: the same call now restores the exact bytes
+    store.pull("dataset")
+    assert (repo / DATASET / "manifest.json").read_bytes() == good

@@ -1,6 +1,8 @@
 """`dataset`: labelled tiles of every partition, split by spatial block, sharded and versioned with DVC."""
 
 import json
+import shutil
+from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
@@ -8,7 +10,7 @@ from pydantic import Field
 
 from geoseg_assets import metadata as md
 from geoseg_assets.assets.masks import MASK_FILE, masks, resolve_class_map
-from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, fail_on_bad_input
+from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE
 from geoseg_assets.assets.tiles import TILES_FILE, tiles
 from geoseg_assets.geo.dataset import DatasetError, PartitionInput, build_dataset
 from geoseg_assets.geo.synthetic import BAND_NAMES
@@ -78,9 +80,12 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
     if any(m != first for m in maps.values()):
         raise dg.Failure(f"regions {sorted(maps)} use different class maps; build one dataset per class map "
                          "(set `regions`)", allow_retries=False)
+    # Versioned with DVC, the new folder is built aside and replaces the old one only while `dvc commit` +
+    # `dvc push` run; if either fails, the old folder and dvc.lock come back, so bytes and record stay in step.
+    build_dir = data_store.tmp_dir() / f"dataset-{context.run.run_id[:8]}" if config.version_with_dvc else out_dir
     try:
         summary = build_dataset(
-            parts, out_dir, {c.name: c.id for c in first.classes}, config.band_names, seed=config.seed,
+            parts, build_dir, {c.name: c.id for c in first.classes}, config.band_names, seed=config.seed,
             fractions=config.fractions, block_size_m=config.block_size_m,
             min_labelled_fraction=config.min_labelled_fraction, tiles_per_shard=config.tiles_per_shard,
             ignore_id=first.ignore_id,
@@ -90,15 +95,19 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
     version = None
     if config.version_with_dvc:
         try:
-            version = dvc.commit(DVC_STAGE).md5
+            with data_store.provisional_dir(out_dir, build_dir, keep=(dvc.lock_path(),)):
+                version = dvc.commit(DVC_STAGE).md5
         except DvcError as exc:
-            raise fail_on_bad_input(exc) from exc
+            raise dg.Failure(f"{exc}; the earlier dataset at {out_dir} and {dvc.lock_path()} were kept as they were",
+                             allow_retries=False, metadata={"error": str(exc), "kept": str(out_dir)}) from exc
+        finally:
+            shutil.rmtree(build_dir, ignore_errors=True)
         context.log.info(f"dataset version {version} committed to dvc.lock and pushed; commit dvc.lock to git")
     counts = summary.tile_counts
     return dg.MaterializeResult(
         metadata={
             "path": md.path(out_dir),
-            "manifest": md.path(summary.manifest_path),
+            "manifest": md.path(out_dir / Path(summary.manifest_path).name),
             "dataset_version": version or "not versioned (dvc repro commits it)",
             "tiles_train": counts["train"], "tiles_val": counts["val"], "tiles_test": counts["test"],
             "blocks": summary.block_counts,

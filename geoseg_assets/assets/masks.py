@@ -51,11 +51,12 @@ def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store:
     fingerprint = label_store.fingerprint(dims["region"])
     if len(labels) == 0:
         context.log.warning(f"region {dims['region']!r} has no valid labels for {dims['date']}: the mask is all ignore")
-    summary = write_mask_cog(str(scene_path), labels, classes, str(mask_path), tmp_dir=str(data_store.tmp_dir()))
-
-    quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
-    png = png_bytes(overlay_image(quicklook, str(mask_path), classes))
-    overlay_path = data_store.write_bytes(data_store.path("masks", dims, OVERLAY_FILE), png)
+    with data_store.publishing() as outputs:  # the mask and its overlay replace the old ones together, or neither
+        staged_mask = str(outputs.path(mask_path))
+        summary = write_mask_cog(str(scene_path), labels, classes, staged_mask, tmp_dir=str(data_store.tmp_dir()))
+        quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
+        png = png_bytes(overlay_image(quicklook, staged_mask, classes))
+        overlay_path = outputs.write_bytes(data_store.path("masks", dims, OVERLAY_FILE), png)
     total = summary.width * summary.height
     labelled = sum(summary.class_pixels.values())
     return dg.MaterializeResult(

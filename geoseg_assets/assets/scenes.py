@@ -2,7 +2,7 @@
 
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 from pydantic import Field
@@ -68,28 +68,29 @@ def scenes(
         raise fail_on_bad_input(exc, partition_key=str(context.partition_key)) from exc
     try:
         ref = scene_source.fetch(dims["region"], dims["date"])
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SceneError) as exc:
         raise fail_on_bad_input(exc) from exc
     context.log.info(f"reading {len(ref.paths)} file(s): {', '.join(ref.paths)}")
-    try:
-        summary = write_scene_cog(
-            list(ref.paths),
-            str(cog_path),
-            scene_source.scene_spec(ref),
-            target_crs=config.target_crs,
-            target_resolution=config.target_resolution,
-            resampling=config.resampling,
-            tmp_dir=str(data_store.tmp_dir()),
-        )
-    except SceneError as exc:
-        raise fail_on_bad_input(exc) from exc
-
-    image, _ = quicklook_image(str(cog_path), summary.band_names, max_side=512)
-    png = png_bytes(image)
-    quicklook_path = data_store.write_bytes(data_store.path("scenes", dims, QUICKLOOK_FILE), png)
-    record = {**asdict(summary), "source_paths": list(ref.paths), "source_sha256": list(ref.sha256),
-              "fingerprint": ref.fingerprint}
-    data_store.write_bytes(data_store.path("scenes", dims, SUMMARY_FILE), json.dumps(record, indent=2).encode())
+    with data_store.publishing() as outputs:  # COG, quicklook and record replace the old ones together, or none
+        try:
+            summary = write_scene_cog(
+                list(ref.paths),
+                str(outputs.path(cog_path)),
+                scene_source.scene_spec(ref),
+                target_crs=config.target_crs,
+                target_resolution=config.target_resolution,
+                resampling=config.resampling,
+                tmp_dir=str(data_store.tmp_dir()),
+            )
+        except SceneError as exc:
+            raise fail_on_bad_input(exc) from exc
+        summary = replace(summary, path=str(cog_path))
+        image, _ = quicklook_image(str(outputs.path(cog_path)), summary.band_names, max_side=512)
+        png = png_bytes(image)
+        quicklook_path = outputs.write_bytes(data_store.path("scenes", dims, QUICKLOOK_FILE), png)
+        record = {**asdict(summary), "source_paths": list(ref.paths), "source_sha256": list(ref.sha256),
+                  "fingerprint": ref.fingerprint}
+        outputs.write_bytes(data_store.path("scenes", dims, SUMMARY_FILE), json.dumps(record, indent=2).encode())
     context.log.info(f"wrote {cog_path} ({summary.width} x {summary.height}, {summary.crs})")
     return dg.MaterializeResult(
         metadata={

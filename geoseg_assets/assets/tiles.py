@@ -59,13 +59,12 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, data_store: Da
     dropped = frame[frame["valid_fraction"] < config.min_valid_fraction]
 
     out_path = data_store.path("tiles", dims, TILES_FILE)
-    with data_store.atomic_path(out_path) as tmp:
-        kept.to_parquet(tmp, index=False)
-
-    image, scale = quicklook_image(str(cog_path), band_names, max_side=512)
-    windows = lambda df: list(zip(df["col"], df["row"], df["width"], df["height"]))  # noqa: E731
-    png = png_bytes(draw_tile_grid(image, scale, windows(kept), windows(dropped)))
-    preview_path = data_store.write_bytes(data_store.path("tiles", dims, GRID_PREVIEW_FILE), png)
+    with data_store.publishing() as outputs:  # the table and its preview are replaced together, or neither
+        kept.to_parquet(outputs.path(out_path), index=False)
+        image, scale = quicklook_image(str(cog_path), band_names, max_side=512)
+        windows = lambda df: list(zip(df["col"], df["row"], df["width"], df["height"]))  # noqa: E731
+        png = png_bytes(draw_tile_grid(image, scale, windows(kept), windows(dropped)))
+        preview_path = outputs.write_bytes(data_store.path("tiles", dims, GRID_PREVIEW_FILE), png)
     context.log.info(f"{len(kept)} tiles kept, {len(dropped)} dropped (valid fraction < {config.min_valid_fraction})")
     return dg.MaterializeResult(
         metadata={

@@ -46,6 +46,7 @@ class SceneSpec:
     dtype: str | None = None
     min_size: int = 16
     max_size: int = 200_000
+    max_pixels: int = 1_000_000_000  # of the OUTPUT grid (a mosaic of distant files, a sparse 100000^2 file)
     nodata: float | None = None  # declared nodata value: overrides the file's, disables fill detection
     nodata_declared_in: str = ""  # where `nodata` was declared (e.g. a region.json path), named in messages
 
@@ -91,9 +92,34 @@ def sha256_file(path: str | os.PathLike, chunk: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
-def _open(path: str):
+# What a landed file may be: a GeoTIFF (COGs included), read by GDAL's GTiff driver only. A VRT or other
+# XML "raster" makes GDAL read whatever files or URLs it names, so landed bytes are checked before GDAL sees them.
+LANDED_DRIVER = "GTiff"
+TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+
+
+def check_landed_file(path: str) -> None:
+    """Refuse a landed path that is not a plain local GeoTIFF, before GDAL opens it (SceneError naming the
+    file and the fix): GDAL virtual or remote paths, and files whose bytes are not a TIFF (VRT, XML, ...)."""
+    name = str(path)
+    if name.startswith("/vsi") or "://" in name:
+        raise SceneError(name, "is a GDAL virtual or remote path; only local GeoTIFF files are read",
+                         "download or copy the GeoTIFF into the landing folder and land the file itself")
     try:
-        return rasterio.open(path)
+        with open(name, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise SceneError(name, f"cannot be read ({exc.strerror or exc})", "make the file readable, or land it again") from exc
+    if head not in TIFF_SIGNATURES:
+        raise SceneError(name, f"is not a GeoTIFF (its bytes start with {head!r}); VRT, XML and other formats are "
+                               "refused because GDAL would follow the files and URLs they reference",
+                         "convert it to a GeoTIFF (e.g. `gdal_translate -of COG in out.tif`) and land that file")
+
+
+def _open(path: str):
+    check_landed_file(path)
+    try:
+        return rasterio.open(path, driver=LANDED_DRIVER)
     except RasterioIOError as exc:
         raise SceneError(
             path,
@@ -141,6 +167,20 @@ def check_header(src, spec: SceneSpec) -> None:
             f"has a rotated/sheared geotransform {tuple(t)[:6]}",
             "warp it to a north-up grid (`gdalwarp`) or configure a target CRS so the pipeline reprojects it",
         )
+
+
+def check_output_grid(srcs, width: int, height: int, spec: SceneSpec, warped: bool) -> None:
+    """Refuse an output grid above `spec.max_pixels` before a pixel is read: the size a scene would have,
+    not the size of its files (a mosaic of distant tiles, or a sparse file declaring 100000 x 100000 px)."""
+    if width * height <= spec.max_pixels:
+        return
+    names = ", ".join(src.name for src in srcs)
+    why = (f"mosaicking/reprojecting {len(srcs)} file(s) gives a {width} x {height} px grid" if warped
+           else f"is {width} x {height} px")
+    fix = ("land files of one footprint per region/date folder (distant tiles make one huge sparse grid), "
+           if len(srcs) > 1 else "clip the scene to the area of interest, ")
+    raise SceneError(names, f"{why} = {width * height / 1e6:,.0f} Mpx, above the limit of "
+                            f"{spec.max_pixels / 1e6:,.0f} Mpx", fix + "or raise the source's `max_scene_pixels`")
 
 
 def _band_names(src, spec: SceneSpec, indexes: list[int]) -> list[str]:
@@ -266,6 +306,7 @@ def _write(srcs, dst: Path, spec, target_crs, target_resolution, resampling, blo
                 "land only scenes of one product in one region/date folder",
             )
     dst_crs, transform, width, height, warped = _target_grid(srcs, target_crs, target_resolution)
+    check_output_grid(srcs, width, height, spec, warped)
     indexes = data_band_indexes(first, spec)
     plan = nodata_plan(first, spec, warped)
     kind = mask_kind(first, indexes)
@@ -509,6 +550,8 @@ def _scan_blocks(readers, width, height, block, how: _Validity, sink=None, codes
         if n:
             valid_total += n
             vals = data[:, valid]
+            if vals.dtype.kind == "f" and not np.isfinite(vals).all():
+                raise _infinite_values(readers, vals, win, how.indexes)
             bmin = np.minimum(bmin, vals.min(axis=1))
             bmax = np.maximum(bmax, vals.max(axis=1))
         if isinstance(sink, _MaskedSink):
@@ -516,6 +559,18 @@ def _scan_blocks(readers, width, height, block, how: _Validity, sink=None, codes
         elif sink is not None:
             sink.write(data, window=win)
     return valid_total, [float(v) for v in bmin], [float(v) for v in bmax]
+
+
+def _infinite_values(readers, vals: np.ndarray, win, indexes: list[int]) -> SceneError:
+    """+/-inf in valid pixels of a float scene (a band ratio divided by zero, say): statistics, normalization
+    and training would all turn into inf/NaN, so the scene is refused naming the band and where."""
+    band = int(np.nonzero(~np.isfinite(vals).all(axis=1))[0][0])
+    count = int((~np.isfinite(vals[band])).sum())
+    names = ", ".join(r.src_dataset.name if isinstance(r, WarpedVRT) else r.name for r in readers)
+    return SceneError(names, f"band {indexes[band]} holds {count} +/-inf value(s) in the block at row {win.row_off}, "
+                             f"column {win.col_off} (and maybe elsewhere)",
+                      "set them to the nodata value (e.g. `gdal_calc.py --calc 'where(isinf(A), nan, A)'` with "
+                      "nodata nan) or fix the computation that produced them, and land the file again")
 
 
 def nodata_validity(data: np.ndarray, nodata) -> np.ndarray:

@@ -1,0 +1,338 @@
+"""Hostile files through the landing folder, the sensor and the imagery job: each case builds its own
+hostile input, and asserts that the message names the input and the fix, that GDAL never follows what
+the file references (a local HTTP server must see no request), that the partition's earlier outputs are
+byte-identical, and that good scenes of the same tick still run."""
+
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from geoseg_assets.geo.errors import SceneError
+from geoseg_assets.geo.scene_io import check_landed_file, sha256_file
+from tests.conftest import materialize_partition, random_scene, write_tif
+from tests.test_bad_input import failure_text
+from tests.test_sensor import tick
+
+BAD = {"region": "alpha", "date": "2024-06-15"}
+GOOD = {"region": "beta", "date": "2024-06-15"}
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server on 127.0.0.1 serving a real GeoTIFF; `.requests` lists every path asked for."""
+    requests: list[str] = []
+    payload = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload.get("body", b""))
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.requests = requests
+    server.payload = payload
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def vrt_xml(source: str, width=400, height=300, bands=4) -> str:
+    """A VRT exposing `source` (a path, or /vsicurl/<url>) as a 4-band uint16 raster."""
+    band = ''.join(
+        f'<VRTRasterBand dataType="UInt16" band="{b}"><SimpleSource><SourceFilename relativeToVRT="0">{source}'
+        f'</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>' for b in range(1, bands + 1))
+    return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>EPSG:32633</SRS>'
+            f'<GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>{band}</VRTDataset>')
+
+
+def _remote_vrt(path: Path, ctx) -> None:
+    ctx["server"].payload["body"] = write_tif(ctx["tmp"] / "served.tif", random_scene(seed=9)).read_bytes()
+    path.write_text(vrt_xml(f"/vsicurl/{ctx['server'].url}/secret.tif"))
+
+
+def _local_vrt(path: Path, ctx) -> None:
+    secret = write_tif(ctx["tmp"] / "outside" / "secret.tif", random_scene(seed=8))
+    path.write_text(vrt_xml(str(secret)))
+
+
+def _xml_with_bom(path: Path, ctx) -> None:
+    path.write_bytes(b"\xef\xbb\xbf" + vrt_xml(f"/vsicurl/{ctx['server'].url}/bom.tif").encode())
+
+
+def _png_named_tif(path: Path, ctx) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(path, format="PNG")
+
+
+def _symlink_out_of_landing(path: Path, ctx) -> None:
+    path.symlink_to(write_tif(ctx["tmp"] / "outside" / "private.tif", random_scene(seed=7)))
+
+
+def _gdal_vsi_name(path: Path, ctx) -> None:
+    """A file whose content is the name of a GDAL virtual file system path (GDAL may follow such text)."""
+    path.write_text(f"/vsicurl/{ctx['server'].url}/name.tif")
+
+
+HOSTILE = {
+    "vrt_remote_reference": (_remote_vrt, "is not a GeoTIFF", "gdal_translate -of COG"),
+    "vrt_local_file_reference": (_local_vrt, "is not a GeoTIFF", "gdal_translate -of COG"),
+    "xml_with_byte_order_mark": (_xml_with_bom, "is not a GeoTIFF", "gdal_translate -of COG"),
+    "png_named_tif": (_png_named_tif, "is not a GeoTIFF", "gdal_translate -of COG"),
+    "vsi_path_as_content": (_gdal_vsi_name, "is not a GeoTIFF", "gdal_translate -of COG"),
+    "symlink_out_of_landing": (_symlink_out_of_landing, "outside the landing folder", "copy the file into the landing folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_landing_file_is_skipped_by_the_tick_refused_by_the_run_and_changes_nothing(
+        case, landing, landing_source, store, tmp_path, http_server, capfd):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    folder = landing / BAD["region"] / BAD["date"]
+    write_tif(folder / "scene.tif", random_scene(seed=1))
+    assert materialize_partition(instance, resources, **BAD).success
+    outputs = sorted(p for p in (store.partition_dir("scenes"), store.partition_dir("tiles")) for p in p.rglob("*")
+                     if p.is_file())
+    before = {p: sha256_file(p) for p in outputs}
+
+    shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    hostile = folder / "scene.tif"
+    make, problem, fix = HOSTILE[case]
+    make(hostile, {"tmp": tmp_path, "server": http_server})
+    write_tif(landing / GOOD["region"] / GOOD["date"] / "scene.tif", random_scene(seed=2))
+
+    result = tick(instance, landing_source, None)  # the tick requests the good scene and names the bad one
+    assert [str(r.partition_key) for r in result.run_requests] == [f"{GOOD['date']}|{GOOD['region']}"]
+    log = capfd.readouterr().err
+    assert f"{hostile}" in log and problem in log and fix in log
+
+    run = materialize_partition(instance, resources, **BAD, raise_on_error=False)  # a run launched by hand
+    assert not run.success
+    message = failure_text(run)
+    assert str(hostile) in message and problem in message and fix in message
+    assert not [e for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert {p: sha256_file(p) for p in outputs} == before
+    assert http_server.requests == [], "GDAL followed a reference in a landed file"
+    assert materialize_partition(instance, resources, **GOOD).success  # unrelated partitions still run
+
+
+def test_a_symlink_inside_the_landing_folder_is_a_scene(landing, landing_source):
+    """Linking within the landing root (e.g. one file filed under two dates on purpose) stays allowed."""
+    real = write_tif(landing / "store-of-files" / "x.tif", random_scene(seed=3))
+    (landing / "alpha" / "2024-06-15").mkdir(parents=True)
+    (landing / "alpha" / "2024-06-15" / "scene.tif").symlink_to(real)
+    scan = landing_source.scan()
+    assert [(r.region, r.date) for r in scan.refs] == [("alpha", "2024-06-15")] and scan.problems == []
+
+
+@pytest.mark.parametrize("name", ["/vsicurl/http://127.0.0.1:9/x.tif", "https://example.invalid/x.tif",
+                                  "/vsizip//tmp/x.zip/x.tif", "s3://bucket/x.tif"])
+def test_virtual_and_remote_paths_are_refused_before_gdal(name):
+    with pytest.raises(SceneError, match="virtual or remote path.*Fix: download or copy the GeoTIFF"):
+        check_landed_file(name)
+
+
+def test_a_stac_item_pointing_at_a_vrt_is_skipped_naming_the_item(tmp_path, http_server):
+    import pystac
+
+    from resources.scene_sources import StacCatalogSource
+
+    catalog = pystac.Catalog("c", "hostile")
+    for name, make in (("good", lambda p: write_tif(p, random_scene(seed=4))),
+                       ("evil", lambda p: p.write_text(vrt_xml(f"/vsicurl/{http_server.url}/stac.tif")))):
+        path = tmp_path / f"{name}.tif"
+        make(path)
+        item = pystac.Item(name, None, None, __import__("datetime").datetime(2024, 6, 15), {"region": name})
+        item.add_asset("image", pystac.Asset(str(path), media_type=pystac.MediaType.GEOTIFF))
+        catalog.add_item(item)
+    catalog.normalize_and_save(str(tmp_path / "stac"), pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    scan = StacCatalogSource(catalog_path=str(tmp_path / "stac" / "catalog.json")).scan()
+    assert [r.region for r in scan.refs] == ["good"]
+    assert len(scan.problems) == 1 and "item 'evil'" in scan.problems[0] and "is not a GeoTIFF" in scan.problems[0]
+    assert http_server.requests == []
+
+
+def test_a_failure_after_the_first_file_of_a_multi_file_output_keeps_every_earlier_file(
+        landing, landing_source, store):
+    """`tiles` writes a table and its preview; when the second cannot be published (its path became a
+    folder), the table already renamed gets its earlier bytes back and the run fails naming the path."""
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
+    assert materialize_partition(instance, resources, **BAD).success
+    table = store.path("tiles", BAD, "tiles.parquet")
+    preview = store.path("tiles", BAD, "grid.png")
+    before = sha256_file(table)
+    preview.unlink()
+    preview.mkdir()
+    (preview / "keep.txt").write_text("an operator's folder where the preview should be")
+    write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=5, height=256, width=256))
+
+    run = materialize_partition(instance, resources, **BAD, raise_on_error=False)
+    assert not run.success
+    assert str(preview) in failure_text(run)
+    assert sha256_file(table) == before, "tiles.parquet was replaced by a step that failed"
+    assert (preview / "keep.txt").exists()
+    assert not [p.name for p in table.parent.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+def _distant_mosaic(folder: Path) -> list[Path]:
+    """Two 64 px tiles 600 km apart: a few KB of files, a 60064 x 60064 px (3.6 Gpx) output grid."""
+    from rasterio.transform import from_origin
+
+    return [write_tif(folder / "a.tif", random_scene(height=64, width=64, seed=1)),
+            write_tif(folder / "b.tif", random_scene(height=64, width=64, seed=2),
+                      transform=from_origin(500000 + 600_000, 5000000 - 600_000, 10, 10))]
+
+
+def _sparse_giant(folder: Path) -> list[Path]:
+    """A sparse GeoTIFF declaring 100000 x 100000 px (no block written: a few KB on disk)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = folder / "giant.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=100_000, height=100_000, count=4, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), tiled=True,
+                       blockxsize=512, blockysize=512, sparse_ok=True, nodata=0):
+        pass
+    return [path]
+
+
+@pytest.mark.parametrize("make,expected", [(_distant_mosaic, "mosaicking/reprojecting 2 file(s) gives a 60064 x 60064 px grid"),
+                                           (_sparse_giant, "is 100000 x 100000 px")], ids=["distant_mosaic", "sparse_giant"])
+def test_an_oversized_output_grid_is_refused_before_any_pixel_is_read(make, expected, landing, landing_source, store):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    folder = landing / BAD["region"] / BAD["date"]
+    write_tif(folder / "scene.tif", random_scene(seed=1))
+    assert materialize_partition(instance, resources, **BAD).success
+    cog = store.path("scenes", BAD, "scene.tif")
+    before = sha256_file(cog)
+    shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    files = make(folder)
+    assert sum(f.stat().st_size for f in files) < 1 << 20
+
+    run = materialize_partition(instance, resources, **BAD, raise_on_error=False)
+    assert not run.success
+    message = failure_text(run)
+    assert all(str(f) in message for f in files) and expected in message
+    assert "above the limit of 1,000 Mpx" in message and "max_scene_pixels" in message
+    assert not [e for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert sha256_file(cog) == before
+    assert not list(Path(store.root, ".tmp").glob("*.stage.tif")), "work started on the oversized grid"
+
+
+def _truncated_store(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _overwritten_pages(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[4096:12288] = b"\xa5" * 8192  # pages of the SQLite b-trees scribbled over
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncated_store, _overwritten_pages], ids=["truncated", "overwritten_pages"])
+def test_an_import_into_a_damaged_geopackage_is_refused_and_keeps_the_file(damage, tmp_path, synthetic_source, store):
+    """replace=True into a damaged store used to report success and write a store holding only that region."""
+    from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
+    from geoseg_assets.definitions import build_defs
+    from resources.label_store import GeoPackageLabelStore
+    from tests.conftest import with_test_resources
+    from tests.test_masks import import_truth
+
+    label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
+    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
+    instance = dg.DagsterInstance.ephemeral()
+    for region in ("alpha", "beta"):
+        assert materialize_partition(instance, resources, region, "2024-04-15").success
+        import_truth(region, synthetic_source, resources)
+    gpkg = Path(label_store.path)
+    damage(gpkg)
+    damaged = sha256_file(gpkg)
+
+    job = build_defs(resources).resolve_job_def(import_labels_job.name)
+    config = ImportLabelsConfig(path=str(synthetic_source.labels_path("alpha")), region="alpha",
+                                class_column="class_name", replace=True)
+    result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                    run_config=dg.RunConfig(ops={"import_labels": config}))
+    assert not result.success
+    message = failure_text(result)
+    assert str(gpkg) in message and ("damaged" in message or "cannot be read" in message)
+    assert "restore labels.gpkg from a backup" in message and "left as it is" in message
+    assert sha256_file(gpkg) == damaged, "the damaged store was rewritten"
+    assert not [p for p in gpkg.parent.iterdir() if p.name.startswith(".labels")], "temp files left behind"
+
+
+REGION_JSON = {
+    "truncated_json": ('{"band_names": ["B", "G", "R", "N"', "is not valid JSON"),
+    "a_list": ('[["B", "G", "R", "N"]]', "holds a JSON list, not an object"),
+    "band_names_as_a_string": ('{"band_names": "B,G,R,N"}', "`band_names`: Input should be a valid list"),
+    "band_names_of_numbers": ('{"band_names": [1, 2, 3, 4]}', "`band_names.0`: Input should be a valid string"),
+    "duplicate_band_names": ('{"band_names": ["B", "B", "R", "N"]}', "must be distinct, non-empty names"),
+    "misspelt_key": ('{"band_names": ["B", "G", "R", "N"], "nodata_value": 0}', "unknown key(s) ['nodata_value']"),
+    "unknown_dtype": ('{"band_names": ["B", "G", "R", "N"], "dtype": "uint12"}', "`dtype` 'uint12' is not one of"),
+    "nodata_as_text": ('{"band_names": ["B", "G", "R", "N"], "nodata": "zero"}', "`nodata`: Input should be a valid number"),
+    "nodata_out_of_range": ('{"band_names": ["B", "G", "R", "N"], "dtype": "uint16", "nodata": -1}', "-1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGION_JSON))
+def test_a_malformed_region_json_fails_the_run_naming_the_file_and_the_fix(case, landing, landing_source, store):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
+    write_tif(landing / GOOD["region"] / GOOD["date"] / "scene.tif", random_scene(seed=2))
+    assert materialize_partition(instance, resources, **BAD).success
+    cog = store.path("scenes", BAD, "scene.tif")
+    before = sha256_file(cog)
+    spec_file = landing / BAD["region"] / "region.json"
+    text, expected = REGION_JSON[case]
+    spec_file.write_text(text)
+
+    run = materialize_partition(instance, resources, **BAD, raise_on_error=False)
+    assert not run.success
+    message = failure_text(run)
+    assert str(spec_file) in message and expected in message and "Fix:" in message
+    assert not [e for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert sha256_file(cog) == before
+    assert materialize_partition(instance, resources, **GOOD).success  # another region is not affected
+
+
+def test_infinite_values_in_a_float_scene_are_refused_naming_the_band(landing, landing_source, store):
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    (landing / BAD["region"]).mkdir()
+    (landing / BAD["region"] / "region.json").write_text('{"band_names": ["B", "G", "R", "N"], "dtype": "float32"}')
+    data = random_scene(seed=1).astype("float32") / 4000
+    path = write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", data, nodata=None)
+    assert materialize_partition(instance, resources, **BAD).success
+    cog = store.path("scenes", BAD, "scene.tif")
+    before = sha256_file(cog)
+    data[2, 100:110, 200] = np.inf  # NDVI-style division by zero in band 3
+    data[2, 50, 50] = -np.inf
+    write_tif(path, data, nodata=None)
+
+    run = materialize_partition(instance, resources, **BAD, raise_on_error=False)
+    assert not run.success
+    message = failure_text(run)
+    assert str(path) in message and "band 3 holds 11 +/-inf value(s)" in message and "nodata" in message
+    assert sha256_file(cog) == before
