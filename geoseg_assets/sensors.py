@@ -66,7 +66,20 @@ def plan_scene_runs(scan, cursor: dict, known_regions: set[str], today: dt.date 
                 tags={FINGERPRINT_TAG: ref.fingerprint},
             )
         )
+    problems.extend(duplicate_scene_problems(scan.refs))
     return new_regions, requests, seen, problems
+
+
+def duplicate_scene_problems(refs) -> list[str]:
+    """A warning per set of identical files landed under several dates of one region (a copy filed under
+    the wrong date would train and predict as if it were another acquisition); each still runs."""
+    dates: dict[tuple[str, str], list] = {}
+    for ref in refs:
+        dates.setdefault((ref.region, ref.fingerprint), []).append(ref)
+    return [f"{', '.join(p for r in same for p in r.paths)}: identical bytes landed under {len(same)} dates of region "
+            f"{region!r} ({', '.join(r.date for r in same)}); a scene has one acquisition date: remove the copies "
+            "filed under a wrong date"
+            for (region, _), same in sorted(dates.items()) if len(same) > 1]
 
 
 # A steady-state tick over 10,000 landed files takes ~0.5 s (benchmarks/bench_backfill.py), so a 30 s

@@ -46,6 +46,11 @@ class DataStore(ConfigurableResource):
     """
 
     root: str = Field(description="Folder that holds every asset output.")
+    stale_temp_seconds: int = Field(
+        default=3600, gt=0,
+        description="A temp file (dot-name) not modified for this long was left by a killed run: the next write "
+        "into its folder deletes it. Live writes touch their files far more often.",
+    )
 
     def partition_dir(self, asset: str, partition: Mapping[str, str] | str | None = None) -> Path:
         """Folder of one asset partition: one `<dim>=<value>` level per dimension, region before date
@@ -68,9 +73,11 @@ class DataStore(ConfigurableResource):
         return self.partition_dir(asset, partition) / filename
 
     def tmp_dir(self) -> Path:
-        """Scratch folder on the same filesystem as the outputs (so renames are atomic)."""
+        """Scratch folder on the same filesystem as the outputs (so renames are atomic), swept of what
+        killed runs left there."""
         path = Path(self.root) / ".tmp"
         path.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(path, self.stale_temp_seconds, everything=True)
         return path
 
     @contextmanager
@@ -102,7 +109,7 @@ class DataStore(ConfigurableResource):
     def publishing(self) -> Iterator["Publication"]:
         """Stage every output of a step; they replace their targets only when the whole block succeeds,
         so a failure after the first file (a preview, a report) leaves all earlier outputs as they were."""
-        publication = Publication()
+        publication = Publication(lambda folder: sweep_stale_temps(folder, self.stale_temp_seconds))
         try:
             yield publication
         except BaseException:
@@ -144,14 +151,17 @@ class Publication:
     """Temp files next to their targets (same filesystem, so each rename is atomic), renamed over the
     targets together by `commit`, or deleted by `discard`."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_new_folder=None) -> None:
         self.staged: dict[Path, Path] = {}
+        self.on_new_folder = on_new_folder  # called once per target folder before its first temp file
 
     def path(self, target: Path) -> Path:
         """The temp path to write `target`'s new content to (the same one if asked twice)."""
         target = Path(target)
         if target not in self.staged:
             target.parent.mkdir(parents=True, exist_ok=True)
+            if self.on_new_folder is not None and all(t.parent != target.parent for t in self.staged):
+                self.on_new_folder(target.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
             os.close(fd)
             os.unlink(tmp)
@@ -203,6 +213,46 @@ class Publication:
             else:
                 tmp.unlink(missing_ok=True)
         self.staged.clear()
+
+
+def sweep_stale_temps(folder: Path, older_than_s: float, everything: bool = False) -> list[Path]:
+    """Delete the temp files and folders (names starting with '.', or anything when `everything`) in
+    `folder` not modified for `older_than_s` seconds: what killed runs left behind. Returns what went."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (everything or entry.name.startswith(".")):
+            continue
+        try:
+            if _newest_mtime(entry) >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:  # another process removed or is using it: leave it
+            continue
+    return removed
+
+
+def _newest_mtime(entry: Path) -> float:
+    """Modification time of a file, or of the newest file in a folder (a build writing into it is live)."""
+    newest = entry.lstat().st_mtime
+    if entry.is_dir() and not entry.is_symlink():
+        for parent, _, files in os.walk(entry):
+            for name in files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
+                except OSError:
+                    continue
+    return newest
 
 
 def _keep_previous(target: Path) -> Path | None:

@@ -102,9 +102,20 @@ class ImportOptions:
             raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
         if self.source not in SOURCES:
             raise ValueError(f"source {self.source!r} is not one of {SOURCES}")
-        for d in (self.valid_from, self.valid_to):
-            if d is not None:
-                dt.date.fromisoformat(d)
+        dates = {}
+        for key in ("valid_from", "valid_to"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                if not isinstance(value, str) or len(value) != 10:
+                    raise ValueError
+                dates[key] = dt.date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{key} {value!r} is not a date written YYYY-MM-DD (e.g. 2024-06-01)") from None
+        if len(dates) == 2 and dates["valid_from"] > dates["valid_to"]:
+            raise ValueError(f"valid_from {self.valid_from} is after valid_to {self.valid_to}: the labels would "
+                             "never be valid on any date; swap the two dates")
 
 
 class LabelStore(ConfigurableResource):

@@ -55,3 +55,22 @@ def test_publishing_replaces_every_output_together_or_none(tmp_path):
         outputs.write_bytes(b, b"b3")
     assert (a.read_bytes(), b.read_bytes()) == (b"a3", b"b3")
     assert sorted(p.name for p in a.parent.iterdir()) == ["a.bin", "b.png"]
+
+
+def test_a_temp_folder_with_a_file_still_being_written_is_not_swept(tmp_path):
+    import os
+    import time
+
+    from resources.data_store import sweep_stale_temps
+
+    old = time.time() - 7200
+    building, dead = tmp_path / "dataset-live", tmp_path / "dataset-dead"
+    for folder in (building, dead):
+        folder.mkdir()
+        (folder / "shard-0.npy").write_bytes(b"x")
+        os.utime(folder / "shard-0.npy", (old, old))
+    (building / "shard-1.npy").write_bytes(b"being written")  # touched now
+    for folder in (building, dead):
+        os.utime(folder, (old, old))
+    assert sweep_stale_temps(tmp_path, 3600, everything=True) == [dead]
+    assert building.exists() and not dead.exists()

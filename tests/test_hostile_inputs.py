@@ -336,3 +336,130 @@ def test_infinite_values_in_a_float_scene_are_refused_naming_the_band(landing, l
     message = failure_text(run)
     assert str(path) in message and "band 3 holds 11 +/-inf value(s)" in message and "nodata" in message
     assert sha256_file(cog) == before
+
+
+@pytest.mark.parametrize("dates,expected", [
+    (("2024-06-01", "2024-01-01"), "valid_from 2024-06-01 is after valid_to 2024-01-01: the labels would never be "
+                                   "valid on any date; swap the two dates"),
+    (("2024/06/01", None), "valid_from '2024/06/01' is not a date written YYYY-MM-DD"),
+    ((None, "20240601"), "valid_to '20240601' is not a date written YYYY-MM-DD"),
+], ids=["from_after_to", "slashes", "compact"])
+def test_an_impossible_label_validity_window_is_refused_and_the_store_is_unchanged(dates, expected, tmp_path,
+                                                                                   synthetic_source, store):
+    from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
+    from geoseg_assets.definitions import build_defs
+    from resources.label_store import GeoPackageLabelStore
+    from tests.conftest import with_test_resources
+    from tests.test_masks import import_truth
+
+    label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
+    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_partition(instance, resources, "alpha", "2024-04-15").success
+    import_truth("alpha", synthetic_source, resources)
+    before = sha256_file(label_store.path)
+    config = ImportLabelsConfig(path=str(synthetic_source.labels_path("alpha")), region="alpha",
+                                class_column="class_name", valid_from=dates[0], valid_to=dates[1])
+    result = build_defs(resources).resolve_job_def(import_labels_job.name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=dg.RunConfig(ops={"import_labels": config}))
+    assert not result.success and expected in failure_text(result)
+    assert sha256_file(label_store.path) == before
+
+
+def test_overlapping_labels_of_different_classes_are_imported_with_a_warning_saying_which_wins(tmp_path, capfd):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from geoseg_assets.geo.classmap import DEFAULT_CLASS_MAP
+    from geoseg_assets.geo.labels import prepare_labels
+
+    names = DEFAULT_CLASS_MAP.names
+    frame = gpd.GeoDataFrame({"class": [names[0], names[1], names[1]]},
+                             geometry=[box(0, 0, 100, 100), box(50, 50, 150, 150), box(100, 0, 200, 50)],
+                             crs="EPSG:32633")  # 1 and 2 share 50 x 50; 1 and 3 only touch along an edge
+    _, report = prepare_labels(frame, "labels.geojson", DEFAULT_CLASS_MAP, "EPSG:32633")
+    assert report.overlaps == 1
+    assert report.overlap_note.startswith("labels.geojson: 1 pair(s) of features of different classes overlap (2500.0")
+    assert f"the later feature wins (here {names[1]!r})" in report.overlap_note
+
+
+def test_identical_scenes_landed_under_two_dates_both_run_with_a_warning_naming_them(landing, landing_source, capfd):
+    instance = dg.DagsterInstance.ephemeral()
+    first = write_tif(landing / "alpha" / "2024-06-15" / "scene.tif", random_scene(seed=1))
+    copy = landing / "alpha" / "2024-07-15" / "scene.tif"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(first, copy)
+    write_tif(landing / "alpha" / "2024-08-15" / "scene.tif", random_scene(seed=2))
+    result = tick(instance, landing_source, None)
+    assert sorted(str(r.partition_key) for r in result.run_requests) == [
+        "2024-06-15|alpha", "2024-07-15|alpha", "2024-08-15|alpha"]
+    log = capfd.readouterr().err
+    assert (f"{first}, {copy}: identical bytes landed under 2 dates of region 'alpha' (2024-06-15, 2024-07-15); "
+            "a scene has one acquisition date" in log)
+    assert "2024-08-15" not in log.split("identical bytes")[1].split("\n")[0]
+
+
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_and_fresh_ones_are_kept(landing, landing_source, store):
+    import os
+    import time
+
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
+    assert materialize_partition(instance, resources, **BAD).success
+    folder = store.partition_dir("scenes", BAD)
+    stale = [folder / ".scene.k1ll3d.tif", folder / ".scene.tif.4242.cog.tif", Path(store.root) / ".tmp" / "dataset-deadbeef"]
+    stale[2].mkdir(parents=True, exist_ok=True)
+    (stale[2] / "part.npy").write_bytes(b"\0" * 1024)
+    for path in stale[:2]:
+        path.write_bytes(b"half a COG")
+    hours_ago = time.time() - 2 * 3600
+    for path in stale:
+        os.utime(path, (hours_ago, hours_ago))
+    live = folder / ".scene.writing-now.tif"  # another run's file in progress: recent, kept
+    live.write_bytes(b"in progress")
+
+    assert materialize_partition(instance, resources, **BAD).success
+    assert [p for p in stale if p.exists()] == []
+    assert live.exists()
+
+
+def test_a_stale_partition_is_left_out_of_the_dataset_by_name_and_the_others_build(tmp_path):
+    """alpha's scene is replaced after its mask was made (the mask now describes other pixels): the dataset
+    leaves alpha out with a warning naming it and the fix, records it in the metadata, and builds from beta."""
+    import json
+
+    from geoseg_assets.definitions import build_defs
+    from resources.data_store import DataStore
+    from resources.label_store import GeoPackageLabelStore
+    from resources.scene_sources import SyntheticSource
+    from tests.conftest import with_test_resources
+    from tests.test_masks import import_truth
+
+    def source(shift):
+        return SyntheticSource(cache_dir=str(tmp_path / f"synthetic-{shift}"), regions=["alpha", "beta"],
+                               dates=["2024-04-15"], width=1024, height=1024, brightness_shifts={"2024-04-15": shift})
+
+    store = DataStore(root=str(tmp_path / "store"))
+    resources = with_test_resources({"data_store": store, "scene_source": source(0.0),
+                                     "label_store": GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))})
+    instance = dg.DagsterInstance.ephemeral()
+    for region in ("alpha", "beta"):
+        assert materialize_partition(instance, resources, region, "2024-04-15").success
+        import_truth(region, resources["scene_source"], resources)
+        assert materialize_partition(instance, resources, region, "2024-04-15").success
+    replaced = {**resources, "scene_source": source(0.3)}
+    assert materialize_partition(instance, replaced, "alpha", "2024-04-15", selection=[dg.AssetKey("scenes")]).success
+
+    result = build_defs(resources).resolve_job_def("dataset_job").execute_in_process(
+        instance=instance, run_config=dg.RunConfig(ops={"dataset": {"config": {
+            "version_with_dvc": False, "block_size_m": 2560.0}}}))
+    assert result.success
+    meta = result.asset_materializations_for_node("dataset")[0].metadata
+    left_out = meta["partitions_left_out"].value
+    assert list(left_out) == ["2024-04-15|alpha"] and "made from scene" in left_out["2024-04-15|alpha"]
+    assert meta["partitions"].value == ["beta/2024-04-15"]
+    manifest = json.loads((store.partition_dir("dataset") / "manifest.json").read_text())
+    assert {p["region"] for p in manifest["partitions"]} == {"beta"}
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if "left out of the dataset" in e.user_message]
+    assert warnings and "re-materialize scenes, tiles and masks of 2024-04-15|alpha" in warnings[0]

@@ -34,27 +34,66 @@ class DatasetConfig(dg.Config):
     version_with_dvc: bool = Field(default=True, description="Commit and push the result with DVC (off under `dvc repro`, which commits itself).")
 
 
-def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, config: DatasetConfig, log) -> list[PartitionInput]:
-    """Partitions whose tiles and masks are materialized and whose scene has the configured bands."""
+def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, config: DatasetConfig,
+                       log) -> tuple[list[PartitionInput], dict[str, str]]:
+    """Partitions whose tiles and masks are materialized and whose scene has the configured bands. A
+    partition whose files are missing, unreadable or out of step (a mask made from an earlier scene, or on
+    another grid) is left out with a warning naming it and the fix, so one stale partition never stops
+    the others. Returns (partitions, {left-out partition: why})."""
     done = set(map(str, instance.get_materialized_partitions(tiles.key))) & set(map(str, instance.get_materialized_partitions(masks.key)))
-    parts = []
+    parts, left_out = [], {}
     for key in sorted(done):
         date, region = key.split("|")
         if config.regions is not None and region not in config.regions:
             continue
         dims = {"region": region, "date": date}
-        scene = json.loads(data_store.path("scenes", dims, SUMMARY_FILE).read_text())
-        if scene["band_names"] != config.band_names:
-            log.info(f"{key}: bands {scene['band_names']} differ from {config.band_names}; left out")
+        try:
+            scene = json.loads(data_store.path("scenes", dims, SUMMARY_FILE).read_text())
+            if scene["band_names"] != config.band_names:
+                log.info(f"{key}: bands {scene['band_names']} differ from {config.band_names}; left out")
+                continue
+            problem = stale_mask_problem(instance, key, scene, data_store.path("masks", dims, MASK_FILE))
+            if problem is None:
+                part_tiles = gpd.read_parquet(data_store.path("tiles", dims, TILES_FILE))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problem = f"its scene record or tile table cannot be read ({exc})"
+        if problem is not None:
+            log.warning(f"partition {key} left out of the dataset: {problem}. Fix: re-materialize scenes, tiles and "
+                        f"masks of {key} (imagery_job), then the dataset")
+            left_out[key] = problem
             continue
         parts.append(PartitionInput(
             region=region, date=date,
             scene_path=str(data_store.path("scenes", dims, SCENE_FILE)),
             mask_path=str(data_store.path("masks", dims, MASK_FILE)),
-            tiles=gpd.read_parquet(data_store.path("tiles", dims, TILES_FILE)),
+            tiles=part_tiles,
             scene_sha256=scene["fingerprint"],
         ))
-    return parts
+    return parts, left_out
+
+
+def stale_mask_problem(instance: dg.DagsterInstance, key: str, scene: dict, mask_path) -> str | None:
+    """Why a partition's mask does not belong to its current scene (None if it does): made from another
+    scene's bytes (per the mask's last materialization), or not on the scene's grid."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=masks.key, asset_partitions=[key]), limit=1).records
+    if records:
+        meta = records[0].asset_materialization.metadata
+        made_from = getattr(meta.get("scene_fingerprint"), "value", None)
+        if made_from and made_from != scene.get("fingerprint"):
+            return (f"its mask was made from scene {made_from[:12]}..., the scene is now {str(scene.get('fingerprint'))[:12]}... "
+                    "(the scene was replaced after the mask)")
+    try:
+        with rasterio.open(mask_path) as mask:
+            grid = (mask.width, mask.height, tuple(mask.transform)[:6])
+    except RasterioIOError as exc:
+        return f"its mask {mask_path} cannot be read ({exc})"
+    if grid != (scene["width"], scene["height"], tuple(scene["transform"])[:6]):
+        return f"its mask {mask_path} is {grid[0]} x {grid[1]} px on another grid than the {scene['width']} x {scene['height']} px scene"
+    return None
 
 
 @dg.asset(
@@ -71,7 +110,7 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
         raise dg.Failure(
             f"{out_dir}: DVC versions the dataset at {dvc.stage_out(DVC_STAGE)} (dvc.yaml); keep the data root at "
             f"<repo>/data (GEOSEG_DATA_DIR) or set version_with_dvc=false", allow_retries=False)
-    parts = collect_partitions(context.instance, data_store, config, context.log)
+    parts, left_out = collect_partitions(context.instance, data_store, config, context.log)
     if not parts:
         raise dg.Failure("no partition has tiles and masks with the configured bands; materialize tiles and masks first",
                          allow_retries=False)
@@ -112,6 +151,7 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
             "tiles_train": counts["train"], "tiles_val": counts["val"], "tiles_test": counts["test"],
             "blocks": summary.block_counts,
             "dropped_tiles": summary.dropped_tiles,
+            "partitions_left_out": left_out or "none",
             "class_share": summary.class_share,
             "class_pixels": summary.class_pixels,
             "norm_mean": summary.norm_mean, "norm_std": summary.norm_std,

@@ -117,10 +117,16 @@ def import_labels(context: dg.OpExecutionContext, config: ImportLabelsConfig, da
                             valid_from=config.valid_from, valid_to=config.valid_to, class_column=config.class_column,
                             default_class=config.default_class, replace=config.replace)
     try:
+        options.check()
+    except ValueError as exc:
+        raise dg.Failure(f"import_labels config: {exc}", allow_retries=False) from exc
+    try:
         report = import_region_labels(config.path, config.region, options, data_store=data_store,
                                       label_store=label_store, class_map=class_map)
     except (LabelError, ClassMapError) as exc:
         raise fail_on_bad_input(exc) from exc
+    if report.overlaps:
+        context.log.warning(report.overlap_note)
     context.log.info(
         f"imported {report.features} label(s) into region {config.region!r}: {report.class_counts}; "
         f"{report.repaired} repaired, {report.dropped_empty} empty dropped"

@@ -33,6 +33,8 @@ class LabelReport:
     dropped_empty: int = 0
     reprojected_from: str | None = None
     class_counts: dict[str, int] = field(default_factory=dict)
+    overlaps: int = 0  # pairs of features of different classes that share area
+    overlap_note: str = ""  # which pairs, how much area, and which class wins in the masks
 
 
 def read_label_file(path: str | Path, layer: str | None = None) -> gpd.GeoDataFrame:
@@ -151,7 +153,28 @@ def prepare_labels(
     out = gpd.GeoDataFrame(gdf[["class_id", "class_name"]].reset_index(drop=True), geometry=gdf.geometry.values, crs=target)
     report.features = len(out)
     report.class_counts = {k: int(v) for k, v in out["class_name"].value_counts().sort_index().items()}
+    report.overlaps, report.overlap_note = class_overlaps(out, path)
     return out, report
+
+
+def class_overlaps(labels: gpd.GeoDataFrame, path) -> tuple[int, str]:
+    """Pairs of labels of different classes sharing area (touching edges do not count), and a note
+    saying where and which wins: masks burn labels in order, so the later feature's class is kept."""
+    geoms = labels.geometry.values
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    pairs = [(i, j) for i, j in zip(left, right) if i < j and labels["class_id"].iat[i] != labels["class_id"].iat[j]]
+    shared = [(i, j, shapely.intersection(geoms[i], geoms[j]).area) for i, j in pairs]
+    shared = [x for x in shared if x[2] > 0]
+    if not shared:
+        return 0, ""
+    i, j, area = max(shared, key=lambda x: x[2])
+    name = labels["class_name"]
+    return len(shared), (
+        f"{path}: {len(shared)} pair(s) of features of different classes overlap ({sum(a for *_, a in shared):.1f} "
+        f"square CRS units in all; largest: feature {i} {name.iat[i]!r} and feature {j} {name.iat[j]!r}, {area:.1f}); "
+        f"in the masks the later feature wins (here {name.iat[j]!r}), as labels are burnt in file order. "
+        "Cut the overlaps out if that is not what you meant")
 
 
 def _polygonal_part(geom):
