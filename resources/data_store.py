@@ -12,6 +12,8 @@ from pathlib import Path
 from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
+from geoseg_assets.geo.errors import disk_full_error
+
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 MAX_KEY_LENGTH = 64
 
@@ -112,6 +114,13 @@ class DataStore(ConfigurableResource):
         publication = Publication(lambda folder: sweep_stale_temps(folder, self.stale_temp_seconds))
         try:
             yield publication
+        except Exception as exc:
+            full = disk_full_error(exc, sorted({t.parent for t in publication.staged}))
+            publication.discard()
+            if full is not None:
+                raise Failure(f"{full}; every earlier output was kept. Fix: free space on that disk or move the data "
+                              "root (GEOSEG_DATA_DIR) to a larger one, then re-run", allow_retries=False) from exc
+            raise
         except BaseException:
             publication.discard()
             raise

@@ -9,6 +9,7 @@ all-or-nothing.
 import datetime as dt
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 import pyogrio
 import shapely
 from dagster import Config, ConfigurableResource
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from geoseg_assets.geo.classmap import CLASS_MAP_FILE, IGNORE_ID, ClassDef, ClassMap, DEFAULT_CLASS_MAP, read_class_map
 from geoseg_assets.geo.errors import LabelError
@@ -288,6 +289,14 @@ class GeoPackageLabelStore(LabelStore):
             Path(tmp).unlink(missing_ok=True)
 
 
+SQL_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,52}")  # 63-byte limit minus the longest index suffix (_geom_gist)
+SQL_RESERVED = {"ALL", "ANALYSE", "ANALYZE", "AND", "ANY", "ARRAY", "AS", "ASC", "CASE", "CAST", "CHECK", "COLUMN",
+                "CONSTRAINT", "CREATE", "DEFAULT", "DESC", "DISTINCT", "DO", "ELSE", "END", "FALSE", "FOR", "FOREIGN",
+                "FROM", "GRANT", "GROUP", "HAVING", "IN", "INTO", "LIMIT", "NOT", "NULL", "OFFSET", "ON", "OR", "ORDER",
+                "PRIMARY", "REFERENCES", "SELECT", "TABLE", "THEN", "TO", "TRUE", "UNION", "UNIQUE", "USER", "USING",
+                "WHEN", "WHERE", "WITH"}
+
+
 class PostgisLabelStore(LabelStore):
     """Labels in a PostGIS table (production default): one row per polygon, a GiST index on the
     geometry and a region index; every import or status change is one transaction."""
@@ -297,7 +306,18 @@ class PostgisLabelStore(LabelStore):
     user: str = "postgres"
     password: str = ""
     dbname: str = Field(default="geoseg", description="Database holding the labels table (with the PostGIS extension).")
-    table: str = "labels"
+    table: str = Field(default="labels", description="Table name: a plain SQL identifier (a-z, 0-9, _; at most 63).")
+
+    @field_validator("table")
+    @classmethod
+    def _plain_sql_identifier(cls, value: str) -> str:
+        """The table name goes into SQL text (and index names), so it must be an identifier PostgreSQL reads
+        as written: no quoting, no case folding, no schema dots, no reserved first character."""
+        if not SQL_IDENTIFIER.fullmatch(value) or value.upper() in SQL_RESERVED:
+            raise ValueError(f"table {value!r} is not a plain SQL identifier: use lower-case letters, digits and '_', "
+                             "starting with a letter or '_', at most 53 characters (room for the index names), and "
+                             "no reserved word; e.g. labels or geoseg_labels")
+        return value
 
     def _connect(self):
         import psycopg2
@@ -313,7 +333,7 @@ class PostgisLabelStore(LabelStore):
 
     def ensure_schema(self) -> None:
         """Create the PostGIS extension, the table and its indexes if missing (idempotent)."""
-        t = check_partition_value(self.table, "table name")
+        t = self.table
         with self._connect() as conn, conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS postgis")
             cur.execute(f"""

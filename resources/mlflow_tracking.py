@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
 from geoseg_assets.ml.model_artifact import ModelArtifactError
@@ -30,13 +30,26 @@ class MlflowTracking(ConfigurableResource):
     experiment: str = Field(default="geoseg", description="Experiment that holds the training runs.")
     model_name: str = Field(default="geoseg-segmenter", description="Registered model name.")
 
-    def client(self):
+    def client(self, create: bool = False):
+        """An MlflowClient on the store. A local SQLite store that does not exist is created only when
+        `create` (a training run starts); a read never creates one, since MLflow would silently answer
+        from a new empty registry after the old one was deleted or moved."""
         from mlflow import MlflowClient
 
+        store = self.sqlite_path()
+        if store is not None and not store.is_file() and not create:
+            raise Failure(
+                f"the MLflow store {store} does not exist: no model was trained with tracking_uri "
+                f"{self.tracking_uri} yet (run training_job), or it was deleted or moved (restore it from a backup, "
+                "or point tracking_uri at it; training again starts an empty registry)", allow_retries=False)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def sqlite_path(self) -> Path | None:
+        """The database file of a `sqlite:///` tracking URI, else None."""
+        return Path(self.tracking_uri.removeprefix("sqlite:///")) if self.tracking_uri.startswith("sqlite:///") else None
+
     def experiment_id(self) -> str:
-        client = self.client()
+        client = self.client(create=True)
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
@@ -51,8 +64,8 @@ class MlflowTracking(ConfigurableResource):
         """An active MLflow run in the project's experiment (fluent API bound to this tracking URI)."""
         import mlflow
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.sqlite_path() is not None:
+            self.sqlite_path().parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=tags) as active:
@@ -86,16 +99,22 @@ class MlflowTracking(ConfigurableResource):
         import json
         import tempfile
 
+        from mlflow.exceptions import MlflowException
+
         with tempfile.TemporaryDirectory() as tmp:
-            local = self.client().download_artifacts(run_id, path, tmp)
-            return json.loads(Path(local).read_text())
+            try:
+                local = self.client().download_artifacts(run_id, path, tmp)
+                return json.loads(Path(local).read_text())
+            except (MlflowException, OSError, ValueError) as exc:
+                raise Failure(f"MLflow run {run_id}: its artifact {path} cannot be read from the artifact store ({exc}); "
+                              "restore the run's artifacts, or re-run training_job", allow_retries=False) from exc
 
     def register(self, artifact_uri: str, run_id: str, sha256: str, alias: str = CHALLENGER) -> str:
         """Register the logged model folder as a new version recording its checksum (`SHA_TAG`), and point
         `alias` at it; returns the version."""
         from mlflow.exceptions import MlflowException
 
-        client = self.client()
+        client = self.client(create=True)
         try:
             client.get_registered_model(self.model_name)
         except MlflowException:
@@ -155,7 +174,6 @@ class MlflowTracking(ConfigurableResource):
 def load_registered(tracking: MlflowTracking, version: str):
     """`tracking.load_version` for an asset: a missing, altered or pre-safetensors artifact is a
     non-retryable Failure naming the version and the fix (retrying cannot repair the bytes)."""
-    from dagster import Failure
 
     try:
         return tracking.load_version(version)

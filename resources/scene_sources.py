@@ -92,6 +92,11 @@ def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple
             sha = hit[2]
         else:
             sha = sha256_file(p)
+            after = os.stat(p)
+            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                raise SceneError(p, "changed while it was being read (still being copied or written?)",
+                                 "nothing to do if a copy is under way: it is picked up by a later tick once it stops "
+                                 "changing; land files by moving them into place (`mv`) to avoid this")
             if cache is not None:
                 cache[p] = [st.st_size, st.st_mtime_ns, sha]
         shas.append(sha)
@@ -222,8 +227,11 @@ class LandingFolderSource(SceneSource):
         root = Path(self.root).resolve()
         files = []
         for p in sorted(date_dir.iterdir()):
-            if p.name.startswith(".") or p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
+            if p.name.startswith(".") or p.suffix.lower() not in RASTER_SUFFIXES:
                 continue
+            if not p.is_file():
+                what = "a broken link" if p.is_symlink() and not p.exists() else "a folder" if p.is_dir() else "a pipe, socket or device"
+                raise SceneError(p, f"is not a regular file ({what})", "replace it by the GeoTIFF file itself")
             if not p.resolve().is_relative_to(root):
                 raise SceneError(p, f"links to {p.resolve()}, outside the landing folder {root}",
                                  "copy the file into the landing folder instead of linking to it")
@@ -335,7 +343,11 @@ class StacCatalogSource(SceneSource):
             if nodata is not None:
                 declared[href] = (nodata, f"{self.catalog_path} item {item.id!r}")
         for (region, date), files in sorted(grouped.items()):
-            ref = _ref(region, date, files, digest_cache)
+            try:
+                ref = _ref(region, date, files, digest_cache)
+            except (OSError, SceneError) as exc:  # removed, unreadable or changing: this scene waits, the rest go on
+                result.problems.append(f"{self.catalog_path} scene {region}/{date}: skipped, {exc}")
+                continue
             first = next((declared[f] for f in ref.paths if f in declared), None)
             result.refs.append(ref if first is None else replace(ref, nodata=first[0], nodata_declared_in=first[1]))
         return result

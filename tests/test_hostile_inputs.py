@@ -414,7 +414,7 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_and_fresh_ones_a
     for path in stale[:2]:
         path.write_bytes(b"half a COG")
     hours_ago = time.time() - 2 * 3600
-    for path in stale:
+    for path in [stale[2] / "part.npy", *stale]:
         os.utime(path, (hours_ago, hours_ago))
     live = folder / ".scene.writing-now.tif"  # another run's file in progress: recent, kept
     live.write_bytes(b"in progress")
@@ -463,3 +463,130 @@ def test_a_stale_partition_is_left_out_of_the_dataset_by_name_and_the_others_bui
     assert {p["region"] for p in manifest["partitions"]} == {"beta"}
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if "left out of the dataset" in e.user_message]
     assert warnings and "re-materialize scenes, tiles and masks of 2024-04-15|alpha" in warnings[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MiB tmpfs (needs the mount capability, which root in this CI has)."""
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_says_no_space_left_on_device_and_keeps_the_earlier_outputs(small_disk, landing, landing_source):
+    from resources.data_store import DataStore
+
+    store = DataStore(root=str(small_disk / "store"))
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(height=64, width=64, seed=1))
+    assert materialize_partition(instance, resources, **BAD).success
+    cog = store.path("scenes", BAD, "scene.tif")
+    before = sha256_file(cog)
+    write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(height=2048, width=2048, seed=2))  # 32 MiB
+
+    run = materialize_partition(instance, resources, **BAD, raise_on_error=False)
+    assert not run.success
+    message = failure_text(run)
+    assert f"no space left on device under {cog.parent}" in message and "every earlier output was kept" in message
+    assert "move the data root" in message
+    assert not [e for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert sha256_file(cog) == before
+    assert not [p.name for p in cog.parent.iterdir() if p.name.startswith(".")], "temp files left on the full disk"
+
+
+@pytest.mark.parametrize("table", ["1labels", "geo-labels", "public.labels", "Labels", "select", "x" * 54, "labels;drop"])
+def test_postgis_table_names_that_sql_would_misread_are_refused_at_config_time(table):
+    """These passed the old path-component validator and failed (or worse) as unquoted SQL."""
+    from resources.label_store import PostgisLabelStore
+
+    with pytest.raises(Exception, match=f"table {table!r} is not a plain SQL identifier.*e.g. labels or geoseg_labels"):
+        PostgisLabelStore(table=table)
+
+
+def test_the_longest_allowed_postgis_table_name_creates_its_table_and_indexes():
+    import psycopg2
+
+    from resources.label_store import PostgisLabelStore
+    from tests.conftest import PG, throwaway_database
+
+    name = "l" * 53
+    with throwaway_database() as db:
+        PostgisLabelStore(dbname=db, table=name).ensure_schema()
+        with psycopg2.connect(dbname=db, **PG) as conn, conn.cursor() as cur:
+            cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s ORDER BY indexname", (name,))
+            indexes = [r[0] for r in cur.fetchall()]
+        conn.close()
+    assert f"{name}_geom_gist" in indexes and f"{name}_region" in indexes
+
+
+def _broken_link(folder: Path) -> Path:
+    path = folder / "scene.tif"
+    path.symlink_to(folder / "gone.tif")
+    return path
+
+
+def _named_pipe(folder: Path) -> Path:
+    import os
+
+    path = folder / "scene.tif"
+    os.mkfifo(path)  # opening it would block the sensor forever
+    return path
+
+
+def _folder_named_tif(folder: Path) -> Path:
+    path = folder / "scene.tif"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("make,what", [(_broken_link, "a broken link"), (_named_pipe, "a pipe, socket or device"),
+                                       (_folder_named_tif, "a folder")], ids=["broken_link", "named_pipe", "folder"])
+def test_an_unreadable_landing_entry_is_skipped_by_name_and_the_good_scenes_of_the_tick_run(make, what, landing,
+                                                                                            landing_source, capfd):
+    instance = dg.DagsterInstance.ephemeral()
+    folder = landing / BAD["region"] / BAD["date"]
+    folder.mkdir(parents=True)
+    bad = make(folder)
+    write_tif(landing / GOOD["region"] / GOOD["date"] / "scene.tif", random_scene(seed=2))
+    result = tick(instance, landing_source, None)
+    assert [str(r.partition_key) for r in result.run_requests] == [f"{GOOD['date']}|{GOOD['region']}"]
+    log = capfd.readouterr().err
+    assert f"{bad}: is not a regular file ({what}). Fix: replace it by the GeoTIFF file itself" in log
+
+
+def test_a_file_that_changes_while_the_tick_reads_it_is_skipped_and_picked_up_once_settled(landing, landing_source):
+    """A copy in progress: the tick hashes a file that keeps growing; it is skipped with the reason, the other
+    scene is requested, and the next tick after the copy ends requests it."""
+    import threading
+
+    instance = dg.DagsterInstance.ephemeral()
+    growing = write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
+    with open(growing, "ab") as fh:
+        fh.write(b"\0" * (96 << 20))  # ~100 MB to hash: the writer below appends while it is read
+    write_tif(landing / GOOD["region"] / GOOD["date"] / "scene.tif", random_scene(seed=2))
+    stop = threading.Event()
+
+    def keep_appending():
+        with open(growing, "ab") as fh:
+            while not stop.is_set():
+                fh.write(b"\0" * 4096)
+                fh.flush()
+
+    writer = threading.Thread(target=keep_appending)
+    writer.start()
+    try:
+        scan = landing_source.scan()
+    finally:
+        stop.set()
+        writer.join()
+    assert [(r.region, r.date) for r in scan.refs] == [(GOOD["region"], GOOD["date"])]
+    assert len(scan.problems) == 1 and f"{growing}: changed while it was being read" in scan.problems[0]
+    assert {(r.region, r.date) for r in landing_source.scan().refs} == {(BAD["region"], BAD["date"]),
+                                                                        (GOOD["region"], GOOD["date"])}

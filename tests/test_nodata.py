@@ -178,7 +178,7 @@ def test_bad_region_json_nodata_fails_naming_the_file_and_keeps_the_earlier_cog(
 
 @pytest.mark.parametrize("content, expected", [
     ({"band_names": BANDS, "dtype": "uint8", "nodata": 1.5}, "declares nodata 1.5, which uint8 pixels cannot hold"),
-    ({"band_names": BANDS, "nodata": "zero"}, "declares nodata 'zero', which is not a number"),
+    ({"band_names": BANDS, "nodata": "zero"}, "`nodata`: Input should be a valid number"),
     ("{not json", "is not valid JSON"),
 ])
 def test_unusable_region_json_is_refused_naming_it(landing, content, expected):

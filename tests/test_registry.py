@@ -199,3 +199,34 @@ def test_deleted_model_files_are_a_clear_error(registered):
     shutil.rmtree(registered_folder(tracking, version))
     with pytest.raises(ValueError, match=f"v{version}: "):
         tracking.load_version(version)
+
+
+def test_a_deleted_mlflow_database_is_named_with_the_fix_and_never_recreated_empty_by_a_read(registered, tmp_path):
+    import dagster as dg
+
+    from resources.mlflow_tracking import load_registered
+
+    tracking, version = registered
+    store = tmp_path / "mlflow.db"
+    store.unlink()
+    for read in (lambda: tracking.alias_version(CHALLENGER), lambda: load_registered(tracking, version)):
+        with pytest.raises(dg.Failure) as failure:
+            read()
+        assert f"the MLflow store {store} does not exist" in str(failure.value)
+        assert "restore it from a backup" in str(failure.value) and failure.value.allow_retries is False
+    assert not store.exists(), "a read created an empty registry in place of the deleted one"
+
+
+def test_a_deleted_run_artifact_is_a_clear_failure(tmp_path):
+    import shutil
+
+    import dagster as dg
+    import mlflow
+
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "artifacts"))
+    with tracking.run("test", {}) as run:
+        mlflow.log_dict({"band_names": ["B"]}, "preprocessing.json")
+    assert tracking.read_json_artifact(run.info.run_id, "preprocessing.json") == {"band_names": ["B"]}
+    shutil.rmtree(tmp_path / "artifacts")
+    with pytest.raises(dg.Failure, match=f"MLflow run {run.info.run_id}: its artifact preprocessing.json cannot be read"):
+        tracking.read_json_artifact(run.info.run_id, "preprocessing.json")

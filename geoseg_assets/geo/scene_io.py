@@ -27,7 +27,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 
-from .errors import SceneError
+from .errors import SceneError, disk_full_error, free_bytes
 from .windows import iter_blocks
 
 COG_BLOCKSIZE = 512
@@ -316,6 +316,9 @@ def _write(srcs, dst: Path, spec, target_crs, target_resolution, resampling, blo
     tmp_base.mkdir(parents=True, exist_ok=True)
     stage = tmp_base / f".{dst.name}.{os.getpid()}.stage.tif"
     tmp_cog = dst.parent / f".{dst.name}.{os.getpid()}.cog.tif"
+    # Worst case on disk: an uncompressed stage plus an uncompressed COG with overviews (4/3) at once.
+    worst_case = int(width * height * len(indexes) * np.dtype(first.dtypes[0]).itemsize * (1 + 4 / 3))
+    free_before = min(f for f in (free_bytes(dst.parent), free_bytes(tmp_base), 2**62) if f is not None)
     # The warper honours the sources' masks and alpha itself (their pixels come out as `plan.value`).
     how = _Validity(indexes, plan.value, masks=kind is not None and not warped)
     readers = (
@@ -353,6 +356,11 @@ def _write(srcs, dst: Path, spec, target_crs, target_resolution, resampling, blo
         else:
             copy_as_cog(spectral_vrt(first, band_names, plan.value), str(tmp_cog))
         os.replace(tmp_cog, dst)
+    except Exception as exc:
+        full = disk_full_error(exc, (dst.parent, tmp_base), need=worst_case, free_before=free_before)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         for leftover in (stage, tmp_cog):
             leftover.unlink(missing_ok=True)
