@@ -19,9 +19,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
-$(DAGSTER_HOME)/dagster.yaml:
+# The embedded instance (SQLite): the run launcher checks each STARTED run's worker, so a run whose worker
+# was killed is marked failed by `dagster dev`'s daemon instead of staying STARTED forever. Regenerated
+# when this Makefile changes.
+$(DAGSTER_HOME)/dagster.yaml: Makefile
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\nnux:\n  enabled: false\n' > $@
+	printf '%s\n' 'telemetry:' '  enabled: false' 'nux:' '  enabled: false' \
+	  'run_launcher:' '  module: geoseg_assets.run_launcher' '  class: HealthCheckedRunLauncher' \
+	  'run_monitoring:' '  enabled: true' '  poll_interval_seconds: 30' > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m geoseg_assets.demo

@@ -197,3 +197,23 @@ def test_run_not_launched_through_a_code_server_is_left_alone(instance):
     run = _run(instance, None)
     for _ in range(3):
         assert _check(instance, run).status == WorkerStatus.RUNNING
+
+
+def test_the_embedded_instance_of_make_demo_and_make_ui_fails_a_run_whose_worker_was_killed(tmp_path):
+    """The DAGSTER_HOME the Makefile writes (SQLite, `dagster dev`) has the health-checked launcher and run
+    monitoring on, so its daemon fails a STARTED run whose worker is gone instead of leaving it STARTED."""
+    import logging
+
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    subprocess.run(["make", "-s", f"{tmp_path}/dagster_home/dagster.yaml", f"DATA={tmp_path}"], cwd=REPO, check=True)
+    config = yaml.safe_load((tmp_path / "dagster_home" / "dagster.yaml").read_text())
+    assert config["run_monitoring"]["enabled"] is True and "storage" not in config  # embedded SQLite storage
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance"), overrides=config) as embedded:
+        assert isinstance(embedded.run_launcher, HealthCheckedRunLauncher)
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()  # the killed worker: gone
+        run = _run(embedded, LOCAL, proc.pid)
+        monitor_started_run(embedded, None, embedded.get_run_record_by_id(run.run_id), logging.getLogger("test"))
+        assert embedded.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
