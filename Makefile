@@ -59,7 +59,7 @@ services:
 	bash .ci/services.sh
 
 test: install services
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 bench: install
 	$(PY) benchmarks/bench_tiling.py

@@ -112,16 +112,28 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=30,
 )
 
+# Longest a run of each job may take before the daemon's run monitoring (on in both instances) stops it
+# (`dagster/max_runtime`, seconds; override per run in the launchpad): a hung read or a pathological input
+# cannot tie up a worker forever. Generous: several times the largest measured runs on this 2-core machine.
+MAX_RUNTIME_S = {"imagery_job": 2 * 3600, "dataset_job": 4 * 3600, "training_job": 24 * 3600,
+                 "retraining_job": 28 * 3600, "monitoring_job": 2 * 3600, "prediction_job": 4 * 3600}
+
+
+def runtime_limit(job: str) -> dict[str, str]:
+    return {"dagster/max_runtime": str(MAX_RUNTIME_S[job])}
+
+
 dataset_job = dg.define_asset_job(
     "dataset_job",
     selection=dg.AssetSelection.assets(dataset),
+    tags=runtime_limit("dataset_job"),
     description="Build the training set from every labelled partition and version it with DVC.",
 )
 
 training_job = dg.define_asset_job(
     "training_job",
     selection=dg.AssetSelection.assets(model, model_evaluation),
-    tags={"geoseg/heavy": "true"},
+    tags={"geoseg/heavy": "true", **runtime_limit("training_job")},
     description="Train a challenger, evaluate it on the test split and promote it if it beats the champion. "
     "Launch it several times with different `model` configs for a batch of experiments.",
 )
@@ -129,7 +141,7 @@ training_job = dg.define_asset_job(
 retraining_job = dg.define_asset_job(
     RETRAINING_JOB,
     selection=dg.AssetSelection.assets(dataset, model, model_evaluation),
-    tags={"geoseg/heavy": "true"},
+    tags={"geoseg/heavy": "true", **runtime_limit(RETRAINING_JOB)},
     description="Rebuild the training set from every labelled partition (dates that landed since the last build "
     "included: a new DVC version), train a challenger on it, evaluate and promote it if it beats the champion. "
     "What drift_sensor requests: retraining on the data that was already there would learn nothing new.",
@@ -138,18 +150,21 @@ retraining_job = dg.define_asset_job(
 monitoring_job = dg.define_asset_job(
     "monitoring_job",
     selection=dg.AssetSelection.assets(data_quality_report, data_drift_report, prediction_drift_report),
+    tags=runtime_limit("monitoring_job"),
     description="Data quality, data drift and prediction drift reports of the selected region x date partition(s).",
 )
 
 prediction_job = dg.define_asset_job(
     "prediction_job",
     selection=dg.AssetSelection.assets(predictions),
+    tags=runtime_limit("prediction_job"),
     description="Predict the selected region x date partition(s) with the current champion.",
 )
 
 imagery_job = dg.define_asset_job(
     "imagery_job",
     selection=dg.AssetSelection.assets(scenes, tiles, masks),
+    tags=runtime_limit("imagery_job"),
     description="scenes -> tiles and masks (with their checks) for the selected region x date partition(s).",
 )
 

@@ -84,28 +84,15 @@ class DataStore(ConfigurableResource):
 
     @contextmanager
     def atomic_path(self, target: Path) -> Iterator[Path]:
-        """Yield a temp path next to `target`; on success rename it over `target`, on failure delete it."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-        os.close(fd)
-        os.unlink(tmp)
-        tmp_path = Path(tmp)
-        try:
-            yield tmp_path
-            os.replace(tmp_path, target)
-        finally:
-            if tmp_path.exists():
-                if tmp_path.is_dir():
-                    shutil.rmtree(tmp_path)
-                else:
-                    tmp_path.unlink()
+        """Yield a temp path next to `target`; on success rename it over `target`, on failure delete it
+        (`publishing` with one output)."""
+        with self.publishing() as outputs:
+            yield outputs.path(target)
 
     def write_bytes(self, target: Path, data: bytes) -> Path:
         """Atomically write bytes to `target`."""
-        with self.atomic_path(target) as tmp:
-            tmp.write_bytes(data)
-        return Path(target)
+        with self.publishing() as outputs:
+            return outputs.write_bytes(target, data)
 
     @contextmanager
     def publishing(self) -> Iterator["Publication"]:
@@ -133,8 +120,11 @@ class DataStore(ConfigurableResource):
         bytes of the `keep` files (e.g. dvc.lock) are put back, so outputs and their records stay in step."""
         target, staged = Path(target), Path(staged)
         backup = target.with_name(f".{target.name}.previous")
-        if backup.exists():  # left by a killed run: the current target is the one to keep
-            shutil.rmtree(backup)
+        if backup.exists():  # left by a killed run: keep the current target, or put the backup back if there is none
+            if target.exists():
+                shutil.rmtree(backup)
+            else:
+                os.replace(backup, target)
         saved = {Path(p): Path(p).read_bytes() if Path(p).exists() else None for p in keep}
         had_target = target.exists()
         if had_target:

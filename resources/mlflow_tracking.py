@@ -36,13 +36,33 @@ class MlflowTracking(ConfigurableResource):
         from a new empty registry after the old one was deleted or moved."""
         from mlflow import MlflowClient
 
-        store = self.sqlite_path()
-        if store is not None and not store.is_file() and not create:
-            raise Failure(
-                f"the MLflow store {store} does not exist: no model was trained with tracking_uri "
-                f"{self.tracking_uri} yet (run training_job), or it was deleted or moved (restore it from a backup, "
-                "or point tracking_uri at it; training again starts an empty registry)", allow_retries=False)
+        if self.missing_store_note() and not create:
+            raise Failure(self.missing_store_note(), allow_retries=False)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def check_writable(self) -> None:
+        """Fail before training when the local store or artifact folder cannot be written (a read-only mount,
+        permissions): otherwise hours of training end in a raw sqlite or OSError when the run is logged."""
+        import os
+
+        db, artifacts = self.sqlite_path(), Path(self.artifact_location) if self.artifact_location else None
+        local = [db, db.parent] if db is not None else []  # SQLite writes a journal next to the database
+        if artifacts is not None:
+            local.append(artifacts if artifacts.exists() else artifacts.parent)
+        for target in local:
+            if target.exists() and not os.access(target, os.W_OK):
+                raise Failure(f"the MLflow store {target} is read-only (a read-only mount or missing write permission); "
+                              "training would fail when it logs the run. Fix: make it writable for this user, or point "
+                              "tracking_uri / artifact_location at a writable store", allow_retries=False)
+
+    def missing_store_note(self) -> str:
+        """Why a local SQLite store cannot answer (it does not exist), or "" when it exists or is a server."""
+        store = self.sqlite_path()
+        if store is None or store.is_file():
+            return ""
+        return (f"the MLflow store {store} does not exist: no model was trained with tracking_uri {self.tracking_uri} "
+                "yet (run training_job), or it was deleted or moved (restore it from a backup, or point tracking_uri "
+                "at it; training again starts an empty registry)")
 
     def sqlite_path(self) -> Path | None:
         """The database file of a `sqlite:///` tracking URI, else None."""
@@ -66,6 +86,7 @@ class MlflowTracking(ConfigurableResource):
 
         if self.sqlite_path() is not None:
             self.sqlite_path().parent.mkdir(parents=True, exist_ok=True)
+        self.check_writable()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=tags) as active:
@@ -127,10 +148,19 @@ class MlflowTracking(ConfigurableResource):
         """The ModelVersion an alias points at, or None."""
         from mlflow.exceptions import MlflowException
 
+        if self.missing_store_note():
+            return None  # no registry, no alias; asking must not create an empty one
         try:
             return self.client().get_model_version_by_alias(self.model_name, alias)
         except MlflowException:
             return None
+
+    def no_alias_failure(self, alias: str, fix: str) -> Failure:
+        """The non-retryable failure of an asset that needs `alias` and finds none, saying why when the
+        store itself is missing (a deleted database reads as "no model", never as an empty new registry)."""
+        note = self.missing_store_note()
+        return Failure(f"{self.model_name} has no `{alias}` version: {fix}" + (f"; {note}" if note else ""),
+                       allow_retries=False)
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client().set_registered_model_alias(self.model_name, alias, version)

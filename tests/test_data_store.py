@@ -74,3 +74,49 @@ def test_a_temp_folder_with_a_file_still_being_written_is_not_swept(tmp_path):
         os.utime(folder, (old, old))
     assert sweep_stale_temps(tmp_path, 3600, everything=True) == [dead]
     assert building.exists() and not dead.exists()
+
+
+def test_provisional_dir_puts_the_old_folder_and_records_back_when_the_block_fails(tmp_path):
+    import shutil
+
+    import pytest
+
+    from resources.data_store import DataStore
+
+    store = DataStore(root=str(tmp_path))
+    target, lock = tmp_path / "dataset", tmp_path / "dvc.lock"
+    target.mkdir()
+    (target / "manifest.json").write_text("old")
+    lock.write_text("md5: old")
+    staged = tmp_path / ".tmp" / "dataset-new"
+    staged.mkdir(parents=True)
+    (staged / "manifest.json").write_text("new")
+    with pytest.raises(RuntimeError, match="push failed"):
+        with store.provisional_dir(target, staged, keep=(lock,)) as live:
+            assert (live / "manifest.json").read_text() == "new"
+            lock.write_text("md5: new")
+            raise RuntimeError("push failed")
+    assert (target / "manifest.json").read_text() == "old" and lock.read_text() == "md5: old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp", "dataset", "dvc.lock"]
+
+    # A run killed between moving the old folder aside and putting the new one in place: the next run
+    # finds only the backup and restores it before anything else.
+    (tmp_path / ".dataset.previous").mkdir()
+    (tmp_path / ".dataset.previous" / "manifest.json").write_text("old")
+    shutil.rmtree(target)
+    staged.mkdir(parents=True, exist_ok=True)
+    (staged / "manifest.json").write_text("newer")
+    with pytest.raises(RuntimeError):
+        with store.provisional_dir(target, staged):
+            raise RuntimeError("again")
+    assert (target / "manifest.json").read_text() == "old"
+    with store.provisional_dir(target, _new_folder(tmp_path, "newest")):
+        pass
+    assert (target / "manifest.json").read_text() == "newest" and not (tmp_path / ".dataset.previous").exists()
+
+
+def _new_folder(root, text):
+    folder = root / ".tmp" / f"dataset-{text}"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(text)
+    return folder

@@ -112,3 +112,16 @@ def test_webserver_serves_the_code_location(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_every_batch_job_carries_a_runtime_limit_run_monitoring_enforces():
+    """`dagster/max_runtime` on each job (read by the daemon's run monitoring, which both instances enable),
+    so a hung read or pathological input cannot hold a worker forever."""
+    import yaml
+
+    from geoseg_assets.definitions import MAX_RUNTIME_S, defs
+
+    for name, seconds in MAX_RUNTIME_S.items():
+        assert defs.resolve_job_def(name).tags["dagster/max_runtime"] == str(seconds) and seconds >= 3600
+    repo = Path(__file__).resolve().parents[1]
+    assert yaml.safe_load((repo / "dagster.yaml").read_text())["run_monitoring"]["enabled"] is True

@@ -590,3 +590,24 @@ def test_a_file_that_changes_while_the_tick_reads_it_is_skipped_and_picked_up_on
     assert len(scan.problems) == 1 and f"{growing}: changed while it was being read" in scan.problems[0]
     assert {(r.region, r.date) for r in landing_source.scan().refs} == {(BAD["region"], BAD["date"]),
                                                                         (GOOD["region"], GOOD["date"])}
+
+
+def test_one_tick_with_a_future_date_an_unreadable_file_and_a_vrt_still_requests_every_good_scene(
+        landing, landing_source, http_server, capfd):
+    import datetime as dt
+
+    instance = dg.DagsterInstance.ephemeral()
+    future = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=30)).isoformat()
+    write_tif(landing / "alpha" / future / "scene.tif", random_scene(seed=1))
+    (landing / "alpha" / "2024-05-01").mkdir(parents=True)
+    _broken_link(landing / "alpha" / "2024-05-01")
+    (landing / "alpha" / "2024-05-02").mkdir(parents=True)
+    (landing / "alpha" / "2024-05-02" / "scene.tif").write_text(vrt_xml(f"/vsicurl/{http_server.url}/tick.tif"))
+    good = [("alpha", "2024-06-15"), ("beta", "2024-06-15"), ("gamma", "1984-03-16")]
+    for i, (region, date) in enumerate(good):
+        write_tif(landing / region / date / "scene.tif", random_scene(seed=10 + i))
+    result = tick(instance, landing_source, None)
+    assert sorted(str(r.partition_key) for r in result.run_requests) == sorted(f"{d}|{r}" for r, d in good)
+    log = capfd.readouterr().err
+    assert "is in the future" in log and "a broken link" in log and "is not a GeoTIFF" in log
+    assert http_server.requests == []

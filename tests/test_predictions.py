@@ -172,3 +172,38 @@ def test_prediction_drift_model_quality_and_feedback_labels(project):
     bad = dg.RunConfig(ops={"feedback_labels": {"config": {"partitions": ["../etc/2024-06-15"]}}})
     failed = feedback.execute_in_process(instance=instance, run_config=bad, raise_on_error=False)
     assert not failed.success and "region" in str(failed.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_a_tampered_champion_artifact_fails_prediction_and_keeps_the_earlier_predictions(project):
+    """Someone with write access to the artifact store alters the champion's weights: prediction_job refuses
+    to load them (checksum recorded at registration), names the version and the fix, is not retried, and the
+    partition's earlier predictions stay byte-identical; once the bytes are restored it predicts again."""
+    from urllib.parse import urlparse
+
+    from geoseg_assets.geo.scene_io import sha256_file
+
+    ensure_champion(project)
+    _, _, _, resources = project
+    tracking, store = resources["mlflow_tracking"], resources["data_store"]
+    dims = {"region": "alpha", "date": DATES[0]}
+    assert predict(project, **dims).success
+    outputs = sorted(p for p in store.partition_dir("predictions", dims).iterdir() if p.is_file())
+    before = {p: sha256_file(p) for p in outputs}
+    champion = tracking.alias_version(CHAMPION)
+    weights = urlparse(champion.source).path + "/weights.safetensors"
+    good = open(weights, "rb").read()
+    try:
+        with open(weights, "r+b") as fh:
+            fh.seek(len(good) - 7)
+            fh.write(bytes(b ^ 0x5A for b in good[-7:]))
+        run = predict(project, **dims)
+        assert not run.success
+        message = str(run.get_step_failure_events()[0].event_specific_data.error)
+        assert f"geoseg-segmenter v{champion.version}" in message and "altered after registration" in message
+        assert "re-run training_job" in message
+        assert not [e for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert {p: sha256_file(p) for p in outputs} == before
+    finally:
+        with open(weights, "wb") as fh:
+            fh.write(good)
+    assert predict(project, **dims).success

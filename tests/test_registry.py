@@ -209,11 +209,14 @@ def test_a_deleted_mlflow_database_is_named_with_the_fix_and_never_recreated_emp
     tracking, version = registered
     store = tmp_path / "mlflow.db"
     store.unlink()
-    for read in (lambda: tracking.alias_version(CHALLENGER), lambda: load_registered(tracking, version)):
-        with pytest.raises(dg.Failure) as failure:
-            read()
-        assert f"the MLflow store {store} does not exist" in str(failure.value)
-        assert "restore it from a backup" in str(failure.value) and failure.value.allow_retries is False
+    assert tracking.alias_version(CHALLENGER) is None  # no registry, no alias
+    with pytest.raises(dg.Failure) as raised:
+        load_registered(tracking, version)
+    no_alias = tracking.no_alias_failure(CHAMPION, "run training_job so a model is promoted")
+    for message in (str(raised.value), str(no_alias)):
+        assert f"the MLflow store {store} does not exist" in message and "restore it from a backup" in message
+    assert str(no_alias).startswith("geoseg-segmenter has no `champion` version: run training_job so a model is promoted; ")
+    assert raised.value.allow_retries is False and no_alias.allow_retries is False
     assert not store.exists(), "a read created an empty registry in place of the deleted one"
 
 
@@ -230,3 +233,28 @@ def test_a_deleted_run_artifact_is_a_clear_failure(tmp_path):
     shutil.rmtree(tmp_path / "artifacts")
     with pytest.raises(dg.Failure, match=f"MLflow run {run.info.run_id}: its artifact preprocessing.json cannot be read"):
         tracking.read_json_artifact(run.info.run_id, "preprocessing.json")
+
+
+def test_a_read_only_mlflow_store_fails_before_training_naming_it(tmp_path):
+    """A real read-only bind mount of the store's folder (root ignores file modes, not a read-only mount)."""
+    import subprocess
+
+    import dagster as dg
+
+    folder = tmp_path / "mlflow"
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{folder}/mlflow.db", artifact_location=str(folder / "artifacts"))
+    with tracking.run("first", {}):
+        pass
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only here: {mounted.stderr.strip()}")
+    try:
+        before = (folder / "mlflow.db").read_bytes()
+        with pytest.raises(dg.Failure) as failure:
+            with tracking.run("second", {}):
+                pass
+        assert f"the MLflow store {folder}" in str(failure.value) and "is read-only" in str(failure.value)
+        assert "point tracking_uri / artifact_location at a writable store" in str(failure.value)
+        assert (folder / "mlflow.db").read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -260,8 +260,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
 
     challenger = mlflow_tracking.alias_version(CHALLENGER)
     if challenger is None:
-        raise dg.Failure(f"no `{CHALLENGER}` version of {mlflow_tracking.model_name}; materialize `model` first",
-                         allow_retries=False)
+        raise mlflow_tracking.no_alias_failure(CHALLENGER, "materialize `model` first")
     client = mlflow_tracking.client()
     preprocessing = mlflow_tracking.read_json_artifact(challenger.run_id, PREPROCESSING_FILE)
     net = load_registered(mlflow_tracking, str(challenger.version))

@@ -278,7 +278,7 @@ def model_quality_report(context: dg.AssetExecutionContext, data_store: DataStor
 
     champion = mlflow_tracking.alias_version(CHAMPION)
     if champion is None:
-        raise dg.Failure(f"{mlflow_tracking.model_name} has no `{CHAMPION}`: run training_job first", allow_retries=False)
+        raise mlflow_tracking.no_alias_failure(CHAMPION, "run training_job first")
     history = version_history(mlflow_tracking.client(), mlflow_tracking.model_name, str(champion.version))
     root = data_store.partition_dir("predictions")
     pairs = []

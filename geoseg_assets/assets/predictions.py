@@ -73,8 +73,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
     dims, scene_path, scene = upstream_scene(context, data_store)
     champion = mlflow_tracking.alias_version(CHAMPION)
     if champion is None:
-        raise dg.Failure(f"{mlflow_tracking.model_name} has no `{CHAMPION}`: run training_job so a model is promoted",
-                         allow_retries=False)
+        raise mlflow_tracking.no_alias_failure(CHAMPION, "run training_job so a model is promoted")
     preprocessing = mlflow_tracking.read_json_artifact(champion.run_id, PREPROCESSING_FILE)
     issues = [i for i in input_integrity(scene, preprocessing) if i.blocking]
     if issues:
