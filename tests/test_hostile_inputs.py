@@ -611,3 +611,19 @@ def test_one_tick_with_a_future_date_an_unreadable_file_and_a_vrt_still_requests
     log = capfd.readouterr().err
     assert "is in the future" in log and "a broken link" in log and "is not a GeoTIFF" in log
     assert http_server.requests == []
+
+
+@pytest.mark.parametrize("sidecar", ["scene.tif.ovr", "scene.tif.msk"])
+def test_a_vrt_sidecar_next_to_a_good_geotiff_is_never_followed(sidecar, landing, landing_source, store, http_server):
+    """GDAL looks for external overviews (`.ovr`) and masks (`.msk`) next to a file and opens them with any
+    driver: a VRT there made it request URLs while the COG was written. Landed files are read without sidecars."""
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"data_store": store, "scene_source": landing_source}
+    folder = landing / BAD["region"] / BAD["date"]
+    write_tif(folder / "scene.tif", random_scene(height=1024, width=1024, seed=1))
+    (folder / sidecar).write_text(vrt_xml(f"/vsicurl/{http_server.url}/sidecar.tif", width=512, height=512))
+    run = materialize_partition(instance, resources, **BAD)
+    assert run.success
+    assert http_server.requests == [], "GDAL followed a sidecar of a landed file"
+    meta = run.asset_materializations_for_node("scenes")[0].metadata
+    assert meta["nodata_fraction"].value == 0.0 and meta["width"].value == 1024

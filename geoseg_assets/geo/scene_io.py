@@ -264,6 +264,13 @@ def raster_env():
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
+def landed_env():
+    """`raster_env` for reading landed files: GDAL sees no sidecar files (a `scene.tif.ovr` or `.msk` may be VRT
+    XML naming URLs or other files, which GDAL would read for overviews and masks) and no `.aux.xml`, so only
+    the GeoTIFF's own bytes are read. Masks and overviews count when they are inside the GeoTIFF."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_PAM_ENABLED="NO")
+
+
 def write_scene_cog(
     sources: list[str],
     dst_path: str,
@@ -285,7 +292,7 @@ def write_scene_cog(
     """
     if not sources:
         raise ValueError("no source files given")
-    with raster_env():
+    with landed_env():
         srcs = [_open(p) for p in sorted(sources)]
         try:
             return _write(srcs, Path(dst_path), spec, target_crs, target_resolution, resampling, block, tmp_dir)
