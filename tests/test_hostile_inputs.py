@@ -627,3 +627,39 @@ def test_a_vrt_sidecar_next_to_a_good_geotiff_is_never_followed(sidecar, landing
     assert http_server.requests == [], "GDAL followed a sidecar of a landed file"
     meta = run.asset_materializations_for_node("scenes")[0].metadata
     assert meta["nodata_fraction"].value == 0.0 and meta["width"].value == 1024
+
+
+def _ogr_vrt_labels(path: Path, server) -> None:
+    path.write_text(f'<OGRVRTDataSource><OGRVRTLayer name="l"><SrcDataSource>/vsicurl/{server.url}/labels.csv'
+                    '</SrcDataSource><GeometryType>wkbPolygon</GeometryType></OGRVRTLayer></OGRVRTDataSource>')
+
+
+@pytest.mark.parametrize("name,make,expected", [
+    ("labels.geojson", _ogr_vrt_labels, "is not a .geojson file"),
+    ("labels.gpkg", _ogr_vrt_labels, "is not a .gpkg file"),
+    ("labels.vrt", _ogr_vrt_labels, "has the suffix '.vrt'"),
+], ids=["vrt_as_geojson", "vrt_as_gpkg", "vrt_suffix"])
+def test_a_label_file_that_is_an_ogr_vrt_is_refused_before_gdal_and_the_store_is_unchanged(
+        name, make, expected, tmp_path, synthetic_source, store, http_server):
+    from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
+    from geoseg_assets.definitions import build_defs
+    from resources.label_store import GeoPackageLabelStore
+    from tests.conftest import with_test_resources
+    from tests.test_masks import import_truth
+
+    label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
+    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_partition(instance, resources, "alpha", "2024-04-15").success
+    import_truth("alpha", synthetic_source, resources)
+    before = sha256_file(label_store.path)
+    hostile = tmp_path / "incoming" / name
+    hostile.parent.mkdir()
+    make(hostile, http_server)
+    result = build_defs(resources).resolve_job_def(import_labels_job.name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=dg.RunConfig(ops={"import_labels": ImportLabelsConfig(
+            path=str(hostile), region="alpha", class_column="class_name")}))
+    assert not result.success
+    message = failure_text(result)
+    assert str(hostile) in message and expected in message and "ogr2ogr" in message
+    assert http_server.requests == [] and sha256_file(label_store.path) == before

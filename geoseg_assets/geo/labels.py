@@ -37,11 +37,39 @@ class LabelReport:
     overlap_note: str = ""  # which pairs, how much area, and which class wins in the masks
 
 
-def read_label_file(path: str | Path, layer: str | None = None) -> gpd.GeoDataFrame:
-    """Read GeoJSON / GeoPackage / Shapefile labels and check the declared CRS against the coordinates."""
+# What a label file may be, by suffix: the bytes it must start with. An OGR VRT (XML) or any other format
+# would make GDAL read the files and URLs it names, so the content is checked before GDAL opens it.
+LABEL_SIGNATURES = {".geojson": (b"{",), ".json": (b"{",), ".gpkg": (b"SQLite format 3\0",),
+                    ".shp": (b"\x00\x00\x27\x0a",)}
+
+
+def check_label_file(path: str | Path) -> None:
+    """Refuse a label path that is not a local GeoJSON / GeoPackage / Shapefile by its bytes (LabelError
+    naming the file and the fix): virtual or remote paths, other suffixes, XML or other content."""
+    fix = "export it as GeoJSON, GeoPackage or Shapefile (e.g. `ogr2ogr -f GPKG labels.gpkg <source>`)"
+    name = str(path)
+    if name.startswith("/vsi") or "://" in name:
+        raise LabelError(name, "is a GDAL virtual or remote path; only local label files are read", "copy the file here")
     path = Path(path)
     if not path.exists():
         raise LabelError(path, "does not exist", "check the path of the label file")
+    signatures = LABEL_SIGNATURES.get(path.suffix.lower())
+    if signatures is None:
+        raise LabelError(path, f"has the suffix {path.suffix!r}; label files are .geojson, .json, .gpkg or .shp", fix)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()
+    except OSError as exc:
+        raise LabelError(path, f"cannot be read ({exc.strerror or exc})", "make the file readable") from exc
+    if not head.startswith(signatures):
+        raise LabelError(path, f"is not a {path.suffix} file (its bytes start with {head[:12]!r}); OGR VRT, XML and "
+                               "other formats are refused because GDAL would follow the files and URLs they reference", fix)
+
+
+def read_label_file(path: str | Path, layer: str | None = None) -> gpd.GeoDataFrame:
+    """Read GeoJSON / GeoPackage / Shapefile labels and check the declared CRS against the coordinates."""
+    check_label_file(path)
+    path = Path(path)
     try:
         gdf = gpd.read_file(path, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError and friends
