@@ -51,6 +51,20 @@ def http_server():
     server.server_close()
 
 
+def labelled_alpha(tmp_path, synthetic_source, store):
+    """A GeoPackage label store holding region alpha's truth, with alpha's first scene materialized."""
+    from resources.label_store import GeoPackageLabelStore
+    from tests.conftest import with_test_resources
+    from tests.test_masks import import_truth
+
+    label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
+    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_partition(instance, resources, "alpha", "2024-04-15").success
+    import_truth("alpha", synthetic_source, resources)
+    return instance, resources, label_store
+
+
 def vrt_xml(source: str, width=400, height=300, bands=4) -> str:
     """A VRT exposing `source` (a path, or /vsicurl/<url>) as a 4-band uint16 raster."""
     band = ''.join(
@@ -348,15 +362,8 @@ def test_an_impossible_label_validity_window_is_refused_and_the_store_is_unchang
                                                                                    synthetic_source, store):
     from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
     from geoseg_assets.definitions import build_defs
-    from resources.label_store import GeoPackageLabelStore
-    from tests.conftest import with_test_resources
-    from tests.test_masks import import_truth
 
-    label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
-    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
-    instance = dg.DagsterInstance.ephemeral()
-    assert materialize_partition(instance, resources, "alpha", "2024-04-15").success
-    import_truth("alpha", synthetic_source, resources)
+    instance, resources, label_store = labelled_alpha(tmp_path, synthetic_source, store)
     before = sha256_file(label_store.path)
     config = ImportLabelsConfig(path=str(synthetic_source.labels_path("alpha")), region="alpha",
                                 class_column="class_name", valid_from=dates[0], valid_to=dates[1])
@@ -643,15 +650,8 @@ def test_a_label_file_that_is_an_ogr_vrt_is_refused_before_gdal_and_the_store_is
         name, make, expected, tmp_path, synthetic_source, store, http_server):
     from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
     from geoseg_assets.definitions import build_defs
-    from resources.label_store import GeoPackageLabelStore
-    from tests.conftest import with_test_resources
-    from tests.test_masks import import_truth
 
-    label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
-    resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
-    instance = dg.DagsterInstance.ephemeral()
-    assert materialize_partition(instance, resources, "alpha", "2024-04-15").success
-    import_truth("alpha", synthetic_source, resources)
+    instance, resources, label_store = labelled_alpha(tmp_path, synthetic_source, store)
     before = sha256_file(label_store.path)
     hostile = tmp_path / "incoming" / name
     hostile.parent.mkdir()
