@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geoseg_assets.ml.models import build_model, load_weights
-from geoseg_assets.ml.train import TrainConfig, class_weights, train
+from geoseg_assets.ml.train import TrainConfig, WeightAverage, class_weights, train
 from tests.test_ml_data import write_dataset
 
 # Tiny and fast: resnet18 cut to 3 stages, a slim decoder, 32 px tiles.
@@ -95,11 +95,13 @@ def test_shallow_fpn_keeps_the_input_size_and_unknown_names_are_refused():
         build_model("unet", "resnet19", 6, 6)
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(dataset, tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(dataset, tmp_path, ema_decay):
     # DeepLabV3Plus: its ASPP dropout draws from the global RNG, so the RNG restore matters too;
-    # random crops + flips exercise the seeded augmentation across the restart.
+    # random crops + flips exercise the seeded augmentation across the restart; with ema_decay the
+    # weight average is restored too.
     common = dict(architecture="deeplabv3plus", model_kwargs=dict(encoder_depth=3, decoder_channels=32),
-                  epochs=4, crop=24, max_steps_per_epoch=3)
+                  epochs=4, crop=24, max_steps_per_epoch=3, ema_decay=ema_decay)
     full = train(tiny_config(tmp_path, "full", **common), dataset)
 
     class Crash(RuntimeError):
@@ -120,6 +122,10 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(dataset, tmp_
     a, b = _state(full.last_state_path), _state(resumed.last_state_path)
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.allclose(a["model"][k].float(), b["model"][k].float(), rtol=0, atol=1e-7) for k in a["model"])
+    if ema_decay is not None:
+        ea, eb = a["average"]["model"], b["average"]["model"]
+        assert a["average"]["updates"] == b["average"]["updates"] == 12
+        assert all(torch.allclose(ea[k].float(), eb[k].float(), rtol=0, atol=1e-7) for k in ea)
     assert not all(torch.equal(at_crash["model"][k], b["model"][k]) for k in b["model"])  # it did train on
     strip = ("seconds",)
     assert [{k: v for k, v in h.items() if k not in strip} for h in full.history] == \
@@ -129,6 +135,39 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(dataset, tmp_
     # resuming with another config is refused rather than mixing two runs
     with pytest.raises(ValueError, match="another config.*lr"):
         train(replace(crashed_config, lr=1e-2), dataset)
+
+
+def test_weight_average_follows_its_formula_and_is_what_best_pt_serves(dataset, tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    average = WeightAverage(net, decay=0.9)
+    expected = net[0].weight.detach().clone()
+    for t in range(1, 31):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+        net[1].num_batches_tracked += 1
+        average.update(net)
+        d = min(0.9, (1 + t) / (10 + t))  # warmup: early updates follow the weights closely
+        expected = d * expected + (1 - d) * net[0].weight.detach()
+    assert torch.allclose(average.model[0].weight, expected)
+    lag = float(net[0].weight - average.model[0].weight)
+    assert 1 < lag < 0.9 / (1 - 0.9)  # behind the weights, by less than an EMA's steady lag on a unit ramp
+    assert int(average.model[1].num_batches_tracked) == 30  # integer buffers are copied, not averaged
+    assert not average.model[0].weight.requires_grad
+
+    # In training, val figures and best.pt are the averaged model's; last.pt keeps both for the resume.
+    seen = []
+
+    def on_epoch(epoch, metrics):
+        best, last = _state(tmp_path / "ema" / "best.pt"), _state(tmp_path / "ema" / "last.pt")
+        if best["epoch"] == epoch:
+            seen.append(epoch)
+            assert all(torch.equal(best["model"][k], last["average"]["model"][k]) for k in best["model"])
+            assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+
+    train(tiny_config(tmp_path, "ema", ema_decay=0.9, epochs=2, max_steps_per_epoch=3), dataset, on_epoch=on_epoch)
+    assert seen and seen[0] == 1
+    with pytest.raises(ValueError, match="ema_decay must lie strictly between 0 and 1"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_early_stopping_stops_when_val_miou_stalls(dataset, tmp_path):

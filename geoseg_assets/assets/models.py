@@ -46,6 +46,8 @@ class ModelConfig(dg.Config):
                                  "counts: none, inverse_sqrt or inverse (frequency^-1/2 or ^-1).")
     class_weight_cap: float | None = Field(default=10.0, ge=1, description="Largest class weight at most this many "
                                            "times the smallest (None = uncapped).")
+    ema_decay: float | None = Field(default=None, gt=0, lt=1, description="Validate, keep and serve an exponential "
+                                    "moving average of the weights (e.g. 0.99: about the last 100 steps); None = the raw weights.")
     norm: str = Field(default="batch", description="batch (BatchNorm) or group (GroupNorm: for batches of 1-4).")
     seed: int = Field(default=0, description="Seed of weights, crop positions and augmentations (same seed, same data: "
                       "same model on CPU).")
@@ -70,6 +72,7 @@ def train_config(config: ModelConfig, checkpoint_dir: str):
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
         seed=config.seed, patience=config.patience, crop=config.crop, samples_per_epoch=config.samples_per_epoch,
         crop_context=config.crop_context, class_weighting=config.class_weighting, class_weight_cap=config.class_weight_cap, norm=config.norm,
+        ema_decay=config.ema_decay,
         device=config.device, checkpoint_dir=checkpoint_dir, max_steps_per_epoch=config.max_steps_per_epoch,
         weights_path=config.weights_path,
     )

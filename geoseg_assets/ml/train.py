@@ -10,6 +10,7 @@ same `checkpoint_dir` resumes from `last.pt`; on CPU with a fixed seed the resul
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -64,6 +65,7 @@ class TrainConfig:
     class_weight_cap: float | None = 10.0  # largest weight / smallest weight; None = uncapped
     norm: str = "batch"  # normalization layers: batch (smp's BatchNorm) | group (GroupNorm, for tiny batches)
     dice_weight: float = 1.0  # loss = CE + dice_weight * Dice
+    ema_decay: float | None = None  # validate, keep and serve an exponential moving average of the weights; None = raw
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision; only ever used on CUDA
     checkpoint_dir: str | None = None  # None = a fresh temporary folder (no resume)
@@ -80,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {self.class_weighting!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie strictly between 0 and 1 (or be None), got {self.ema_decay}")
         if self.class_weight_cap is not None and not self.class_weight_cap >= 1:
             raise ValueError(f"class_weight_cap must be >= 1 (largest / smallest weight) or None, "
                              f"got {self.class_weight_cap}")
@@ -145,6 +149,39 @@ def class_weights(pixels: Sequence[int], weighting: str = "inverse_sqrt", cap: f
         w[present] = w[present].clamp(max=float(cap) * float(w[present].min()))
     w[present] /= w[present].mean()
     return w.float()
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics, kept in a copy of the model.
+
+    After each optimizer step: avg <- d * avg + (1 - d) * current, with d = min(decay, (1 + t) / (10 + t)) at
+    update t, so the first updates follow the fast-moving early weights instead of dragging the random
+    initialization along. Integer buffers (BatchNorm's batch counter) are copied. Averaging the last few
+    hundred steps smooths the noise of small batches and of a tiny validation split choosing among epochs."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = float(decay), 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        current = model.state_dict()
+        for name, avg in self.model.state_dict().items():
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(current[name].detach(), alpha=1 - d)
+            else:
+                avg.copy_(current[name])
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.model.load_state_dict(state["model"])
 
 
 class WarmupCosine:
@@ -309,6 +346,8 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupCosine(total_steps, max(1, round(config.warmup_fraction * total_steps))))
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        average = WeightAverage(model, config.ema_decay) if config.ema_decay is not None else None
+        served = average.model if average is not None else model  # the weights validated, kept and served
 
         start, history, best_miou, best_epoch, bad_epochs, stopped = 0, [], -math.inf, 0, 0, False
         resumed_from = None
@@ -317,6 +356,8 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             scaler.load_state_dict(resume["scaler"])
+            if average is not None:
+                average.load_state_dict(resume["average"])
             start, history = int(resume["epoch"]), list(resume["history"])
             best_miou, best_epoch = float(resume["best_miou"]), int(resume["best_epoch"])
             bad_epochs, stopped = int(resume["bad_epochs"]), bool(resume["stopped_early"])
@@ -348,9 +389,11 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if average is not None:
+                    average.update(model)
                 total += float(loss.detach()) * x.shape[0]
                 seen += x.shape[0]
-            val = evaluate(model, val_loader, loss_fn, info.class_names, device, use_amp)
+            val = evaluate(served, val_loader, loss_fn, info.class_names, device, use_amp)
             miou = val["miou"] if math.isfinite(val["miou"]) else 0.0
             metrics = {"train_loss": total / max(seen, 1), "train_steps": done, "val_loss": val["loss"], "val_miou": miou,
                        "val_pixel_accuracy": val["pixel_accuracy"],
@@ -358,7 +401,7 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
                        "lr": optimizer.param_groups[0]["lr"]}
             if miou > best_miou:
                 best_miou, best_epoch, bad_epochs = miou, epoch, 0
-                _atomic_save({**meta, "kind": "best", "epoch": epoch, "val_miou": miou, "model": model.state_dict()},
+                _atomic_save({**meta, "kind": "best", "epoch": epoch, "val_miou": miou, "model": served.state_dict()},
                              best_path)
             else:
                 bad_epochs += 1
@@ -367,7 +410,8 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
             history.append({"epoch": epoch, **metrics})
             _atomic_save({**meta, "kind": "last", "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict(), "best_miou": best_miou, "best_epoch": best_epoch,
+                          "scaler": scaler.state_dict(), **({"average": average.state_dict()} if average else {}),
+                          "best_miou": best_miou, "best_epoch": best_epoch,
                           "bad_epochs": bad_epochs, "stopped_early": stopped, "history": history,
                           "rng": _rng_state()}, last_path)
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_miou %.4f lr %.2e %.1fs", epoch, config.epochs,
