@@ -1,34 +1,42 @@
 """Model quality: the pipeline against a plain smp training script, same labelled pixels, network, steps and seed.
 
-For each case a scene with labels on its top rows and a held-out area (the bottom `--holdout` share of rows):
-1. the pipeline lands the scene, imports the labels of the top rows into its label store, materializes
+Cross-validated over bands of rows: the scene is cut into `--folds` horizontal bands; for each band (fold) the labels
+of every OTHER row are the training labels and the band is held out. Per fold:
+1. the pipeline lands the scene, imports the fold's labels into its label store, materializes
    scenes -> tiles -> masks -> dataset -> model (+ evaluation, promoted) -> predictions, all through Dagster;
 2. the plain script (what a user writes in 70 lines: smp Unet, random crops from the labelled rows, CE +
    Dice, AdamW, N steps, non-overlapping tiles at inference) trains on the SAME scene COG and the SAME mask
    COG the pipeline rasterized, with the same network, crop, batch, number of optimizer steps and seed,
-   twice: on the pixels of the pipeline's train split (the same training data: this decides), and on every
-   labelled pixel (what the pipeline gives up by holding val/test tiles out for early stopping and its gate);
-3. both whole-scene predictions are scored on the held-out rows against the truth: mIoU over the classes
-   present there, pixel accuracy and IoU per class.
+   on the pixels of the pipeline's train split (the same training data: this decides) and, unless
+   `--skip-plain-all`, on every labelled pixel (what the pipeline gives up by holding val/test tiles out);
+3. each whole-scene prediction is kept on the held-out band only.
+The bands put together give every trainer one out-of-fold prediction of the whole scene, scored against the truth
+(mIoU over the classes present, pixel accuracy, IoU per class): every labelled object is held out exactly once, so
+a scene with 43 buildings is judged on 43 buildings instead of the handful one band holds. Per-fold figures and
+the pipeline's wins per fold are printed too.
 
 Cases: `spacenet` (the bundled real SpaceNet image, 0.5 m, 1 band, 43 building footprints: building vs
 background) and `synthetic_hard` (a small 6-class scene where two classes cover over 85 % of pixels,
 noisier pixels, labels with shifted borders and 5 % of polygons in a wrong class; truth = the clean labels).
 
-    .venv/bin/python benchmarks/bench_model_quality.py              # both cases, default budget
-    .venv/bin/python benchmarks/bench_model_quality.py --case spacenet --steps 120
+    .venv/bin/python benchmarks/bench_model_quality.py                     # both cases, 5 folds, default budget
+    .venv/bin/python benchmarks/bench_model_quality.py --case spacenet --folds 5 --fold 4   # the bottom 20 % only
+    .venv/bin/python benchmarks/bench_model_quality.py --jobs 2 --threads 1  # two folds at once, 1 thread each
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -37,35 +45,55 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SPACENET = REPO / "tests/data/spacenet_buildings"
+PIPELINE = "pipeline"
 PLAIN_SAME = "plain script, same train pixels"  # the pipeline's train split: the comparison that decides
 PLAIN_ALL = "plain script, every labelled px"  # also the pixels the pipeline holds out for val/test
 DATE = "2024-06-15"
+QUIET = {"console": {"config": {"log_level": "WARNING"}}}  # Dagster's run logs: warnings and errors only
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @dataclass
 class Case:
-    """A scene, its full truth raster (class ids, 255 = unknown) and the training labels (top rows only)."""
+    """A scene, its full truth raster (class ids, 255 = unknown) and its labels over the whole scene (the folds
+    clip them)."""
 
     name: str
     scene: Path  # GeoTIFF to land
     spec: dict  # region.json
     classes: list[dict]  # class map: name, id, color
-    labels: object  # GeoDataFrame with a `class` column (names), in the scene CRS, clipped to the top rows
+    labels: object  # GeoDataFrame with a `class` column (names), in the scene CRS, covering the whole scene
     truth: np.ndarray  # (H, W) uint8 class ids of the whole scene, 255 where unknown
-    holdout_row: int  # rows >= this are held out
     indices: list[str]
 
 
-def _labelled_box(src, holdout_row: int):
+def fold_rows(height: int, folds: int) -> list[tuple[int, int]]:
+    """The held-out band [row0, row1) of each fold: `folds` bands of (nearly) equal height, top to bottom."""
+    edges = [round(height * i / folds) for i in range(folds + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def fold_labels(case: Case, rows: tuple[int, int]):
+    """The case's labels outside the held-out rows (polygonal parts only), as the fold's training labels."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
     from shapely.geometry import box
 
-    left, top = src.transform * (0, 0)
-    right, bottom = src.transform * (src.width, holdout_row)
-    return box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    with rasterio.open(case.scene) as src:
+        left, top = src.transform * (0, rows[0])
+        right, bottom = src.transform * (src.width, rows[1])
+    band = box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    kept = []
+    for name, geom in zip(case.labels["class"], case.labels.geometry):
+        parts = [g for g in shapely.get_parts(geom.difference(band)) if g.geom_type == "Polygon" and g.area > 0]
+        if parts:
+            kept.append((name, shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]))
+    return gpd.GeoDataFrame({"class": [n for n, _ in kept]}, geometry=[g for _, g in kept], crs=case.labels.crs)
 
 
-def spacenet_case(work: Path, holdout: float) -> Case:
-    """SpaceNet buildings: background everywhere inside the labelled rows, building footprints on top."""
+def spacenet_case(work: Path) -> Case:
+    """SpaceNet buildings: background everywhere inside the scene, building footprints on top."""
     import geopandas as gpd
     import rasterio
     from rasterio.features import rasterize
@@ -75,28 +103,25 @@ def spacenet_case(work: Path, holdout: float) -> Case:
     path = SPACENET / "sample_geotiff.tif"
     buildings = gpd.read_file(SPACENET / "geotiff_labels.geojson")
     with rasterio.open(path) as src:
-        holdout_row = int(round(src.height * (1 - holdout)))
         buildings = buildings.set_crs(src.crs, allow_override=True) if buildings.crs != src.crs else buildings
         footprint = box(*src.bounds)
         truth = rasterize([(g, 2) for g in buildings.geometry], out_shape=(src.height, src.width),
                           transform=src.transform, fill=1, dtype="uint8")
         valid = src.read_masks(1) > 0
-        labelled = _labelled_box(src, holdout_row)
     truth[~valid] = 255
-    houses = [g.intersection(labelled) for g in buildings.geometry if g.intersects(labelled)]
-    background = labelled.intersection(footprint).difference(unary_union(houses))
+    houses = [g.intersection(footprint) for g in buildings.geometry if g.intersects(footprint)]
+    background = footprint.difference(unary_union(houses))
     labels = gpd.GeoDataFrame({"class": ["background"] + ["building"] * len(houses)},
                               geometry=[background, *houses], crs=buildings.crs)
     return Case("spacenet", path, {"band_names": ["PAN"], "dtype": "uint16"},
                 [{"name": "background", "id": 1, "color": [200, 200, 200]},
-                 {"name": "building", "id": 2, "color": [200, 40, 40]}], labels, truth, holdout_row, [])
+                 {"name": "building", "id": 2, "color": [200, 40, 40]}], labels, truth, [])
 
 
-def synthetic_hard_case(work: Path, holdout: float, size: int = 768, seed: int = 0) -> Case:
+def synthetic_hard_case(work: Path, size: int = 768, seed: int = 0) -> Case:
     """6 synthetic classes, cropland + forest over 85 % of pixels, sensor noise 0.12, noisy labels."""
     import geopandas as gpd
     import rasterio
-    from rasterio.features import rasterize
     from rasterio.windows import Window
     from shapely import STRtree
 
@@ -131,15 +156,14 @@ def synthetic_hard_case(work: Path, holdout: float, size: int = 768, seed: int =
             shifted = g.buffer(float(rng.uniform(-1.5, 1.5)) * syn.RESOLUTION)
             if not shifted.is_empty:
                 rows.append((label, shifted))
-    holdout_row = int(round(size * (1 - holdout)))
-    with rasterio.open(scene) as src:
-        labelled = _labelled_box(src, holdout_row)
-    labels = gpd.GeoDataFrame({"class": [n for n, _ in rows]}, geometry=[g.intersection(labelled) for _, g in rows],
-                              crs=f"EPSG:{syn.EPSG}")
+    labels = gpd.GeoDataFrame({"class": [n for n, _ in rows]}, geometry=[g for _, g in rows], crs=f"EPSG:{syn.EPSG}")
     labels = labels[~labels.geometry.is_empty & labels.geom_type.isin(["Polygon", "MultiPolygon"])]
     classes = [{"name": c.name, "id": c.id, "color": list(c.color)} for c in DEFAULT_CLASS_MAP.classes]
     return Case("synthetic_hard", scene, {"band_names": list(syn.BAND_NAMES), "dtype": "uint16"}, classes, labels,
-                truth, holdout_row, ["NDVI", "NDWI"])
+                truth, ["NDVI", "NDWI"])
+
+
+CASES = {"spacenet": spacenet_case, "synthetic_hard": synthetic_hard_case}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,8 +171,8 @@ def synthetic_hard_case(work: Path, holdout: float, size: int = 768, seed: int =
 # --------------------------------------------------------------------------------------------------
 
 
-def run_pipeline(case: Case, work: Path, budget: dict) -> dict:
-    """Land the scene, import labels, materialize everything through Dagster; paths of the outputs."""
+def run_pipeline(case: Case, labels, work: Path, budget: dict) -> dict:
+    """Land the scene, import `labels`, materialize everything through Dagster; paths of the outputs."""
     import dagster as dg
 
     from geoseg_assets.assets.masks import MASK_FILE
@@ -183,7 +207,7 @@ def run_pipeline(case: Case, work: Path, budget: dict) -> dict:
     shutil.copy(case.scene, landing / region / DATE / case.scene.name)
     (landing / region / REGION_SPEC_FILE).write_text(json.dumps(case.spec))
     labels_path = work / "labels.geojson"
-    case.labels.to_file(labels_path, driver="GeoJSON")
+    labels.to_file(labels_path, driver="GeoJSON")
     store = DataStore(root=str(repo / "data" / "store"))
     resources = {
         "data_store": store, "scene_source": LandingFolderSource(root=str(landing)),
@@ -203,7 +227,7 @@ def run_pipeline(case: Case, work: Path, budget: dict) -> dict:
 
     def run(job: str, config: dict | None = None, **kwargs):
         result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, run_config=dg.RunConfig(ops=config or {}), raise_on_error=False, **kwargs)
+            instance=instance, run_config=dg.RunConfig(ops=config or {}, loggers=QUIET), raise_on_error=False, **kwargs)
         if not result.success:
             errors = [e.message for e in result.all_events if e.is_failure]
             raise SystemExit(f"{case.name}: {job} failed: {errors[-3:]}")
@@ -326,99 +350,159 @@ def plain_script(scene_path: Path, mask_path: Path, class_ids: list[int], budget
 
 
 # --------------------------------------------------------------------------------------------------
-# Scoring
+# Folds and scoring
 # --------------------------------------------------------------------------------------------------
 
 
-def score(prediction: np.ndarray, case: Case) -> dict:
-    """mIoU over the classes present in the held-out truth, pixel accuracy, IoU per class."""
+def run_fold(name: str, fold: int, rows: tuple[int, int], budget: dict, flags: dict) -> dict:
+    """One fold: the pipeline and the plain script(s) trained without the labels of `rows`; each trainer's
+    whole-scene prediction (H, W) and the pipeline's split figures. Runs in a worker process with --jobs."""
+    import rasterio
+    import torch
+
+    if flags["threads"]:
+        torch.set_num_threads(flags["threads"])
+    work = Path(tempfile.mkdtemp(prefix=f"geoseg-bench-quality-{name}-fold{fold}-"))
+    try:
+        case = CASES[name](work)
+        with rasterio.open(case.scene) as src:
+            res = abs(src.transform.a)
+        fold_budget = {**budget, "block_size_m": 2 * budget["tile_size"] * res}  # blocks of 2 x 2 tiles
+        pipe = run_pipeline(case, fold_labels(case, rows), work, fold_budget)
+        with rasterio.open(pipe["prediction"]) as src:
+            predictions = {PIPELINE: src.read(1)}
+        seconds = {PIPELINE: pipe["seconds"]}
+        ids = [c["id"] for c in case.classes]
+        if not flags["skip_plain"]:
+            predictions[PLAIN_SAME], seconds[PLAIN_SAME] = plain_script(pipe["scene"], pipe["mask"], ids, fold_budget,
+                                                                        pipe["train_pixels"])
+            if not flags["skip_plain_all"]:
+                predictions[PLAIN_ALL], seconds[PLAIN_ALL] = plain_script(pipe["scene"], pipe["mask"], ids, fold_budget)
+        return {"fold": fold, "rows": rows, "predictions": predictions, "seconds": seconds, "tiles": pipe["tiles"],
+                "test_miou": pipe["test_miou"]}
+    finally:
+        if flags["keep"]:
+            print(f"fold {fold}: work folder kept: {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def score(prediction: np.ndarray, truth: np.ndarray, classes: list[dict]) -> dict:
+    """mIoU over the classes present in `truth`, pixel accuracy, IoU and support per class (255 = unknown)."""
     from geoseg_assets.ml.metrics import confusion_matrix, segmentation_metrics
 
-    ids = [c["id"] for c in case.classes]
-    names = [c["name"] for c in case.classes]
-    truth = case.truth[case.holdout_row:]
-    pred = prediction[case.holdout_row:]
-    unpredicted = int(((pred == 255) & (truth != 255)).sum())  # nodata in the prediction where truth is known
-    cm = confusion_matrix(np.where(pred == 255, 255, truth), pred, ids, ignore_id=255)
+    ids = [c["id"] for c in classes]
+    names = [c["name"] for c in classes]
+    cm = confusion_matrix(np.where(prediction == 255, 255, truth), prediction, ids, ignore_id=255)
     metrics = segmentation_metrics(cm, names)
-    return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "unpredicted": unpredicted,
+    return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+            "unpredicted": int(((prediction == 255) & (truth != 255)).sum()),
             "iou": {n: v["iou"] for n, v in metrics["per_class"].items()},
             "support": {n: int(cm[i].sum()) for i, n in enumerate(names)}}
 
 
+def print_table(title: str, results: dict, classes: list[dict]) -> None:
+    names = [c["name"] for c in classes]
+    print(f"{title:34} {'mIoU (present)':>15} {'pixel acc':>10}  " + "  ".join(f"{n[:12]:>12}" for n in names))
+    for who, r in results.items():
+        print(f"{who:34} {r['miou']:15.3f} {r['pixel_accuracy']:10.3f}  " +
+              "  ".join(f"{r['iou'][n]:12.3f}" for n in names))
+    support = next(iter(results.values()))["support"]
+    print(f"{'support px':34} {'':15} {'':10}  " + "  ".join(f"{support[n]:12d}" for n in names))
+
+
+def run_case(name: str, folds: list[int], args, budget: dict, flags: dict) -> bool:
+    """All requested folds of one case, the out-of-fold table; True when the pipeline is at least as good as the
+    plain script on the same train pixels (pooled out-of-fold mIoU)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"geoseg-bench-quality-{name}-case-"))
+    try:
+        case = CASES[name](scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    height = case.truth.shape[0]
+    bands = fold_rows(height, args.folds)
+    shares = np.bincount(case.truth[case.truth != 255], minlength=256)
+    shares = {c["name"]: round(float(shares[c["id"]] / shares.sum()), 3) for c in case.classes}
+    print(f"\n== {name}: {case.truth.shape[1]} x {height} px, class shares {shares}; folds {folds} of {args.folds} "
+          f"(held-out rows {[bands[f] for f in folds]})", flush=True)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            outcomes = list(pool.map(run_fold, [name] * len(folds), folds, [bands[f] for f in folds],
+                                     [budget] * len(folds), [flags] * len(folds)))
+    else:
+        outcomes = [run_fold(name, f, bands[f], budget, flags) for f in folds]
+    held_out = np.zeros(case.truth.shape, dtype=bool)
+    oof = {who: np.full(case.truth.shape, 255, dtype=np.uint8) for who in outcomes[0]["predictions"]}
+    for out in outcomes:
+        r0, r1 = out["rows"]
+        held_out[r0:r1] = True
+        per_fold = {who: score(pred[r0:r1], case.truth[r0:r1], case.classes) for who, pred in out["predictions"].items()}
+        for who, pred in out["predictions"].items():
+            oof[who][r0:r1] = pred[r0:r1]
+        print(f"\nfold {out['fold']}: held-out rows {r0}..{r1}; pipeline tiles train/val/test {out['tiles']}, its "
+              f"test-split mIoU {out['test_miou']:.3f}; training s " +
+              ", ".join(f"{who} {sec:.0f}" for who, sec in out["seconds"].items()))
+        print_table(f"fold {out['fold']}", per_fold, case.classes)
+    truth = np.where(held_out, case.truth, 255)
+    pooled = {who: score(np.where(held_out, pred, 255), truth, case.classes) for who, pred in oof.items()}
+    print(f"\n{name}: out-of-fold prediction of {int(held_out.sum()):,} px ({len(folds)} fold(s)) against the truth")
+    print_table(f"{name}, out of fold", pooled, case.classes)
+    if PLAIN_SAME not in pooled:
+        return True
+    wins = 0
+    for out in outcomes:
+        r0, r1 = out["rows"]
+        mine, theirs = (score(out["predictions"][w][r0:r1], case.truth[r0:r1], case.classes)["miou"]
+                        for w in (PIPELINE, PLAIN_SAME))
+        wins += mine >= theirs
+    margin = pooled[PIPELINE]["miou"] - pooled[PLAIN_SAME]["miou"]
+    print(f"{name}: pipeline - plain script (same train pixels) = {margin:+.3f} mIoU out of fold; "
+          f"pipeline >= plain in {wins} of {len(outcomes)} folds")
+    return margin >= 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--case", choices=["spacenet", "synthetic_hard", "all"], default="all")
+    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=240, help="optimizer steps of both trainers")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=15, help="pipeline epochs (steps / epochs crops batches each)")
     parser.add_argument("--tile-size", type=int, default=128, help="pipeline tile grid (split granularity)")
-    parser.add_argument("--holdout", type=float, default=0.2, help="share of rows held out at the bottom")
+    parser.add_argument("--folds", type=int, default=5, help="bands of rows; each is held out once")
+    parser.add_argument("--fold", type=int, action="append", help="run only these folds (0 = top band; repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="folds trained at once (worker processes)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--keep", action="store_true", help="keep the work folders")
     parser.add_argument("--model", type=json.loads, default={}, help="ModelConfig overrides (JSON) of the pipeline")
     parser.add_argument("--dataset", type=json.loads, default={}, help="DatasetConfig overrides (JSON)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = torch's default)")
     parser.add_argument("--skip-plain", action="store_true", help="train the pipeline only (config experiments)")
     parser.add_argument("--skip-plain-all", action="store_true",
                         help="skip the plain script on every labelled pixel (train it on the pipeline's train split only)")
     args = parser.parse_args()
     if args.steps % args.epochs:
         parser.error(f"--steps {args.steps} must be a multiple of --epochs {args.epochs}")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    folds = sorted(set(args.fold)) if args.fold else list(range(args.folds))
+    if not all(0 <= f < args.folds for f in folds):
+        parser.error(f"--fold must lie in 0..{args.folds - 1}")
     budget = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "seed": args.seed,
               "epochs": args.epochs, "samples": args.steps // args.epochs * args.batch_size,
               "tile_size": args.tile_size, "model": args.model, "dataset": args.dataset}
+    flags = {"threads": args.threads, "keep": args.keep, "skip_plain": args.skip_plain,
+             "skip_plain_all": args.skip_plain_all}
     print(f"pipeline overrides: model {args.model}, dataset {args.dataset}")
-    print(f"budget: {args.steps} optimizer steps x {args.batch_size} crops of {args.crop} px, seed {args.seed}, "
-          f"same Unet-resnet18; pipeline: {args.epochs} epochs x {budget['samples']} crops, tiles {args.tile_size} px; "
-          f"held out: bottom {args.holdout:.0%} of rows")
-    names = ["spacenet", "synthetic_hard"] if args.case == "all" else [args.case]
-    worse = []
-    for name in names:
-        work = Path(tempfile.mkdtemp(prefix=f"geoseg-bench-quality-{name}-"))
-        try:
-            case = (spacenet_case if name == "spacenet" else synthetic_hard_case)(work, args.holdout)
-            import rasterio
-            with rasterio.open(case.scene) as src:
-                res = abs(src.transform.a)
-            budget["block_size_m"] = 2 * args.tile_size * res  # blocks of 2 x 2 tiles
-            shares = np.bincount(case.truth[case.truth != 255], minlength=256)
-            shares = {c["name"]: round(float(shares[c["id"]] / shares.sum()), 3) for c in case.classes}
-            print(f"\n== {name}: {case.truth.shape[1]} x {case.truth.shape[0]} px, class shares {shares}, "
-                  f"held out rows {case.holdout_row}..{case.truth.shape[0]}")
-            pipe = run_pipeline(case, work, budget)
-            pipe_pred = rasterio.open(pipe["prediction"]).read(1)
-            results = {"pipeline": score(pipe_pred, case)}
-            plain_seconds = float("nan")
-            if not args.skip_plain:
-                ids = [c["id"] for c in case.classes]
-                plain_pred, plain_seconds = plain_script(pipe["scene"], pipe["mask"], ids, budget, pipe["train_pixels"])
-                results[PLAIN_SAME] = score(plain_pred, case)
-                if not args.skip_plain_all:
-                    plain_pred, _ = plain_script(pipe["scene"], pipe["mask"], ids, budget)
-                    results[PLAIN_ALL] = score(plain_pred, case)
-            print(f"pipeline dataset tiles train/val/test {pipe['tiles']}, its test-split mIoU {pipe['test_miou']:.3f}; "
-                  f"training job {pipe['seconds']:.0f} s, plain script training {plain_seconds:.0f} s")
-            print(f"{'':34} {'mIoU (present)':>15} {'pixel acc':>10}  " + "  ".join(f"{c['name']:>10}" for c in case.classes))
-            for who, r in results.items():
-                print(f"{who:34} {r['miou']:15.3f} {r['pixel_accuracy']:10.3f}  " +
-                      "  ".join(f"{r['iou'][c['name']]:10.3f}" for c in case.classes))
-            support = results["pipeline"]["support"]
-            print(f"{'support px':34} {'':15} {'':10}  " + "  ".join(f"{support[c['name']]:10d}" for c in case.classes))
-            if PLAIN_SAME in results and results["pipeline"]["miou"] < results[PLAIN_SAME]["miou"]:
-                worse.append(name)
-        finally:
-            if not args.keep:
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                print(f"work folder kept: {work}")
-    print("\nresult: " + (f"the pipeline LOST to the plain script on the same training pixels on {worse}" if worse
-                          else "the pipeline's held-out mIoU >= the plain script's on the same training pixels on every case"))
+    print(f"budget per fold and trainer: {args.steps} optimizer steps x {args.batch_size} crops of {args.crop} px, "
+          f"seed {args.seed}, same Unet-resnet18; pipeline: {args.epochs} epochs x {budget['samples']} crops, tiles "
+          f"{args.tile_size} px; {args.folds} bands of rows, each held out once; {args.jobs} fold(s) at once, "
+          f"{args.threads or 'default'} torch thread(s) each")
+    names = list(CASES) if args.case == "all" else [args.case]
+    t0 = time.perf_counter()
+    worse = [name for name in names if not run_case(name, folds, args, budget, flags)]
+    print(f"\n{time.perf_counter() - t0:.0f} s in all")
+    print("result: " + (f"the pipeline LOST to the plain script on the same training pixels on {worse}" if worse
+                        else "the pipeline's out-of-fold mIoU >= the plain script's on the same training pixels on "
+                             "every case"))
     return 1 if worse else 0
 
 
