@@ -163,3 +163,17 @@ def test_a_failed_dvc_push_keeps_the_earlier_dataset_and_dvc_lock_byte_identical
     assert git(repo, "for-each-ref", "refs/geoseg") == records  # no record of a version that was not published
     assert not [p.name for p in (repo / "data/store").iterdir() if p.name.startswith(".dataset")]
     assert not list((repo / "data/store/.tmp").glob("dataset-*")), "the aside build was left behind"
+
+
+def test_a_record_that_cannot_be_pushed_is_a_warning_not_a_failed_dataset(project, tmp_path):
+    """The git record is pushed to `origin` when there is one; an unreachable origin leaves the record local and
+    says how to push it, and the dataset is published all the same."""
+    repo = project[0]
+    git(repo, "remote", "add", "origin", str(tmp_path / "gone.git"))
+    try:
+        meta, _, _ = build(project, seed=3)
+    finally:
+        git(repo, "remote", "remove", "origin")
+    ref, pushed = meta["dataset_ref"].value, meta["dataset_ref_pushed"].value
+    assert f"{ref} was recorded but not pushed to `origin`" in pushed and f"git push origin {ref}:{ref}" in pushed
+    assert git(repo, "rev-parse", ref).strip() == meta["dataset_commit"].value
