@@ -7,7 +7,8 @@ of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
 2. `import_labels_job` imports the synthetic ground truth of each synthetic region;
 3. `label_change_sensor` sees the new labels and re-runs only those regions' masks;
 4. `dataset_job` builds the spatially split training set and versions it with DVC (commit to
-   dvc.lock + push to the local remote `data/dvc-remote`);
+   dvc.lock + push to the local remote `data/dvc-remote`, recorded in git as
+   `refs/geoseg/datasets/<md5>`);
 5. `training_job` trains a Unet on CPU (about 4-5 minutes), logs it to the local MLflow store,
    evaluates it on the test split and promotes it to `champion` if it passes the gate;
 6. the new champion makes every `predictions` partition stale (with the daemon, the automation
@@ -184,8 +185,9 @@ def main() -> int:
     print(f"  landing folder : {landing}")
     print(f"  labels         : {resources['label_store'].path}")
     print(f"  outputs        : {store}  (scenes/, tiles/, masks/, predictions/, *_report/ by region=/date=; dataset/)")
-    print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote "
-          "(`dvc pull dataset` restores it)")
+    print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote, "
+          f"recorded as refs/geoseg/datasets/{version.removesuffix('.dir')} "
+          f"(`python -m geoseg_assets.reproduce --dataset {version}` restores it)")
     print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  "
           f"(`mlflow ui --backend-store-uri {resources['mlflow_tracking'].tracking_uri}`)")
     print(f"  Dagster home   : {instance.root_directory}")

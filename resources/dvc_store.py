@@ -15,10 +15,16 @@ Layout, and why (checked against dvc 3.67.1):
   folder, `s3://bucket/path`, MinIO with `dvc remote modify --local local endpointurl http://...`)
   is set per machine in the git-ignored `.dvc/config.local` via `remote_url`, so the committed
   config never carries one machine's paths or credentials.
-* The cache is DVC's default `<repo>/.dvc/cache`; once pushed, deleting it and the data is safe:
-  `pull` restores both. Analytics are off in the committed config and in every call's environment.
+* The cache is DVC's default `<repo>/.dvc/cache` (or `cache_dir`); once pushed, deleting it and the data
+  is safe: `pull` restores both. Analytics are off in the committed config and in every call's environment.
+* `dvc.lock` in the working tree only pins the version last built. So that every version stays
+  restorable from git alone, `record(stage)` commits dvc.yaml + dvc.lock on top of HEAD as
+  `refs/geoseg/datasets/<md5>` (git plumbing in `resources/git_refs.py`: branch, index and working tree
+  untouched) and `push_record` pushes that ref to the git remote `git_remote` when the repo has it.
 """
 
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -29,6 +35,9 @@ from pathlib import Path
 import yaml
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from resources import git_refs
+from resources.git_refs import DatasetRecord, GitError, PushResult
 
 STDERR_TAIL = 1500
 # Never phone home: no usage analytics, no DVC Studio; stdin is closed so a prompt fails instead of hanging.
@@ -97,6 +106,15 @@ class DvcStore(ConfigurableResource):
     )
     remote_name: str = Field(default="local", description="Name of the default DVC remote.")
     timeout_s: float = Field(default=1800.0, description="Longest any single dvc call may run, in seconds.")
+    cache_dir: str | None = Field(
+        default=None,
+        description="DVC cache folder for this checkout (None: DVC's default `<repo>/.dvc/cache`). Set here, it goes "
+                    "to .dvc/config.local; `python -m geoseg_assets.reproduce` points its restore worktrees at the "
+                    "repository's cache this way, so no object is downloaded or stored twice.",
+    )
+    git_remote: str = Field(default="origin", description="Git remote that dataset records "
+                            "(`refs/geoseg/datasets/<md5>`) are pushed to and fetched from, when the repository has it.")
+    git_timeout_s: float = Field(default=120.0, description="Longest any single git call may run, in seconds.")
     cache_type: str = Field(
         default="copy",
         description="How DVC links cache and workspace. `copy` is safe everywhere. `reflink,copy` is as safe and "
@@ -152,6 +170,10 @@ class DvcStore(ConfigurableResource):
             self._check_local_remote(root / DEFAULT_REMOTE)
             self._dvc("remote", "add", "--project", "--default", "--force", self.remote_name, DEFAULT_REMOTE)
             self._dvc("remote", "modify", "--project", self.remote_name, "verify", "true")
+        if self.cache_dir is not None:
+            cache = str(Path(self.cache_dir).expanduser().resolve())
+            if self._config("local").get("cache.dir") != cache:
+                self._dvc("config", "--local", "cache.dir", cache)
         if self.remote_url is not None:
             remote = self.remote_url if _is_url(self.remote_url) else str(Path(self.remote_url).expanduser().resolve())
             if not _is_url(remote):
@@ -204,9 +226,57 @@ class DvcStore(ConfigurableResource):
         self._dvc("pull", "--verbose", *(["--force"] if force else []), stage)  # verbose: names corrupted objects
         return self.stage_out(stage)
 
-    def commit_of_code(self) -> str:
-        """The git commit of repo_dir (the code that builds and trains), for lineage tags."""
-        return git_commit(self._root())
+    def commit_of_code(self, stage: str | None = None) -> str:
+        """The git commit of repo_dir (the code that builds and trains), for lineage tags: HEAD, `-dirty` when
+        tracked files have local changes. With `stage`, a dvc.lock byte-identical to the record of the stage's
+        current version is not a local change: it is our own write, and the record holds it."""
+        record = self.record_of(stage) if stage is not None else None
+        ignore = {}
+        if record is not None:
+            blob = git_refs.blob_at(self._root(), record.commit, "dvc.lock", self.git_timeout_s)
+            if blob is not None:
+                ignore["dvc.lock"] = blob
+        return git_refs.code_commit(self._root(), ignore, self.git_timeout_s)
+
+    def record(self, stage: str) -> DatasetRecord:
+        """Record the stage's current version (dvc.yaml + dvc.lock on top of HEAD) as the git commit of
+        `refs/geoseg/datasets/<md5>`, without touching the branch, index or working tree; idempotent. Does not
+        push (see push_record). Raises DvcError naming the git command and the fix."""
+        version = self._read_version(stage).md5
+        try:
+            return git_refs.record_dataset(self._root(), version, stage=stage, timeout=self.git_timeout_s)
+        except GitError as err:
+            raise DvcError(f"recording {stage} {version} in git failed: {err}") from err
+
+    def record_of(self, stage: str) -> DatasetRecord | None:
+        """The git record of the stage's current version (dvc.lock), or None (not versioned, or not recorded)."""
+        version = self.version(stage)
+        if version is None:
+            return None
+        try:
+            return git_refs.find_record(self._root(), version, self.git_timeout_s)
+        except GitError:
+            return None
+
+    def push_record(self, record: DatasetRecord) -> PushResult:
+        """Push a record's ref to `git_remote` if the repository has that remote; a failure is returned as a
+        warning naming the ref and the command that pushes it by hand, never raised."""
+        try:
+            return git_refs.push_record(self._root(), record.ref, self.git_remote, self.git_timeout_s)
+        except GitError as err:  # a bad remote name or no git at all: still only a warning
+            return PushResult("failed", f"{record.ref} was not pushed: {err}")
+
+    def remote_location(self) -> str:
+        """Where the default DVC remote is for this checkout (config.local over the committed config), as an
+        absolute path or URL, e.g. to point another checkout of the same repository at it."""
+        if self.remote_url is not None:
+            return self.remote_url if _is_url(self.remote_url) else str(Path(self.remote_url).expanduser().resolve())
+        name = self._dvc("config", "core.remote").strip()
+        return self._dvc("config", f"remote.{name}.url").strip()  # dvc resolves local paths to absolute ones
+
+    def cache_location(self) -> Path:
+        """The DVC cache folder of this checkout."""
+        return Path(self._dvc("cache", "dir").strip())
 
     def version(self, stage: str) -> str | None:
         """The hash dvc.lock records for the stage's output (no re-hashing), or None if never committed."""
@@ -230,11 +300,21 @@ class DvcStore(ConfigurableResource):
 
 def git_commit(repo_dir: str | Path) -> str:
     """HEAD commit of the repository (with `-dirty` when tracked files have local changes), or "unknown"."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+    return git_refs.code_commit(repo_dir)
+
+
+def dvc_dir_hash(folder: str | Path) -> str:
+    """DVC 3's hash of a folder (`<md5>.dir`), computed here without DVC: the md5 of the JSON list of
+    {"md5": <file md5>, "relpath": <posix path>} sorted by path (dvc_data's Tree.as_bytes), so a restored
+    folder can be checked against the version a model recorded."""
+    folder = Path(folder)
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest = hashlib.md5()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            entries.append({"md5": digest.hexdigest(), "relpath": path.relative_to(folder).as_posix()})
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

@@ -95,6 +95,12 @@ def test_dataset_versions_splits_and_round_trips_through_dvc(project):
     lock = (repo / "dvc.lock").read_text()
     version = meta["dataset_version"].value
     assert version.endswith(".dir") and version in lock
+    # recorded in git on its own ref (code commit + this lock), shown with the command that restores it
+    assert meta["dataset_ref"].value == f"refs/geoseg/datasets/{version[:-4]}"
+    assert git(repo, "rev-parse", meta["dataset_ref"].value).strip() == meta["dataset_commit"].value
+    assert git(repo, "show", f"{meta['dataset_commit'].value}:dvc.lock") == lock
+    assert f"python -m geoseg_assets.reproduce --dataset {version}" in meta["restore_command"].value
+    assert "no git remote `origin`" in meta["dataset_ref_pushed"].value
     counts = manifest["tile_counts"]
     assert sum(counts.values()) == 4 * 16 and min(counts.values()) > 0  # 1024 px -> 16 tiles per partition, all labelled
     assert {meta["tiles_train"].value, meta["tiles_val"].value, meta["tiles_test"].value} <= set(counts.values())
@@ -140,6 +146,7 @@ def test_a_failed_dvc_push_keeps_the_earlier_dataset_and_dvc_lock_byte_identical
     repo, _, instance, resources = project
     build(project)
     before, lock = digests(repo / "data/store/dataset"), (repo / "dvc.lock").read_bytes()
+    records = git(repo, "for-each-ref", "refs/geoseg")
     broken = tmp_path / "broken-remote"
     broken.mkdir()
     (broken / "files").write_text("not a folder")
@@ -153,5 +160,20 @@ def test_a_failed_dvc_push_keeps_the_earlier_dataset_and_dvc_lock_byte_identical
     assert "push" in message and "were kept as they were" in message and str(repo / "dvc.lock") in message
     assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     assert digests(repo / "data/store/dataset") == before and (repo / "dvc.lock").read_bytes() == lock
+    assert git(repo, "for-each-ref", "refs/geoseg") == records  # no record of a version that was not published
     assert not [p.name for p in (repo / "data/store").iterdir() if p.name.startswith(".dataset")]
     assert not list((repo / "data/store/.tmp").glob("dataset-*")), "the aside build was left behind"
+
+
+def test_a_record_that_cannot_be_pushed_is_a_warning_not_a_failed_dataset(project, tmp_path):
+    """The git record is pushed to `origin` when there is one; an unreachable origin leaves the record local and
+    says how to push it, and the dataset is published all the same."""
+    repo = project[0]
+    git(repo, "remote", "add", "origin", str(tmp_path / "gone.git"))
+    try:
+        meta, _, _ = build(project, seed=3)
+    finally:
+        git(repo, "remote", "remove", "origin")
+    ref, pushed = meta["dataset_ref"].value, meta["dataset_ref_pushed"].value
+    assert f"{ref} was recorded but not pushed to `origin`" in pushed and f"git push origin {ref}:{ref}" in pushed
+    assert git(repo, "rev-parse", ref).strip() == meta["dataset_commit"].value

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from resources.dvc_store import DvcError, DvcStore
+from resources.dvc_store import DvcError, DvcStore, dvc_dir_hash
 
 DATASET = "data/store/dataset"
 
@@ -89,6 +89,27 @@ def test_version_follows_the_bytes(tracked):
     config = (repo / ".dvc" / "config").read_text()
     assert "analytics = false" in config and "url = ../data/dvc-remote" in config  # no machine paths committed
     assert str(tmp_remote(repo)) in (repo / ".dvc" / "config.local").read_text()
+
+
+def test_each_version_is_recorded_in_git_and_the_code_commit_stays_clean(tracked, tmp_path):
+    """`record` keeps a version restorable after dvc.lock moves on, and our own dvc.lock write is not a code change."""
+    store, repo, first = tracked
+    assert dvc_dir_hash(repo / DATASET) == first.md5  # the same hash DVC computed, without DVC
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "code, DVC config and the first dataset's lock")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert store.commit_of_code("dataset") == head
+    write_dataset(repo / DATASET, seed=1)
+    second = store.commit("dataset")  # rewrites dvc.lock in the working tree
+    assert store.commit_of_code("dataset") == f"{head}-dirty" and store.record_of("dataset") is None
+    record = store.record("dataset")
+    assert record.version == second.md5 and record.ref == f"refs/geoseg/datasets/{second.md5[:-4]}"
+    assert store.record_of("dataset").commit == record.commit
+    assert store.commit_of_code("dataset") == head  # the lock is the recorded one
+    assert store.commit_of_code() == f"{head}-dirty"  # without the stage, any change counts, as before
+    assert store.push_record(record).status == "no-remote"
+    assert store.remote_location() == str(tmp_path / "remote")
+    assert store.cache_location() == repo / ".dvc" / "cache"
 
 
 def test_pull_restores_dataset_and_cache_byte_for_byte(tracked, tmp_path):

@@ -38,6 +38,10 @@ def test_training_records_lineage_and_promotes_only_past_the_floor(project):
     run = tracking.client().get_run(meta["mlflow_run_id"].value)
     assert run.data.tags["geoseg.dataset_version"] == resources["dvc"].version("dataset")
     assert run.data.tags["geoseg.git_commit"].startswith(git(repo, "rev-parse", "HEAD").strip())
+    record = resources["dvc"].record_of("dataset")
+    assert (run.data.tags["geoseg.dataset_ref"], run.data.tags["geoseg.dataset_commit"]) == (record.ref, record.commit)
+    assert meta["restore_dataset"].value == (f"```bash\npython -m geoseg_assets.reproduce {tracking.model_name} "
+                                             f"{meta['model_version'].value}\n```")
     assert run.data.tags["geoseg.dagster_run_id"] == result.run_id
     assert run.data.params["encoder"] == "resnet18" and "val_miou" in run.data.metrics
     assert run.data.metrics["onnx_max_abs_diff"] < 1e-3

@@ -16,6 +16,7 @@ from geoseg_assets.geo.dataset import DatasetError, PartitionInput, build_datase
 from geoseg_assets.geo.synthetic import BAND_NAMES
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
+from resources.git_refs import DatasetRecord, PushResult, fetch_command
 from resources.label_store import ClassMapResource
 
 DVC_STAGE = "dataset"
@@ -96,12 +97,42 @@ def stale_mask_problem(instance: dg.DagsterInstance, key: str, scene: dict, mask
     return None
 
 
+REPRODUCE = "python -m geoseg_assets.reproduce"
+
+
+def restore_command(record: DatasetRecord, git_remote: str) -> str:
+    """Markdown: how to get these exact bytes back, by hand and in one command."""
+    return (
+        f"In a clone with access to the DVC remote (`dvc remote add --local -f -d local <remote>` if it is not "
+        f"the committed default):\n\n```bash\n"
+        f"{fetch_command(record.ref, git_remote)}   # if the clone lacks it\n"
+        f"git checkout {record.ref}   # detached: that code + this dvc.lock (needs a clean tree; `git switch -` back)\n"
+        f"dvc pull {DVC_STAGE}\n```\n\n"
+        f"or in one step, leaving your branch and `data/store/dataset` alone (restores into a detached worktree "
+        f"under `data/reproduce/`):\n\n```bash\n"
+        f"{REPRODUCE} --dataset {record.version}\n"
+        f"{REPRODUCE} <model-name> <model-version>   # the dataset of any registered model\n```"
+    )
+
+
+def record_metadata(record: DatasetRecord, pushed: PushResult, git_remote: str) -> dict:
+    return {
+        "dataset_ref": record.ref,
+        "dataset_commit": record.commit,
+        "dataset_code_commit": record.code_commit or "none (the repository had no commit)",
+        "dataset_ref_pushed": pushed.message,
+        "restore_command": dg.MetadataValue.md(restore_command(record, git_remote)),
+    }
+
+
 @dg.asset(
     deps=[tiles, masks],
     kinds={"numpy", "dvc"},
     group_name="datasets",
     description="Training set: labelled tiles of all partitions, train/val/test split by spatial blocks (no place in "
-    "two splits), normalization stats from train, a few large shards + manifest; versioned with DVC (`dvc pull` restores it).",
+    "two splits), normalization stats from train, a few large shards + manifest; versioned with DVC and recorded in git "
+    "as `refs/geoseg/datasets/<md5>` (`python -m geoseg_assets.reproduce` or `git checkout <ref> && dvc pull dataset` "
+    "restores it).",
 )
 def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store: DataStore,
             class_map: ClassMapResource, dvc: DvcStore) -> dg.MaterializeResult:
@@ -131,23 +162,32 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
         )
     except DatasetError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    version = None
+    version, record_meta = None, {"dataset_ref": "none (not versioned: `dvc repro` commits it; the model records it)"}
     if config.version_with_dvc:
         try:
             with data_store.provisional_dir(out_dir, build_dir, keep=(dvc.lock_path(),)):
                 version = dvc.commit(DVC_STAGE).md5
+                # the git record of this version (code commit + this dvc.lock), so it stays restorable once
+                # dvc.lock moves on; part of publishing: if it cannot be made, the earlier dataset comes back
+                record = dvc.record(DVC_STAGE)
         except DvcError as exc:
             raise dg.Failure(f"{exc}; the earlier dataset at {out_dir} and {dvc.lock_path()} were kept as they were",
                              allow_retries=False, metadata={"error": str(exc), "kept": str(out_dir)}) from exc
         finally:
             shutil.rmtree(build_dir, ignore_errors=True)
-        context.log.info(f"dataset version {version} committed to dvc.lock and pushed; commit dvc.lock to git")
+        pushed = dvc.push_record(record)
+        if pushed.status == "failed":
+            context.log.warning(pushed.message)
+        context.log.info(f"dataset version {version} committed to dvc.lock, pushed to the DVC remote and recorded as "
+                         f"{record.ref} ({record.commit[:12]}; {pushed.message})")
+        record_meta = record_metadata(record, pushed, dvc.git_remote)
     counts = summary.tile_counts
     return dg.MaterializeResult(
         metadata={
             "path": md.path(out_dir),
             "manifest": md.path(out_dir / Path(summary.manifest_path).name),
             "dataset_version": version or "not versioned (dvc repro commits it)",
+            **record_meta,
             "tiles_train": counts["train"], "tiles_val": counts["val"], "tiles_test": counts["test"],
             "blocks": summary.block_counts,
             "dropped_tiles": summary.dropped_tiles,

@@ -8,9 +8,9 @@ import numpy as np
 from pydantic import Field
 
 from geoseg_assets import metadata as md
-from geoseg_assets.assets.datasets import DVC_STAGE, dataset
+from geoseg_assets.assets.datasets import DVC_STAGE, REPRODUCE, dataset
 from resources.data_store import DataStore
-from resources.dvc_store import DvcStore
+from resources.dvc_store import DvcError, DvcStore
 from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking, load_registered
 
 HEAVY = {"geoseg/heavy": "true"}  # dagster.yaml lets one heavy run at a time
@@ -88,6 +88,24 @@ def checkpoint_key(config: ModelConfig, dataset_version: str, run_id: str) -> st
 ONNX_TOLERANCE = 1e-3
 
 
+def dataset_record(context, dvc: DvcStore):
+    """The git record of the dataset version in dvc.lock. A version without one (built by `dvc repro`, or before
+    records existed) is recorded now, so every model can be traced back to restorable bytes."""
+    record = dvc.record_of(DVC_STAGE)
+    if record is not None:
+        return record
+    try:
+        record = dvc.record(DVC_STAGE)
+    except DvcError as exc:
+        raise dg.Failure(f"{exc}; without a record the model's dataset could not be restored later",
+                         allow_retries=False) from exc
+    pushed = dvc.push_record(record)
+    context.log.warning(f"dataset {record.version} had no git record (built by `dvc repro`, or before records "
+                        f"existed): recorded it now as {record.ref}; {pushed.message}. Its bytes must be in the DVC "
+                        "remote (`dvc push dataset`) for it to be restorable elsewhere")
+    return record
+
+
 def training_grid(manifest: dict, data_store: DataStore) -> dict:
     """dtype, CRS and pixel size of the training scenes (from their scene records), so predictions can
     refuse scenes on another grid or scale (see monitoring/integrity.py)."""
@@ -136,7 +154,8 @@ def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataSto
     op_tags=HEAVY,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=1),
     description="An smp network trained on the dataset (checkpoint every epoch; a retry resumes), tracked in MLflow "
-    "(params, per-epoch metrics, dataset DVC version, git commit, Dagster run) and registered with alias `challenger`.",
+    "(params, per-epoch metrics, dataset DVC version + its git record, git commit, Dagster run) and registered with alias "
+    "`challenger`; `python -m geoseg_assets.reproduce <model> <version>` restores its training data.",
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: DataStore, dvc: DvcStore,
           mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -154,11 +173,15 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
         raise dg.Failure(f"{dataset_dir}: no dataset; materialize `dataset` first", allow_retries=False)
     manifest = load_manifest(dataset_dir)
     dataset_version = dvc.version(DVC_STAGE) or "unversioned"
+    record = dataset_record(context, dvc) if dataset_version != "unversioned" else None
     key = checkpoint_key(config, dataset_version, context.run.run_id)
     checkpoints = data_store.partition_dir("models") / "checkpoints" / key
     tags = {
         "geoseg.dataset_version": dataset_version,
-        "geoseg.git_commit": dvc.commit_of_code(),
+        # the git record of that dataset version: `python -m geoseg_assets.reproduce <model> <version>` reads these
+        "geoseg.dataset_ref": record.ref if record else "none",
+        "geoseg.dataset_commit": record.commit if record else "none",
+        "geoseg.git_commit": dvc.commit_of_code(DVC_STAGE),
         "geoseg.dagster_run_id": context.run.run_id,
         "geoseg.partitions": ",".join(sorted({f"{p['region']}/{p['date']}" for p in manifest["partitions"]})),
         "geoseg.checkpoint_key": key,
@@ -215,7 +238,11 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
             "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else "none",
             "dataset_version": dataset_version,
+            "dataset_ref": tags["geoseg.dataset_ref"],
             "git_commit": tags["geoseg.git_commit"],
+            "restore_dataset": dg.MetadataValue.md(
+                f"```bash\n{REPRODUCE} {mlflow_tracking.model_name} {version}\n```" if record else
+                "not restorable: the model was trained on an unversioned dataset"),
             "curves": md.image(png, "training curves"),
             "onnx": f"onnx/model.onnx, max |ONNX Runtime - torch| = {onnx_diff:.2e}" if onnx_diff is not None else "not exported",
         },
