@@ -13,6 +13,7 @@ from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.partitions import DATE_START, partition_key, region_partitions
 from resources.drift_policy import DriftPolicy
 from resources.label_store import LabelStore
+from resources.mlflow_tracking import CHAMPION, MlflowTracking
 from resources.notifier import Notifier
 from resources.scene_sources import SceneSource
 
@@ -233,6 +234,34 @@ def plan_drift_retraining(reports: list[tuple[str, int, float, bool]], cursor: d
 
 
 RETRAINING_JOB = "retraining_job"
+RECIPE_TAG = "geoseg/retraining_recipe"
+RECIPE_OPS = ("model", "model_evaluation")  # the ops of retraining_job whose config a champion's run carries
+
+
+def champion_recipe(instance: dg.DagsterInstance, tracking: MlflowTracking, job: dg.JobDefinition) -> tuple[dict, str]:
+    """(run config, description) of a drift retraining that trains with the recipe that made the champion: the
+    `model` and `model_evaluation` config of the Dagster run its MLflow run names (`geoseg.dagster_run_id`).
+    ({}, why) when there is no champion, its run is not in this instance, or that config no longer fits `job`
+    (a changed ModelConfig): the retraining then uses the defaults and says why in its tags."""
+    try:
+        champion = tracking.alias_version(CHAMPION)
+        if champion is None:
+            return {}, "defaults: no champion yet"
+        run_id = tracking.run_tags(champion.run_id).get("geoseg.dagster_run_id", "")
+    except Exception as exc:  # noqa: BLE001 (an unreadable registry must not stop the drift event)
+        return {}, f"defaults: the model registry could not be read ({str(exc).splitlines()[0][:120]})"
+    run = instance.get_run_by_id(run_id) if run_id else None
+    if run is None:
+        return {}, f"defaults: champion v{champion.version}'s training run {run_id or '(unrecorded)'} is not in this instance"
+    ops = {op: cfg for op, cfg in (run.run_config or {}).get("ops", {}).items() if op in RECIPE_OPS}
+    config = {"ops": ops} if ops else {}
+    try:
+        dg.validate_run_config(job, config)
+    except dg.DagsterInvalidConfigError as exc:
+        return {}, f"defaults: champion v{champion.version}'s config no longer fits {job.name} ({exc.errors[0].message[:120]})"
+    return config, f"champion v{champion.version}'s recipe (run {run_id[:8]})"
+
+
 IN_FLIGHT = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
 
@@ -244,9 +273,11 @@ IN_FLIGHT = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.Dag
     description="Reads new `data_drift_report` results; when drift exceeds DriftPolicy in enough partitions (or one "
     "beyond the hard threshold) requests one retraining run (dataset rebuilt with the new labelled dates -> model "
     "-> evaluation -> promotion) per drift event, and notifies. Partitions the training set holds never count, and "
-    "no event fires while a retraining run is queued or running.",
+    "no event fires while a retraining run is queued or running. The retraining trains with the champion's recipe "
+    "(the model and evaluation config of its training run; DriftPolicy.retraining_recipe).",
 )
-def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier) -> dg.SensorResult:
+def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier,
+                 mlflow_tracking: MlflowTracking) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
     after = cursor.get("after")
     result = context.instance.fetch_materializations(
@@ -265,9 +296,15 @@ def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy,
     running = in_flight[0].run_id if in_flight else None
     request, state, reason = plan_drift_retraining(reports, cursor, drift_policy, running)
     if request is not None:
-        notifier.notify(f"geoseg drift event {request.run_key}: {reason}; retraining requested (retraining_job)",
-                        run_key=request.run_key, reason=reason)
-        context.log.info(reason)
+        run_config, recipe = {}, "defaults: DriftPolicy.retraining_recipe is `defaults`"
+        if drift_policy.retraining_recipe == "champion":
+            run_config, recipe = champion_recipe(context.instance, mlflow_tracking,
+                                                 context.repository_def.get_job(RETRAINING_JOB))
+        request = dg.RunRequest(run_key=request.run_key, run_config=run_config,
+                                tags={**request.tags, RECIPE_TAG: recipe})
+        notifier.notify(f"geoseg drift event {request.run_key}: {reason}; retraining requested (retraining_job, "
+                        f"{recipe})", run_key=request.run_key, reason=reason)
+        context.log.info(f"{reason}; retraining with {recipe}")
     return dg.SensorResult(
         run_requests=[request] if request else [],
         cursor=json.dumps({**state, "after": after}, sort_keys=True),

@@ -155,6 +155,10 @@ class MlflowTracking(ConfigurableResource):
         except MlflowException:
             return None
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The tags of an MLflow run (lineage: dataset version, git commit, Dagster run id)."""
+        return dict(self.client().get_run(run_id).data.tags)
+
     def no_alias_failure(self, alias: str, fix: str) -> Failure:
         """The non-retryable failure of an asset that needs `alias` and finds none, saying why when the
         store itself is missing (a deleted database reads as "no model", never as an empty new registry)."""

@@ -8,7 +8,7 @@ import pytest
 
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
-from geoseg_assets.sensors import drift_sensor, plan_drift_retraining
+from geoseg_assets.sensors import RECIPE_TAG, champion_recipe, drift_sensor, plan_drift_retraining
 from resources.drift_policy import DriftPolicy
 from resources.notifier import Notifier
 from resources.scene_sources import SyntheticSource
@@ -79,10 +79,12 @@ def test_data_quality_report_passes_a_clean_scene_and_explains_each_rule(shifted
 def test_drift_sensor_requests_one_retraining_per_drift_event(shifted):
     _, _, instance, resources = shifted
     policy = DriftPolicy(threshold=0.5, min_partitions=2, hard_threshold=1.0)
+    defs = build_defs(resources)
+    sensor_resources = {"drift_policy": policy, "notifier": Notifier(), "mlflow_tracking": resources["mlflow_tracking"]}
 
     def tick(cursor):
-        with dg.build_sensor_context(instance=instance, cursor=cursor, resources={
-                "drift_policy": policy, "notifier": Notifier()}) as context:
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources,
+                                     definitions=defs) as context:
             result = drift_sensor(context)
         return result.run_requests, result.cursor
 
@@ -99,18 +101,18 @@ def test_drift_sensor_requests_one_retraining_per_drift_event(shifted):
     assert report(shifted, "beta", SHIFTED, "data_drift_report").success  # the second one: a drift event
     requests, cursor = tick(cursor)
     assert len(requests) == 1 and requests[0].run_key.startswith("drift:"), cursor
+    assert requests[0].tags[RECIPE_TAG] == "defaults: no champion yet" and not requests[0].run_config
     requests, cursor = tick(cursor)  # the same event is never requested twice
     assert requests == []
 
     # While that event's retraining run is in flight (created, not yet ended), the same partitions drift again: no
     # second run is requested; they wait in the pool, and fire once the run has ended (without a training set that
     # covers them).
-    defs = build_defs(resources)
     queued = instance.create_run_for_job(defs.resolve_job_def("retraining_job"), status=dg.DagsterRunStatus.NOT_STARTED)
     for region in ("alpha", "beta"):
         assert report(shifted, region, SHIFTED, "data_drift_report").success
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={
-            "drift_policy": policy, "notifier": Notifier()}) as context:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources,
+                                 definitions=defs) as context:
         waiting = drift_sensor(context)
     assert waiting.run_requests == [] and queued.run_id in waiting.skip_reason.skip_message, waiting.skip_reason
     assert sorted(json.loads(waiting.cursor)["pending"]) == [f"{SHIFTED}|alpha", f"{SHIFTED}|beta"]
@@ -118,6 +120,50 @@ def test_drift_sensor_requests_one_retraining_per_drift_event(shifted):
     requests, cursor = tick(waiting.cursor)
     assert len(requests) == 1 and requests[0].run_key.startswith("drift:"), cursor
     assert defs.resolve_sensor_def("drift_sensor").job_name == "retraining_job"
+
+
+def test_drift_retraining_trains_with_the_recipe_that_made_the_champion(tmp_path):
+    """The champion's training run (a real run record in the instance, named by the champion's MLflow run) gives
+    the retraining its model and evaluation config; without a usable one the retraining takes the defaults and
+    its tag says why."""
+    import mlflow
+
+    from geoseg_assets.definitions import default_resources
+    from resources.mlflow_tracking import CHAMPION, MlflowTracking
+
+    resources = default_resources(tmp_path / "data")
+    defs = build_defs(resources)
+    job = defs.resolve_job_def("retraining_job")
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "art"))
+    recipe = {"ops": {"model": {"config": {"epochs": 3, "lr": 0.001, "ema_decay": 0.99, "indices": []}},
+                      "model_evaluation": {"config": {"min_miou": 0.2}}}}
+    with dg.instance_for_test() as instance:
+        assert champion_recipe(instance, tracking, job) == ({}, "defaults: no champion yet")
+        trained = instance.create_run_for_job(defs.resolve_job_def("training_job"), run_config=recipe)
+
+        def champion_of(dagster_run_id):
+            with tracking.run("trained", {"geoseg.dagster_run_id": dagster_run_id}) as run:
+                mlflow.log_metric("test_miou", 0.5)
+            version = tracking.register(f"{tmp_path}/art/none", run.info.run_id, "0" * 64)
+            tracking.set_alias(CHAMPION, version)
+            return version
+
+        v1 = champion_of(trained.run_id)
+        config, why = champion_recipe(instance, tracking, job)
+        assert config == recipe and why == f"champion v{v1}'s recipe (run {trained.run_id[:8]})"
+        dg.validate_run_config(job, config)  # launchable as it is
+
+        v2 = champion_of("0" * 36)  # trained on another instance
+        assert champion_recipe(instance, tracking, job) == (
+            {}, f"defaults: champion v{v2}'s training run {'0' * 36} is not in this instance")
+
+        # a champion trained before a ModelConfig field was renamed: its config no longer launches
+        old = instance.add_run(dg.DagsterRun(job_name="training_job", run_config={
+            "ops": {"model": {"config": {"epochs": 3, "warmup_epochs": 1}}}}))
+        v3 = champion_of(old.run_id)
+        config, why = champion_recipe(instance, tracking, job)
+        assert config == {} and why.startswith(f"defaults: champion v{v3}'s config no longer fits retraining_job (")
+        assert "warmup_epochs" in why, why
 
 
 class Policy:

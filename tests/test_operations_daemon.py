@@ -66,7 +66,8 @@ NOT_REQUESTED = ["dataset", "model", "champion_model"]  # a new scene never retr
 IMAGERY_STEPS = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
                  "masks_label_geometries_valid"}  # imagery_job's steps
 SENSOR_TIMEOUT = 10 * 60
-# The drift test's retraining_job trains the default ModelConfig (15 epochs of at least 8 batches): ~12 min here.
+# The drift test's retraining_job trains with the champion's recipe (tests.test_models.QUICK): a few minutes here,
+# the dataset rebuild and the checks included; generous, as a slow machine must not fail it.
 RETRAINING_TIMEOUT = 25 * 60
 RECOVERY_TIMEOUT = 5 * 60
 
@@ -428,7 +429,8 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     from dagster import DagsterEventType, DagsterRunStatus
 
     from geoseg_assets.assets.models import EvaluationConfig
-    from geoseg_assets.sensors import DRIFT_EVENT_TAG
+    from geoseg_assets.sensors import DRIFT_EVENT_TAG, RECIPE_TAG
+    from tests.test_models import QUICK
     from resources.drift_policy import DriftPolicy
     from resources.mlflow_tracking import CHAMPION, MlflowTracking
 
@@ -467,6 +469,9 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     print(f"retraining run {run_id[:8]} {run.job_name} {run.status.value} {time.time() - t_tick:.1f} s after the tick")
     assert run.job_name == "retraining_job" and run.tags.get(DRIFT_EVENT_TAG), run.tags
     assert run.tags.get("geoseg/heavy") == "true", run.tags  # one heavy run at a time (dagster.yaml)
+    # It trains with the recipe that made the champion (ops.train_champion's config), not the launchpad defaults.
+    assert run.tags[RECIPE_TAG].startswith("champion v1's recipe"), run.tags
+    assert run.run_config["ops"]["model"]["config"] == QUICK, run.run_config
 
     # The training set was rebuilt with the drifted dates, and the new model version was trained on exactly it.
     dataset = _materialization(instance, "dataset", "")
@@ -489,7 +494,8 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     evaluation = _materialization(instance, "model_evaluation", "")
     assert evaluation.run_id == run_id
     emeta = evaluation.asset_materialization.metadata
-    test_miou, floor = float(emeta["test_miou"].value), EvaluationConfig().min_miou
+    floor = run.run_config["ops"]["model_evaluation"]["config"].get("min_miou", EvaluationConfig().min_miou)
+    test_miou = float(emeta["test_miou"].value)
     failures = _failures(instance, run_id)
     print(f"evaluation of v{version}: test mIoU {test_miou:.3f} (floor {floor}), promoted {emeta['promoted'].value} "
           f"({emeta['promotion_reason'].value}); run {run.status.value}\n{failures}")
