@@ -28,13 +28,7 @@ from geoseg_assets.checks import (
     tile_stats_sanity,
 )
 from geoseg_assets.executors import default_executor
-from geoseg_assets.sensors import (
-    RETRAINING_JOB,
-    drift_sensor,
-    label_change_sensor,
-    new_scene_sensor,
-    run_failure_notifier,
-)
+from geoseg_assets.sensors import RETRAINING_JOB, SensorIntervals, build_sensors
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.drift_policy import DriftPolicy
@@ -105,13 +99,6 @@ def profile_resources(profile: str, data_dir: Path, dvc_repo: Path = REPO_ROOT) 
     return RESOURCE_PROFILES[profile](data_dir, dvc_repo)
 
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "geoseg_automation_sensor",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-)
-
 # Longest a run of each job may take before the daemon's run monitoring (on in both instances) stops it
 # (`dagster/max_runtime`, seconds; override per run in the launchpad): a hung read or a pathological input
 # cannot tie up a worker forever. Generous: several times the largest measured runs on this 2-core machine.
@@ -169,14 +156,14 @@ imagery_job = dg.define_asset_job(
 )
 
 
-def build_defs(resources: dict) -> dg.Definitions:
-    """The code location with the given resources (tests and other deployments swap them)."""
+def build_defs(resources: dict, intervals: SensorIntervals = SensorIntervals()) -> dg.Definitions:
+    """The code location with the given resources (tests and other deployments swap them) and sensor intervals."""
     return dg.Definitions(
         assets=[scenes, tiles, masks, dataset, model, model_evaluation, predictions, data_quality_report,
                 data_drift_report, prediction_drift_report, model_quality_report],
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
                       dataset_class_coverage],
-        sensors=[new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier, drift_sensor],
+        sensors=build_sensors(intervals),
         jobs=[imagery_job, import_labels_job, dataset_job, training_job, retraining_job, prediction_job, monitoring_job,
               feedback_job, celery_imagery_job],
         resources=resources,
@@ -185,4 +172,5 @@ def build_defs(resources: dict) -> dg.Definitions:
 
 
 defs = build_defs(profile_resources(os.environ.get("GEOSEG_RESOURCES", "embedded"), default_data_dir(),
-                                    default_dvc_repo()))
+                                    default_dvc_repo()),
+                  SensorIntervals.parse(os.environ.get("GEOSEG_SENSOR_INTERVALS")))

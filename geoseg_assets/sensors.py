@@ -5,6 +5,7 @@ requests retraining; failed runs notify."""
 import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass, fields
 
 import dagster as dg
 
@@ -88,13 +89,8 @@ def duplicate_scene_problems(refs) -> list[str]:
 NEW_SCENE_INTERVAL_S = 30
 
 
-@dg.sensor(
-    target=scenes,
-    minimum_interval_seconds=NEW_SCENE_INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Scans the scene source; adds new regions as partitions and requests `scenes` for new or replaced files.",
-)
-def new_scene_sensor(context: dg.SensorEvaluationContext, scene_source: SceneSource) -> dg.SensorResult:
+def scan_new_scenes(context: dg.SensorEvaluationContext, scene_source: SceneSource) -> dg.SensorResult:
+    """new_scene_sensor's tick: add new regions, request `scenes` for new or replaced files."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     digests = cursor.get("digests", {})
     scan = scene_source.scan(digest_cache=digests)
@@ -153,13 +149,8 @@ def mask_label_fingerprints(instance: dg.DagsterInstance, partition_keys: list[s
     return built
 
 
-@dg.sensor(
-    target=masks,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Watches the label store per region (content fingerprint) and re-runs only the changed regions' masks.",
-)
-def label_change_sensor(context: dg.SensorEvaluationContext, label_store: LabelStore) -> dg.SensorResult:
+def scan_label_changes(context: dg.SensorEvaluationContext, label_store: LabelStore) -> dg.SensorResult:
+    """label_change_sensor's tick: the masks of the partitions of regions whose labels changed."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     fingerprints = {region: label_store.fingerprint(region) for region in label_store.regions()}
     scene_partitions = [str(k) for k in context.instance.get_materialized_partitions(scenes.key)]
@@ -266,18 +257,9 @@ IN_FLIGHT = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.Dag
              dg.DagsterRunStatus.STARTED]
 
 
-@dg.sensor(
-    job_name=RETRAINING_JOB,
-    minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Reads new `data_drift_report` results; when drift exceeds DriftPolicy in enough partitions (or one "
-    "beyond the hard threshold) requests one retraining run (dataset rebuilt with the new labelled dates -> model "
-    "-> evaluation -> promotion) per drift event, and notifies. Partitions the training set holds never count, and "
-    "no event fires while a retraining run is queued or running. The retraining trains with the champion's recipe "
-    "(the model and evaluation config of its training run; DriftPolicy.retraining_recipe).",
-)
-def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier,
-                 mlflow_tracking: MlflowTracking) -> dg.SensorResult:
+def scan_drift_reports(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier,
+                       mlflow_tracking: MlflowTracking) -> dg.SensorResult:
+    """drift_sensor's tick: new drift reports -> at most one retraining request per drift event."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     after = cursor.get("after")
     result = context.instance.fetch_materializations(
@@ -312,3 +294,78 @@ def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy,
             f"{len(reports)} new drift report(s); {len(state['pending'])} partition(s) drifting, "
             + (f"waiting for retraining run {running}" if running and state["pending"] else "below the policy")),
     )
+
+
+@dataclass(frozen=True)
+class SensorIntervals:
+    """Seconds between two ticks of each sensor (`minimum_interval_seconds`). The defaults suit a deployment;
+    `GEOSEG_SENSOR_INTERVALS` (e.g. `drift_sensor=10,new_scene_sensor=5`, read once by definitions.py) shortens
+    them where waiting costs more than a tick: tests of the daemon, a demo."""
+
+    new_scene_sensor: int = NEW_SCENE_INTERVAL_S
+    label_change_sensor: int = 60
+    drift_sensor: int = 300  # drift reports arrive with new scenes: minutes of delay cost nothing
+    geoseg_automation_sensor: int = 30
+
+    @classmethod
+    def parse(cls, text: str | None, source: str = "GEOSEG_SENSOR_INTERVALS") -> "SensorIntervals":
+        """`name=seconds` pairs separated by commas (None or "" = the defaults); a clear error otherwise."""
+        names = [f.name for f in fields(cls)]
+        values = {}
+        for item in filter(None, (part.strip() for part in (text or "").split(","))):
+            name, _, seconds = item.partition("=")
+            if name.strip() not in names or not seconds.strip().isdigit() or int(seconds) < 1:
+                raise ValueError(f"{source}={text!r}: {item!r} is not `<sensor>=<whole seconds >= 1>` for one of "
+                                 f"{', '.join(names)}; e.g. {source}=drift_sensor=10,new_scene_sensor=5")
+            values[name.strip()] = int(seconds)
+        return cls(**values)
+
+
+def build_sensors(intervals: SensorIntervals = SensorIntervals()) -> list[dg.SensorDefinition]:
+    """The code location's sensors, each ticking at its interval in `intervals`."""
+
+    @dg.sensor(
+        target=scenes,
+        minimum_interval_seconds=intervals.new_scene_sensor,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Scans the scene source; adds new regions as partitions and requests `scenes` for new or replaced "
+        "files.",
+    )
+    def new_scene_sensor(context: dg.SensorEvaluationContext, scene_source: SceneSource) -> dg.SensorResult:
+        return scan_new_scenes(context, scene_source)
+
+    @dg.sensor(
+        target=masks,
+        minimum_interval_seconds=intervals.label_change_sensor,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Watches the label store per region (content fingerprint) and re-runs only the changed regions' "
+        "masks.",
+    )
+    def label_change_sensor(context: dg.SensorEvaluationContext, label_store: LabelStore) -> dg.SensorResult:
+        return scan_label_changes(context, label_store)
+
+    @dg.sensor(
+        job_name=RETRAINING_JOB,
+        minimum_interval_seconds=intervals.drift_sensor,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Reads new `data_drift_report` results; when drift exceeds DriftPolicy in enough partitions (or "
+        "one beyond the hard threshold) requests one retraining run (dataset rebuilt with the new labelled dates -> "
+        "model -> evaluation -> promotion) per drift event, and notifies. Partitions the training set holds never "
+        "count, and no event fires while a retraining run is queued or running. The retraining trains with the "
+        "champion's recipe (the model and evaluation config of its training run; DriftPolicy.retraining_recipe).",
+    )
+    def drift_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy, notifier: Notifier,
+                     mlflow_tracking: MlflowTracking) -> dg.SensorResult:
+        return scan_drift_reports(context, drift_policy, notifier, mlflow_tracking)
+
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "geoseg_automation_sensor",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=intervals.geoseg_automation_sensor,
+    )
+    return [new_scene_sensor, label_change_sensor, automation_sensor, run_failure_notifier, drift_sensor]
+
+
+# The sensors at their default intervals, for tests and scripts that evaluate one directly.
+new_scene_sensor, label_change_sensor, automation_sensor, _, drift_sensor = build_sensors()

@@ -54,6 +54,27 @@ def test_graph_has_the_assets_checks_sensors_and_lineage():
     assert defs.resolve_sensor_def("geoseg_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def test_sensor_intervals_come_from_one_setting_and_bad_ones_are_refused():
+    from geoseg_assets.definitions import build_defs, default_resources
+    from geoseg_assets.sensors import SensorIntervals
+
+    defaults = {s.name: s.minimum_interval_seconds for s in build_defs(default_resources(REPO / "data")).sensors}
+    assert defaults == {"new_scene_sensor": 30, "label_change_sensor": 60, "drift_sensor": 300,
+                        "geoseg_automation_sensor": 30, "run_failure_notifier": 30}
+    fast = build_defs(default_resources(REPO / "data"), SensorIntervals.parse(" drift_sensor=7,new_scene_sensor=2 "))
+    assert {s.name: s.minimum_interval_seconds for s in fast.sensors} == {**defaults, "drift_sensor": 7,
+                                                                           "new_scene_sensor": 2}
+    for bad in ("drift=10", "drift_sensor=0", "drift_sensor=1.5", "drift_sensor"):
+        with pytest.raises(ValueError, match="GEOSEG_SENSOR_INTERVALS=.*drift_sensor=10,new_scene_sensor=5"):
+            SensorIntervals.parse(bad)
+    # the code location reads the setting once, at load
+    code = ("from geoseg_assets.definitions import defs; "
+            "print({s.name: s.minimum_interval_seconds for s in defs.sensors}['label_change_sensor'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "GEOSEG_SENSOR_INTERVALS": "label_change_sensor=3"})
+    assert out.stdout.strip().splitlines()[-1] == "3"
+
+
 @pytest.mark.parametrize("package", ["geo", "ml", "monitoring"])
 def test_pure_code_does_not_import_dagster(package):
     code = (

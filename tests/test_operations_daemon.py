@@ -42,7 +42,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geoseg_assets.sensors import NEW_SCENE_INTERVAL_S
 from tests.conftest import PG, throwaway_database
 from tests.processes import group_alive, start_group, stop_group, tail
 from tests.test_operations_webserver import BIN, REPO
@@ -66,6 +65,9 @@ NOT_REQUESTED = ["dataset", "model", "champion_model"]  # a new scene never retr
 IMAGERY_STEPS = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
                  "masks_label_geometries_valid"}  # imagery_job's steps
 SENSOR_TIMEOUT = 10 * 60
+# The code location's sensor intervals (GEOSEG_SENSOR_INTERVALS): seconds instead of the deployment's 30-300 s, so
+# the tests wait for work, not for ticks.
+INTERVALS = {"new_scene_sensor": 5, "label_change_sensor": 5, "drift_sensor": 10, "geoseg_automation_sensor": 10}
 # The drift test's retraining_job trains with the champion's recipe (tests.test_models.QUICK): a few minutes here,
 # the dataset rebuild and the checks included; generous, as a slow machine must not fail it.
 RETRAINING_TIMEOUT = 25 * 60
@@ -103,7 +105,8 @@ class Ops:
         # The code location the daemon serves keeps its data under `<tmp>/data` and versions datasets in the
         # throwaway git repository `<tmp>` (train_champion makes it), never in this checkout's dvc.lock.
         self.env = {**os.environ, **self.pg_env, "DAGSTER_HOME": str(self.home), "GEOSEG_DATA_DIR": str(self.data),
-                    "GEOSEG_DVC_REPO": str(tmp), "PYTHONUNBUFFERED": "1"}
+                    "GEOSEG_DVC_REPO": str(tmp), "PYTHONUNBUFFERED": "1",
+                    "GEOSEG_SENSOR_INTERVALS": ",".join(f"{k}={v}" for k, v in INTERVALS.items())}
         self.daemon: subprocess.Popen | None = None
         self.daemon_logs: list[Path] = []
         self.instance: DagsterInstance | None = None
@@ -273,8 +276,8 @@ def _switch_on(ops: Ops, sensor: str):
     return _next_tick(ops, sensor, t_switch, timeout=120 + time.time() - t_switch)  # 120 s once the switch is on
 
 
-def _next_tick(ops: Ops, sensor: str, after: float, timeout: float = 420):
-    """The sensor's first finished tick that started after `after` (the drift sensor ticks every 300 s)."""
+def _next_tick(ops: Ops, sensor: str, after: float, timeout: float = 120):
+    """The sensor's first finished tick that started after `after` (every sensor ticks within INTERVALS)."""
     while not (done := [t for t in _sensor_ticks(ops.instance, sensor)
                         if t.timestamp > after and t.status.value in ("SKIPPED", "SUCCESS")]):
         ops.check_daemon()
@@ -304,7 +307,7 @@ def test_new_scene_flows_through_sensors_with_no_human_action(ops):
 
     t_copy = ops.land(SENSOR_DATE)
     print(f"scene landed {t_copy - first_tick.timestamp:.1f} s after the first tick "
-          f"(minimum_interval_seconds={NEW_SCENE_INTERVAL_S})")
+          f"(minimum_interval_seconds={INTERVALS[SCENE_SENSOR]})")
     wanted = ["scenes", *FOLLOWERS]
     done: dict[str, object] = {}
     last = None
@@ -440,7 +443,8 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     model_before = _materialization(instance, "model", "")
     runs_before = {r.run_id for r in _runs(instance)}
     state = _sensor_state(instance, SCENE_SENSOR)
-    assert state is not None and state.status.value == "RUNNING", "test 1 leaves new_scene_sensor on"
+    if state is None or state.status.value != "RUNNING":  # whatever ran before: the scenes must come in by themselves
+        _switch_on(ops, SCENE_SENSOR)
     for day in DRIFT_DATES:
         ops.land(day, brightness_shift=DRIFT_SHIFT)
     t_land = time.time()
@@ -794,9 +798,9 @@ def _wait_for_a_step(ops, run_id: str):
     return run, worker
 
 
-def _wait_until_quiet(ops, quiet_s: float = 40) -> None:
-    """Until every run has ended and none was created for `quiet_s` (longer than the automation sensor's 30 s
-    interval: an earlier test's materializations may still have follow-ups coming)."""
+def _wait_until_quiet(ops, quiet_s: float = 3 * INTERVALS[AUTOMATION_SENSOR]) -> None:
+    """Until every run has ended and none was created for `quiet_s` (several automation sensor ticks: an earlier
+    test's materializations may still have follow-ups coming)."""
     t0, seen, since = time.time(), None, time.time()
     while True:
         ops.check_daemon()
