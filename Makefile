@@ -20,13 +20,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 install: $(VENV)/.installed
 
 # The embedded instance (SQLite): the run launcher checks each STARTED run's worker, so a run whose worker
-# was killed is marked failed by `dagster dev`'s daemon instead of staying STARTED forever. Regenerated
-# when this Makefile changes.
+# was killed is marked failed by `dagster dev`'s daemon instead of staying STARTED forever; the steps that run a
+# network take turns (pool model_compute, limit 1). Regenerated when this Makefile changes.
 $(DAGSTER_HOME)/dagster.yaml: Makefile
 	mkdir -p $(DAGSTER_HOME)
 	printf '%s\n' 'telemetry:' '  enabled: false' 'nux:' '  enabled: false' \
 	  'run_launcher:' '  module: geoseg_assets.run_launcher' '  class: HealthCheckedRunLauncher' \
-	  'run_monitoring:' '  enabled: true' '  poll_interval_seconds: 30' > $@
+	  'run_monitoring:' '  enabled: true' '  poll_interval_seconds: 30' \
+	  'concurrency:' '  pools:' '    default_limit: 1' > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m geoseg_assets.demo

@@ -207,3 +207,66 @@ def test_a_tampered_champion_artifact_fails_prediction_and_keeps_the_earlier_pre
         with open(weights, "wb") as fh:
             fh.write(good)
     assert predict(project, **dims).success
+
+
+def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_pool(project, tmp_path):
+    """Two run processes started together on one SQLite instance with the repo's pool limit: their `predictions`
+    steps, each a network over a whole scene, never overlap; the second waits for the slot instead of sharing
+    the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from geoseg_assets.definitions import REPO_ROOT
+    from geoseg_assets.pools import MODEL_COMPUTE_POOL
+
+    _, _, _, resources = project
+    tracking = resources["mlflow_tracking"]
+    if tracking.alias_version(CHAMPION) is None:
+        build(project)
+        assert train_and_evaluate(project, min_miou=0.0, epochs=1, max_steps_per_epoch=1, lr=1e-7, seed=3).success
+    job = build_defs(resources).resolve_job_def("prediction_job")
+    assert job.graph.node_named("predictions").definition.pool == MODEL_COMPUTE_POOL
+    pools = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())["concurrency"]["pools"]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"concurrency": {"pools": pools}, "telemetry": {"enabled": False}}))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("region", ["alpha", "beta"])
+    # Each process: the prediction job with the project's store, registry and CPU, on the instance of DAGSTER_HOME.
+    code = (
+        "import sys, dagster as dg\n"
+        "from geoseg_assets.definitions import build_defs\n"
+        "from geoseg_assets.partitions import partition_key\n"
+        "from resources.data_store import DataStore\n"
+        "from resources.mlflow_tracking import MlflowTracking\n"
+        "from resources.scene_sources import LandingFolderSource\n"
+        "from tests.conftest import with_test_resources\n"
+        "store, uri, artifacts, region, date = sys.argv[1:]\n"
+        "resources = with_test_resources({'data_store': DataStore(root=store), 'mlflow_tracking': "
+        "MlflowTracking(tracking_uri=uri, artifact_location=artifacts), 'scene_source': LandingFolderSource(root=store)})\n"
+        "with dg.DagsterInstance.get() as instance:\n"
+        "    run = build_defs(resources).resolve_job_def('prediction_job').execute_in_process(\n"
+        "        partition_key=partition_key(region, date), instance=instance, raise_on_error=False)\n"
+        "print('RUN', run.run_id, run.success)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, resources["data_store"].root, tracking.tracking_uri,
+                               tracking.artifact_location, region, DATES[0]], cwd=REPO_ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "DAGSTER_HOME": str(home)}) for region in ("alpha", "beta")]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    runs = [line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RUN ")]
+    assert len(runs) == 2 and all(ok == "True" for _, ok in runs), "\n".join(o[-3000:] for o in outputs)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        spans = []
+        for run_id, _ in runs:
+            events = {e.dagster_event.event_type: e.timestamp for e in instance.all_logs(run_id)
+                      if e.dagster_event and e.step_key == "predictions"}
+            spans.append((events[dg.DagsterEventType.STEP_START], events[dg.DagsterEventType.STEP_SUCCESS]))
+        assert instance.event_log_storage.get_concurrency_info(MODEL_COMPUTE_POOL).slot_count == 1
+    first, second = sorted(spans)
+    print(f"predictions steps: {first[1] - first[0]:.1f} s, then {second[1] - second[0]:.1f} s starting "
+          f"{second[0] - first[1]:.2f} s after the first ended")
+    assert first[1] <= second[0], spans  # one network at a time

@@ -8,12 +8,12 @@ import numpy as np
 from pydantic import Field
 
 from geoseg_assets import metadata as md
+from geoseg_assets.pools import MODEL_COMPUTE_POOL
 from geoseg_assets.assets.datasets import DVC_STAGE, REPRODUCE, dataset
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
 from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking, load_registered
 
-HEAVY = {"geoseg/heavy": "true"}  # dagster.yaml lets one heavy run at a time
 PREPROCESSING_FILE = "preprocessing.json"
 # Defaults chosen by benchmarks/bench_model_quality.py (README "Model quality against a plain script").
 ENCODER_DEPTH = 3
@@ -151,7 +151,7 @@ def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataSto
     deps=[dataset],
     kinds={"pytorch", "mlflow"},
     group_name="models",
-    op_tags=HEAVY,
+    pool=MODEL_COMPUTE_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=1),
     description="An smp network trained on the dataset (checkpoint every epoch; a retry resumes), tracked in MLflow "
     "(params, per-epoch metrics, dataset DVC version + its git record, git commit, Dagster run) and registered with alias "
@@ -275,7 +275,7 @@ CHAMPION_ASSET = "champion_model"
                      description="The registered version with alias `champion`, the model that predicts. Materialized "
                      "only when the alias moves, so predictions re-run for a new champion and only then."),
     ],
-    op_tags=HEAVY,
+    pool=MODEL_COMPUTE_POOL,
     check_specs=[dg.AssetCheckSpec("min_test_miou", asset="model_evaluation", blocking=True,
                                    description="The challenger's test mIoU (present classes) reaches the floor "
                                    "`min_miou`; below it the run fails with the score, the floor and the fix.")],

@@ -12,6 +12,7 @@ from geoseg_assets import metadata as md
 from geoseg_assets.assets.masks import resolve_class_map
 from geoseg_assets.assets.models import CHAMPION_ASSET, PREPROCESSING_FILE
 from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
+from geoseg_assets.pools import MODEL_COMPUTE_POOL
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.errors import SceneError
 from geoseg_assets.geo.masks import overlay_image
@@ -59,6 +60,7 @@ def model_class_map(preprocessing: dict, colours: ClassMap) -> ClassMap:
     group_name="predictions",
     automation_condition=FOLLOW_UPSTREAM,
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    pool=MODEL_COMPUTE_POOL,
     description="The champion model's land-cover map of the whole scene: seamless sliding-window inference "
     "(blended overlaps, nodata kept), a class COG with the class colours, optional probabilities, and polygons. "
     "Refuses scenes whose bands, dtype, grid or value scale differ from the champion's training data.",
