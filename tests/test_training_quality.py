@@ -67,14 +67,21 @@ def demo_project(tmp_path_factory):
     return repo, tmp, instance, resources
 
 
-@pytest.mark.slow
-def test_demo_dataset_trains_to_val_miou_0_9_on_cpu(demo_project):
-    meta, checks, _ = build(demo_project)
-    assert meta["dataset_version"].value == DEMO_DATASET_VERSION
+@pytest.fixture(scope="module")
+def demo_champion(demo_project):
+    """(dataset metadata, training run) of the demo's dataset and the default ModelConfig, as `make demo` runs
+    them: trained once for the module, whichever of its tests runs first."""
+    meta, _, _ = build(demo_project)
     _, _, instance, resources = demo_project
     job = build_defs(resources).resolve_job_def("training_job")
-    result = job.execute_in_process(instance=instance)  # the default ModelConfig, as `make demo` runs it
-    assert result.success
+    return meta, job.execute_in_process(instance=instance, raise_on_error=False)
+
+
+@pytest.mark.slow
+def test_demo_dataset_trains_to_val_miou_0_9_on_cpu(demo_champion):
+    meta, result = demo_champion
+    assert meta["dataset_version"].value == DEMO_DATASET_VERSION
+    assert result.success, result.get_step_failure_events()
     model = result.asset_materializations_for_node("model")[0].metadata
     evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
     assert model["best_val_miou"].value >= 0.9
@@ -92,8 +99,8 @@ def seam_distance(length: int, config) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_project):
-    """Runs after the training test (same module fixture): the champion predicts demo scenes through
+def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_project, demo_champion):
+    """The demo champion (the module's one training run) predicts demo scenes through
     `prediction_job` twice, with the default blended windows (256 px, overlap 64) and with plain tiling (overlap 0),
     whose seams lie elsewhere. Compared on the same pixels, so that only the window position differs:
     - at the blended grid's seams (away from plain tiling's), blending scores within 1 mIoU point of plain
@@ -113,8 +120,7 @@ def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_pro
     from geoseg_assets.partitions import partition_key
 
     _, tmp, instance, resources = demo_project
-    if resources["mlflow_tracking"].alias_version("champion") is None:
-        pytest.skip("needs the champion trained by the test above")
+    assert demo_champion[1].success and resources["mlflow_tracking"].alias_version("champion") is not None
     job = build_defs(resources).resolve_job_def("prediction_job")
     store = resources["data_store"]
     grids = {"plain": InferenceConfig(overlap=0), "blended": InferenceConfig()}  # blended = the asset's defaults
