@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ import shapely
 from numpy.lib.format import open_memmap
 from rasterio.windows import Window
 
+from .publish import atomic_dir
 from .scene_io import pixel_validity, raster_env, sha256_file
 
 FORMAT_VERSION = 1
@@ -579,22 +579,6 @@ def _tile_shape(parts: Sequence[PartitionInput]) -> tuple[int, int]:
     return (max(heights, default=0), max(widths, default=0))
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` folder to `out`, replacing an earlier dataset only once `tmp` is complete."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_dataset(
     partitions: Iterable[PartitionInput],
     out_dir: str | os.PathLike,
@@ -669,11 +653,7 @@ def build_dataset(
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         report = write_shards(tmp, split_tiles, by_key, tile_shape=tile_shape, band_count=len(band_names),
                               dtype=dtypes[0], tiles_per_shard=tiles_per_shard, ignore_id=ignore_id)
         if report.norm is None or report.norm.pixels == 0:
@@ -683,10 +663,6 @@ def build_dataset(
         manifest = _manifest(parts, infos, kept, split_tiles, report, distribution, cm, band_names, seed, fr,
                              block_size_m, min_labelled_fraction, tiles_per_shard, ignore_id, tile_shape, dtypes[0])
         write_manifest(tmp / MANIFEST_FILE, manifest)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DatasetSummary(
         out_dir=str(out),
         manifest_path=str(out / MANIFEST_FILE),

@@ -20,7 +20,8 @@ from rasterio.windows import Window
 
 from .classmap import ClassMap
 from .errors import SceneError
-from .scene_io import COG_BLOCKSIZE, copy_as_cog, pixel_validity, raster_env
+from .class_raster import grid_profile, open_class_stage, publish_class_cog
+from .scene_io import pixel_validity, publish_as_cog, raster_env
 
 NODATA_CLASS = 255
 PROBABILITY_SCALE = 250  # probabilities stored as uint8 0..250 (255 = nodata)
@@ -96,9 +97,7 @@ class PredictionWriter:
 
     def __enter__(self) -> PredictionWriter:
         with rasterio.open(self.scene_path) as scene:
-            base = {"driver": "GTiff", "width": scene.width, "height": scene.height, "crs": scene.crs,
-                    "transform": scene.transform, "tiled": True, "blockxsize": COG_BLOCKSIZE,
-                    "blockysize": COG_BLOCKSIZE, "BIGTIFF": "IF_SAFER", "dtype": "uint8", "nodata": NODATA_CLASS}
+            base = {**grid_profile(scene, NODATA_CLASS), "BIGTIFF": "IF_SAFER"}
         targets = {"classes": (self.classes_path, 1)}
         if self.probabilities_path:
             targets["probabilities"] = (self.probabilities_path, len(self.class_map.classes))
@@ -108,14 +107,10 @@ class PredictionWriter:
             stage = Path(self.tmp_dir or dst.parent) / f".{dst.name}.{os.getpid()}.stage.tif"
             stage.parent.mkdir(parents=True, exist_ok=True)
             self._stages[kind] = (stage, dst)
-            profile = {**base, "count": count}
-            if kind == "probabilities":
-                profile["photometric"] = "MINISBLACK"
-            self._open[kind] = rasterio.open(stage, "w", **profile)
-        out = self._open["classes"]
-        out.write_colormap(1, {**{i: (0, 0, 0, 0) for i in range(256)},
-                               **{k: (*v, 255) for k, v in self.class_map.palette().items()}})
-        out.set_band_description(1, "class")
+            if kind == "classes":
+                self._open[kind] = open_class_stage(stage, base, self.class_map)
+            else:
+                self._open[kind] = rasterio.open(stage, "w", **{**base, "count": count, "photometric": "MINISBLACK"})
         if "probabilities" in self._open:
             for i, c in enumerate(self.class_map.classes, start=1):
                 self._open["probabilities"].set_band_description(i, f"p_{c.name}")
@@ -134,12 +129,10 @@ class PredictionWriter:
         """Close the stages and publish them as COGs (classes by mode, probabilities by average)."""
         self._close()
         for kind, (stage, dst) in self._stages.items():
-            tmp_cog = dst.parent / f".{dst.name}.{os.getpid()}.cog.tif"
-            try:
-                copy_as_cog(str(stage), str(tmp_cog), resampling="mode" if kind == "classes" else "average")
-                os.replace(tmp_cog, dst)
-            finally:
-                tmp_cog.unlink(missing_ok=True)
+            if kind == "classes":
+                publish_class_cog(stage, dst)
+            else:
+                publish_as_cog(str(stage), dst, resampling="average")
 
     def _close(self) -> None:
         for out in self._open.values():

@@ -30,6 +30,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from .errors import InputError
+from .publish import atomic_file
 from .scene_io import raster_env
 from .windows import iter_blocks
 
@@ -76,27 +77,31 @@ def vectorize_classes(
     """
     dst = Path(dst_gpkg)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    near = dst.parent / f".{dst.name}.{os.getpid()}.tmp.gpkg"  # same filesystem as dst: os.replace is atomic
-    stage = Path(tmp_dir) / f".{dst.name}.{os.getpid()}.stage.gpkg" if tmp_dir else near
-    stage.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _remove_gpkg(stage)
-        with raster_env(), _open_classes(class_raster) as src:
-            crs = CRS.from_wkt(src.crs.to_wkt())
-            output = _Output(src.transform, crs, class_names, ignore_id, simplify_tolerance, min_area_m2)
-            _write_layer(output.batches(_polygonize(src, block, ignore_id)), str(stage), layer, crs)
-        if stage != near:
-            shutil.copyfile(stage, near)
-        os.replace(near, dst)
-    finally:
-        _remove_gpkg(stage)
-        _remove_gpkg(near)
+    with atomic_file(dst) as near:  # next to dst: the final rename is atomic
+        stage = Path(tmp_dir) / f".{dst.name}.{os.getpid()}.stage.gpkg" if tmp_dir else near
+        stage.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _remove_gpkg(stage)
+            with raster_env(), _open_classes(class_raster) as src:
+                crs = CRS.from_wkt(src.crs.to_wkt())
+                output = _Output(src.transform, crs, class_names, ignore_id, simplify_tolerance, min_area_m2)
+                _write_layer(output.batches(_polygonize(src, block, ignore_id)), str(stage), layer, crs)
+            if stage != near:
+                shutil.copyfile(stage, near)
+        finally:
+            if stage != near:
+                _remove_gpkg(stage)
+            _remove_gpkg(near, SQLITE_SIDECARS)  # the GeoPackage itself is renamed or removed by atomic_file
     return output.summary(str(dst))
 
 
-def _remove_gpkg(path: Path) -> None:
-    """Delete a GeoPackage and any SQLite sidecar files it may have left behind."""
-    for suffix in ("", "-journal", "-wal", "-shm"):
+SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
+
+
+def _remove_gpkg(path: Path, suffixes: tuple[str, ...] = ("", *SQLITE_SIDECARS)) -> None:
+    """Delete a GeoPackage and any SQLite sidecar files it may have left behind (only the sidecars when
+    `suffixes` is SQLITE_SIDECARS)."""
+    for suffix in suffixes:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
