@@ -30,14 +30,15 @@ import shapely
 from numpy.lib.format import open_memmap
 from rasterio.windows import Window
 
+from .classmap import IGNORE_ID, usable_class_ids
 from .publish import atomic_dir
+from .union_find import UnionFind
 from .scene_io import pixel_validity, raster_env, sha256_file
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 DEFAULT_BLOCK_SIZE_M = 5120.0  # 2 x 2 tiles of 256 px at 10 m
-IGNORE_ID = 255
 MANIFEST_FILE = "manifest.json"
 TILE_COLUMNS = ("tile_id", "region", "date", "row", "col", "width", "height")
 FLOAT_DIGITS = 12  # significant digits of floats in the manifest (hides last-ulp noise)
@@ -131,27 +132,6 @@ class DatasetSummary:
 # --------------------------------------------------------------------------------------------
 
 
-class _UnionFind:
-    """Disjoint sets of block ids whose representative is always the smallest id (deterministic)."""
-
-    def __init__(self, items: Iterable[str]):
-        self.parent = {i: i for i in items}
-
-    def find(self, item: str) -> str:
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:  # path compression
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = sorted((ra, rb))
-            self.parent[hi] = lo
-
-
 def block_cells(tiles: gpd.GeoDataFrame, block_size_m: float) -> list[str]:
     """`<region>:<ix>:<iy>`: the grid cell (size `block_size_m`, CRS units) of each tile's centroid.
 
@@ -201,7 +181,7 @@ def assign_blocks(tiles: gpd.GeoDataFrame, block_size_m: float) -> pd.Series:
     if missing:
         raise ValueError(f"tiles lack column(s) {missing}")
     cells = block_cells(tiles, block_size_m)
-    sets = _UnionFind(cells)
+    sets = UnionFind(cells)
     for i, j in overlapping_pairs(tiles):
         sets.union(cells[i], cells[j])
     return pd.Series([sets.find(c) for c in cells], index=tiles.index, name="block", dtype=object)
@@ -535,7 +515,7 @@ def _check_class_map(class_map: Mapping[str, int], ignore_id: int) -> dict[str, 
     ids = list(cm.values())
     if not 0 <= ignore_id <= 255:
         raise ValueError(f"ignore_id must be a uint8 value, got {ignore_id}")
-    if not cm or len(set(ids)) != len(ids) or any(not 1 <= i <= 254 or i == ignore_id for i in ids):
+    if not cm or len(set(ids)) != len(ids) or not usable_class_ids(ids, ignore_id):
         raise ValueError(f"class_map needs unique ids in 1..254 other than the ignore id {ignore_id}, got {cm}")
     return cm
 

@@ -18,12 +18,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .classmap import ClassMap
+from .classmap import IGNORE_ID as NODATA_CLASS, ClassMap
 from .errors import SceneError
+from .bands import band_position
 from .class_raster import grid_profile, open_class_stage, publish_class_cog
 from .scene_io import pixel_validity, publish_as_cog, raster_env
 
-NODATA_CLASS = 255
 PROBABILITY_SCALE = 250  # probabilities stored as uint8 0..250 (255 = nodata)
 
 
@@ -31,15 +31,15 @@ def scene_band_order(scene_path: str, descriptions: Sequence[str | None], model_
     """1-based scene band indexes holding the model's bands, in the model's order; SceneError naming
     the file and the fix if the scene lacks one of them."""
     names = [d or f"band_{i + 1}" for i, d in enumerate(descriptions)]
-    upper = [n.upper() for n in names]
-    missing = [b for b in model_bands if b.upper() not in upper]
+    found = {b: band_position(names, b, aliases=False) for b in model_bands}
+    missing = [b for b in model_bands if found[b] is None]
     if missing:
         raise SceneError(
             scene_path,
             f"has bands {names} but the model was trained on {list(model_bands)} (missing {missing})",
             "land scenes of the product the model was trained on, or train a model on these bands",
         )
-    return [upper.index(b.upper()) + 1 for b in model_bands]
+    return [found[b] + 1 for b in model_bands]
 
 
 class SceneWindowReader:

@@ -29,9 +29,11 @@ from rasterio.features import shapes
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from .classmap import IGNORE_ID
 from .errors import InputError
 from .publish import atomic_file
 from .scene_io import raster_env
+from .union_find import UnionFind
 from .windows import iter_blocks
 
 EQUAL_AREA_CRS = "EPSG:6933"  # cylindrical equal-area: parallels/meridians stay straight, so pixel polygons are exact
@@ -61,7 +63,7 @@ def vectorize_classes(
     dst_gpkg: str,
     class_names: Mapping[int, str],
     *,
-    ignore_id: int = 255,
+    ignore_id: int = IGNORE_ID,
     simplify_tolerance: float | None = None,
     min_area_m2: float = 0.0,
     block: int = 1024,
@@ -205,7 +207,7 @@ class _Stitcher:
         self.geoms: dict[int, shapely.Polygon] = {}
         self.classes: dict[int, int] = {}
         self.bottoms: dict[int, float] = {}
-        self.parent: dict[int, int] = {}
+        self.sets = UnionFind()  # pieces of one region
         self.next_id = 0
         self.above = np.full(width, -1, dtype=np.int64)  # piece ids along the previous row's bottom edge
         self.below = np.full(width, -1, dtype=np.int64)  # ... along this row's bottom edge, filled block by block
@@ -217,7 +219,8 @@ class _Stitcher:
         self.next_id += len(pieces)
         for gid, geom, cid, bottom in zip(gids.tolist(), pieces.geoms, pieces.ids.tolist(),
                                           shapely.bounds(pieces.geoms)[:, 3].tolist()):
-            self.geoms[gid], self.classes[gid], self.bottoms[gid], self.parent[gid] = geom, cid, bottom, gid
+            self.geoms[gid], self.classes[gid], self.bottoms[gid] = geom, cid, bottom
+            self.sets.add(gid)
         col0, row0 = int(win.col_off), int(win.row_off)
         col1, row1 = col0 + int(win.width), row0 + int(win.height)
         cols, rows = np.arange(col0, col1) + 0.5, np.arange(row0, row1) + 0.5  # pixel centres
@@ -235,24 +238,14 @@ class _Stitcher:
         both = (outside >= 0) & (inside >= 0)
         for a, b in np.unique(np.stack([outside[both], inside[both]], axis=1), axis=0).tolist():
             if self.classes[a] == self.classes[b]:
-                ra, rb = self._find(a), self._find(b)
-                if ra != rb:
-                    self.parent[ra] = rb
-
-    def _find(self, gid: int) -> int:
-        root = gid
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[gid] != root:
-            self.parent[gid], gid = root, self.parent[gid]
-        return root
+                self.sets.union(a, b)
 
     def finish_row(self, row_end: int | None) -> _Polygons:
         """Regions that can no longer grow (none of their pieces reaches `row_end`; None = last row), merged."""
         groups: dict[int, list[int]] = {}
         for gid in self.geoms:
-            groups.setdefault(self._find(gid), []).append(gid)
-        open_roots = {self._find(g) for g, bottom in self.bottoms.items() if bottom == row_end}
+            groups.setdefault(self.sets.find(gid), []).append(gid)
+        open_roots = {self.sets.find(g) for g, bottom in self.bottoms.items() if bottom == row_end}
         single, single_ids, regions, region_ids = [], [], [], []
         for root, members in groups.items():
             if root in open_roots:
@@ -264,7 +257,8 @@ class _Stitcher:
                 regions.append([self.geoms[g] for g in members])
                 region_ids.append(self.classes[root])
             for g in members:
-                del self.geoms[g], self.classes[g], self.bottoms[g], self.parent[g]
+                del self.geoms[g], self.classes[g], self.bottoms[g]
+                self.sets.discard(g)
         self.above, self.below = self.below, np.full_like(self.below, -1)
         self.left = None
         return _Polygons(np.concatenate([np.asarray(single, dtype=object), _merge_regions(regions)]),
