@@ -1,6 +1,7 @@
 """DataStore: the one place asset outputs live, with safe partition paths and atomic writes."""
 
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from geoseg_assets.geo.errors import disk_full_error
 from geoseg_assets.geo.publish import Publication, PublishError, swap_dir
+from resources.catalog import DATASET, DATASET_MANIFEST, PREDICTION_RECORD, SCENE_RECORD, TILE_TABLE, OutputFile
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 MAX_KEY_LENGTH = 64
@@ -73,6 +75,63 @@ class DataStore(ConfigurableResource):
         """Path of one output file of an asset partition."""
         check_partition_value(filename, "file name")
         return self.partition_dir(asset, partition) / filename
+
+    # ---- the output catalog (resources/catalog.py): what assets ask instead of the file system ----
+
+    def file(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> Path:
+        """Path of a catalogued output file of one partition (None: an unpartitioned asset)."""
+        return self.path(output.asset, partition, output.name)
+
+    def exists(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> bool:
+        """Whether that output file has been written."""
+        return self.file(output, partition).exists()
+
+    def discard(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> None:
+        """Delete an output file if it is there (an optional output this run does not write, which would no
+        longer match the others)."""
+        self.file(output, partition).unlink(missing_ok=True)
+
+    def read_json(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> dict:
+        """A JSON record written by an asset; raises what reading it raises (FileNotFoundError, ValueError)."""
+        return json.loads(self.file(output, partition).read_text())
+
+    def scene_record(self, partition: Mapping[str, str]) -> dict:
+        """The `scenes` record of a partition: grid, CRS, bands, dtype, nodata, source fingerprint."""
+        return self.read_json(SCENE_RECORD, partition)
+
+    def tile_table(self, partition: Mapping[str, str]):
+        """The `tiles` table of a partition (GeoDataFrame in the scene CRS: windows, validity, band stats)."""
+        import geopandas as gpd
+
+        return gpd.read_parquet(self.file(TILE_TABLE, partition))
+
+    def prediction_record(self, partition: Mapping[str, str]) -> dict:
+        """The `predictions` record of a partition: model version, class pixels and areas, inference settings."""
+        return self.read_json(PREDICTION_RECORD, partition)
+
+    def dataset_dir(self) -> Path | None:
+        """The current training set folder, or None when `dataset` was never built."""
+        return self.partition_dir(DATASET) if self.exists(DATASET_MANIFEST) else None
+
+    def dataset_manifest(self) -> dict | None:
+        """The current training set's manifest, or None when `dataset` was never built."""
+        return self.read_json(DATASET_MANIFEST) if self.exists(DATASET_MANIFEST) else None
+
+    def dates_with(self, output: OutputFile, region: str) -> list[str]:
+        """The dates of `region` for which `output` has been written, oldest first."""
+        folder = self.partition_dir(output.asset, {"region": region})
+        return sorted(p.parent.name.removeprefix("date=") for p in folder.glob(f"date=*/{output.name}"))
+
+    def previous_date(self, output: OutputFile, region: str, date: str) -> str | None:
+        """The latest date before `date` for which `output` has been written in `region` (or None)."""
+        earlier = [d for d in self.dates_with(output, region) if d < date]
+        return earlier[-1] if earlier else None
+
+    def partitions_with(self, output: OutputFile) -> list[dict[str, str]]:
+        """The region x date partitions for which `output` has been written, in folder order."""
+        files = sorted(self.partition_dir(output.asset).glob(f"region=*/date=*/{output.name}"))
+        return [{"region": f.parent.parent.name.removeprefix("region="), "date": f.parent.name.removeprefix("date=")}
+                for f in files]
 
     def tmp_dir(self) -> Path:
         """Scratch folder on the same filesystem as the outputs (so renames are atomic), swept of what

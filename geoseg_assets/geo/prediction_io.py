@@ -158,6 +158,14 @@ def pixel_area_m2(scene_path: str) -> float:
         return a * e * factor * factor
 
 
+def class_areas(class_pixels, valid_pixels: int, pixel_m2: float, class_map: ClassMap) -> tuple[dict, dict]:
+    """({class name: km2}, {class name: share of the valid pixels}) of a prediction's per-id pixel counts, both
+    rounded to 6 digits (shares 0 when no pixel was valid)."""
+    area_km2 = {c.name: round(class_pixels[c.id] * pixel_m2 / 1e6, 6) for c in class_map.classes}
+    share = {c.name: round(class_pixels[c.id] / valid_pixels, 6) if valid_pixels else 0.0 for c in class_map.classes}
+    return area_km2, share
+
+
 def predict_to_cogs(predict, scene_path: str, model_bands: Sequence[str], classes_path: str, class_map: ClassMap,
                     probabilities_path: str | None = None, tmp_dir: str | None = None):
     """Run `predict(width=, height=, read=, sink=, with_probabilities=)` over a scene and publish the COGs;
