@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geoseg_assets.geo.dataset import MANIFEST_FILE
+from geoseg_assets.geo.dataset_layout import MANIFEST_FILE
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,14 @@ from numpy.lib.format import open_memmap
 from rasterio.windows import Window
 
 from .classmap import IGNORE_ID, usable_class_ids
+from .dataset_layout import MANIFEST_FILE, SPLITS
 from .publish import atomic_dir
-from .union_find import UnionFind
 from .scene_io import pixel_validity, raster_env, sha256_file
+from .union_find import UnionFind
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 DEFAULT_BLOCK_SIZE_M = 5120.0  # 2 x 2 tiles of 256 px at 10 m
-MANIFEST_FILE = "manifest.json"
 TILE_COLUMNS = ("tile_id", "region", "date", "row", "col", "width", "height")
 FLOAT_DIGITS = 12  # significant digits of floats in the manifest (hides last-ulp noise)
 
