@@ -160,7 +160,8 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
 
     dataset_dir, manifest = data_store.dataset_dir(), data_store.dataset_manifest()
     if dataset_dir is None:
-        raise dg.Failure(f"{data_store.partition_dir(DATASET)}: no dataset; materialize `dataset` first", allow_retries=False)
+        raise dg.Failure(f"{data_store.partition_dir(DATASET)}: no dataset; materialize `dataset` first",
+                         allow_retries=False)
     dataset_version = dvc.version(DVC_STAGE) or "unversioned"
     record = dataset_record(context, dvc) if dataset_version != "unversioned" else None
     key = checkpoint_key(config, dataset_version, context.run.run_id)
@@ -309,8 +310,8 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     mlflow_tracking.log_png(run_id, report.gallery_png, "evaluation/worst_tiles.png")
     mlflow_tracking.set_tag(run_id, "geoseg.promotion", "champion" if promoted else "rejected")
 
-    table = markdown_table(("tile", "mIoU", "pixel acc"), ((t["tile_id"], f"{t['miou']:.3f}", f"{t['pixel_accuracy']:.3f}")
-                                                           for t in report.per_tile[:10]))
+    table = markdown_table(("tile", "mIoU", "pixel acc"),
+                           ((t["tile_id"], f"{t['miou']:.3f}", f"{t['pixel_accuracy']:.3f}") for t in report.per_tile[:10]))
     yield dg.MaterializeResult(
         metadata={
             "model_version": str(challenger.version),

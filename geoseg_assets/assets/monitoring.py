@@ -103,8 +103,8 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
         ref = training_reference(manifest, dims["region"], dims["date"], dvc.version(DVC_STAGE) or "unversioned",
                                  config.feature_tile)
         in_training_set = ref.in_training_set
-        reference = training_features(ref, data_store.dataset_dir(), data_store.path(DRIFT_REFERENCE_CACHE, None, ref.cache_name),
-                                      data_store.atomic_path)
+        cache = data_store.path(DRIFT_REFERENCE_CACHE, None, ref.cache_name)
+        reference = training_features(ref, data_store.dataset_dir(), cache, data_store.atomic_path)
         against = ref.against
     else:
         before = data_store.previous_date(SCENE_RECORD, dims["region"], dims["date"])

@@ -95,8 +95,8 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
     except ValueError as exc:
         raise dg.Failure(f"invalid prediction config: {exc}", allow_retries=False) from exc
     device = compute.torch_device()
-    paths = {output: data_store.file(output, dims) for output in (PREDICTED_CLASSES, PREDICTED_PROBABILITIES,
-                                                                  PREDICTED_POLYGONS, PREDICTION_OVERLAY, PREDICTION_RECORD)}
+    paths = {output: data_store.file(output, dims) for output in
+             (PREDICTED_CLASSES, PREDICTED_PROBABILITIES, PREDICTED_POLYGONS, PREDICTION_OVERLAY, PREDICTION_RECORD)}
     predict = partial(predict_scene, net, normalizer, [c.id for c in classes.classes], config=inference,
                       device=device, log=context.log.info)
     started = time.perf_counter()

@@ -18,10 +18,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .classmap import IGNORE_ID as NODATA_CLASS, ClassMap
-from .errors import SceneError
 from .bands import band_position
 from .class_raster import grid_profile, open_class_stage, publish_class_cog
+from .classmap import IGNORE_ID as NODATA_CLASS, ClassMap
+from .errors import SceneError
 from .scene_io import pixel_validity, publish_as_cog, raster_env
 
 PROBABILITY_SCALE = 250  # probabilities stored as uint8 0..250 (255 = nodata)

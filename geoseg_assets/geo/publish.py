@@ -68,7 +68,8 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def swap_dir(target: str | os.PathLike, staged: str | os.PathLike, keep: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def swap_dir(target: str | os.PathLike, staged: str | os.PathLike,
+             keep: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Put the complete folder `staged` in place of `target` while the block runs (a step that must see the
     final path, e.g. `dvc commit` + `dvc push`); the earlier `target` waits aside as `.<name>.previous`. If the
     rename or the block fails, the earlier `target` and the bytes of the `keep` files (e.g. dvc.lock) are put

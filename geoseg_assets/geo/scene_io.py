@@ -667,4 +667,3 @@ def publish_as_cog(src_path: str, dst_path: str | os.PathLike, *, resampling: st
     leaves an earlier COG there untouched."""
     with atomic_file(dst_path) as tmp:
         copy_as_cog(str(src_path), str(tmp), resampling=resampling)
-
