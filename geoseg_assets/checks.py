@@ -1,21 +1,22 @@
 """Asset checks: bad scenes, invalid labels and leaking datasets must not flow on; tile stats must be sane."""
 
 
-import json
-
 import dagster as dg
-import geopandas as gpd
 import numpy as np
 
 from geoseg_assets.assets.datasets import dataset
 from geoseg_assets.assets.masks import masks
-from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE, scenes
-from geoseg_assets.assets.tiles import TILES_FILE, tiles
-from geoseg_assets.geo.audit import audit_scene_cog, audit_tile_stats
+from geoseg_assets.assets.scenes import scenes
+from geoseg_assets.assets.tiles import tiles
+from geoseg_assets.geo.audit import audit_scene_cog, audit_split_leakage, audit_tile_stats
 from geoseg_assets.partitions import partition_dims, region_date_partitions
+from resources.catalog import SCENE_COG, SCENE_RECORD, TILE_TABLE, OutputFile
 from resources.data_store import DataStore
 from resources.label_store import LabelStore
 from resources.scene_sources import SceneSource
+
+
+MISSING_MANIFEST = "manifest.json is missing; materialize the dataset"
 
 
 def _result(problems: list[str], **metadata) -> dg.AssetCheckResult:
@@ -26,20 +27,19 @@ def _result(problems: list[str], **metadata) -> dg.AssetCheckResult:
     )
 
 
-def _output_and_scene_record(data_store: DataStore, asset: str, filename: str, dims: dict):
+def _output_and_scene_record(data_store: DataStore, output: OutputFile, dims: dict):
     """Path of the checked output and the scene's JSON record, or None when either is missing."""
-    path = data_store.path(asset, dims, filename)
-    summary_path = data_store.path("scenes", dims, SUMMARY_FILE)
-    if not path.exists() or not summary_path.exists():
+    path = data_store.file(output, dims)
+    if not data_store.exists(output, dims) or not data_store.exists(SCENE_RECORD, dims):
         return path, None
-    return path, json.loads(summary_path.read_text())
+    return path, data_store.scene_record(dims)
 
 
 @dg.asset_check(asset=scenes, blocking=True, partitions_def=region_date_partitions,
                 description="The scene COG is a valid COG whose CRS, size, bands and dtype match the record and the source spec.")
 def scene_integrity(context: dg.AssetCheckExecutionContext, data_store: DataStore, scene_source: SceneSource) -> dg.AssetCheckResult:
     dims = partition_dims(context)
-    path, summary = _output_and_scene_record(data_store, "scenes", SCENE_FILE, dims)
+    path, summary = _output_and_scene_record(data_store, SCENE_COG, dims)
     if summary is None:
         return _result([f"{path} is missing; materialize scenes for {dims}"])
     problems = audit_scene_cog(str(path), scene_source.spec_for(dims["region"]), summary)
@@ -50,47 +50,31 @@ def scene_integrity(context: dg.AssetCheckExecutionContext, data_store: DataStor
                 description="Tiles exist, ids are unique, fractions lie in [0, 1], band stats are ordered and in the dtype range, tiles lie inside the scene.")
 def tile_stats_sanity(context: dg.AssetCheckExecutionContext, data_store: DataStore) -> dg.AssetCheckResult:
     dims = partition_dims(context)
-    path, summary = _output_and_scene_record(data_store, "tiles", TILES_FILE, dims)
+    path, summary = _output_and_scene_record(data_store, TILE_TABLE, dims)
     if summary is None:
         return _result([f"{path} is missing; materialize tiles for {dims}"])
-    frame = gpd.read_parquet(path)
+    frame = data_store.tile_table(dims)
     dtype = np.dtype(summary["dtype"])
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
     problems = audit_tile_stats(frame, summary["band_names"], summary["bounds"], (float(info.min), float(info.max)))
     return _result(problems, tile_count=len(frame))
 
 
-def _manifest(data_store: DataStore) -> dict | None:
-    path = data_store.partition_dir("dataset") / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 @dg.asset_check(asset=dataset, blocking=True,
                 description="No tile id, spatial block or place (region + window) appears in two splits.")
 def dataset_no_leakage(data_store: DataStore) -> dg.AssetCheckResult:
-    manifest = _manifest(data_store)
+    manifest = data_store.dataset_manifest()
     if manifest is None:
-        return _result(["manifest.json is missing; materialize the dataset"])
-    problems = []
-    for what, key in (("tile id", lambda t: (t["region"], t["date"], t["tile_id"])),
-                      ("spatial block", lambda t: t["block"]),
-                      ("place", lambda t: (t["region"], t["row"], t["col"]))):
-        owner: dict = {}
-        for split, content in manifest["splits"].items():
-            for tile in content["tiles"]:
-                k = key(tile)
-                if owner.setdefault(k, split) != split:
-                    problems.append(f"{what} {k} is in {owner[k]} and {split}")
-                    break
+        return _result([MISSING_MANIFEST])
     counts = {s: c["tile_count"] for s, c in manifest["splits"].items()}
-    return _result(problems[:20], tile_counts=counts)
+    return _result(audit_split_leakage(manifest)[:20], tile_counts=counts)
 
 
 @dg.asset_check(asset=dataset, description="Every class has pixels in the train split (warns otherwise).")
 def dataset_class_coverage(data_store: DataStore) -> dg.AssetCheckResult:
-    manifest = _manifest(data_store)
+    manifest = data_store.dataset_manifest()
     if manifest is None:
-        return _result(["manifest.json is missing; materialize the dataset"])
+        return _result([MISSING_MANIFEST])
     train = manifest["class_distribution"]["train"]["pixels"]
     missing = sorted(name for name in manifest["class_map"]["classes"] if train.get(name, 0) == 0)
     return dg.AssetCheckResult(

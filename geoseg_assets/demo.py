@@ -75,10 +75,8 @@ def predict_partitions(instance, resources, keys) -> list:
     """Run `prediction_job` for each partition (what automation requests once a new champion lands),
     skipping partitions the champion cannot predict (integrity issues, e.g. another sensor's bands);
     return the failed keys."""
-    from geoseg_assets.assets.models import PREPROCESSING_FILE
-    from geoseg_assets.assets.scenes import SUMMARY_FILE
     from geoseg_assets.monitoring.integrity import input_integrity
-    from resources.mlflow_tracking import CHAMPION
+    from resources.mlflow_tracking import CHAMPION, PREPROCESSING_FILE
 
     tracking = resources["mlflow_tracking"]
     champion = tracking.alias_version(CHAMPION)
@@ -89,7 +87,7 @@ def predict_partitions(instance, resources, keys) -> list:
     job = defs.resolve_job_def("prediction_job")
     failures = []
     for key in keys:
-        scene = json.loads(resources["data_store"].path("scenes", key.keys_by_dimension, SUMMARY_FILE).read_text())
+        scene = resources["data_store"].scene_record(key.keys_by_dimension)
         issues = [i for i in input_integrity(scene, preprocessing) if i.blocking]
         if issues:  # the asset would refuse it with this message: say so instead of failing the demo
             print(f"  skip   {'predictions':16} {key}  [{issues[0].check}] {issues[0].problem}")
@@ -101,13 +99,13 @@ def predict_partitions(instance, resources, keys) -> list:
 def report_partitions(instance, resources, keys) -> list:
     """Data quality and drift reports of every partition (prediction drift where there are predictions),
     then the model quality report; return what failed."""
-    from geoseg_assets.assets.predictions import CLASSES_FILE
+    from resources.catalog import PREDICTED_CLASSES
 
     job = defs.resolve_job_def("monitoring_job")
     failures = []
     for key in keys:
         selection = [dg.AssetKey("data_quality_report"), dg.AssetKey("data_drift_report")]
-        if resources["data_store"].path("predictions", key.keys_by_dimension, CLASSES_FILE).exists():
+        if resources["data_store"].exists(PREDICTED_CLASSES, key.keys_by_dimension):
             selection.append(dg.AssetKey("prediction_drift_report"))
         failures += run_requests(job, instance, [dg.RunRequest(partition_key=key)],
                                  f"{len(selection)} reports", asset_selection=selection)

@@ -1,10 +1,10 @@
 """DataStore: the one place asset outputs live, with safe partition paths and atomic writes."""
 
 
+import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +13,8 @@ from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
 from geoseg_assets.geo.errors import disk_full_error
+from geoseg_assets.geo.publish import Publication, PublishError, swap_dir
+from resources.catalog import DATASET, DATASET_MANIFEST, PREDICTION_RECORD, SCENE_RECORD, TILE_TABLE, OutputFile
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 MAX_KEY_LENGTH = 64
@@ -74,6 +76,63 @@ class DataStore(ConfigurableResource):
         check_partition_value(filename, "file name")
         return self.partition_dir(asset, partition) / filename
 
+    # ---- the output catalog (resources/catalog.py): what assets ask instead of the file system ----
+
+    def file(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> Path:
+        """Path of a catalogued output file of one partition (None: an unpartitioned asset)."""
+        return self.path(output.asset, partition, output.name)
+
+    def exists(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> bool:
+        """Whether that output file has been written."""
+        return self.file(output, partition).exists()
+
+    def discard(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> None:
+        """Delete an output file if it is there (an optional output this run does not write, which would no
+        longer match the others)."""
+        self.file(output, partition).unlink(missing_ok=True)
+
+    def read_json(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> dict:
+        """A JSON record written by an asset; raises what reading it raises (FileNotFoundError, ValueError)."""
+        return json.loads(self.file(output, partition).read_text())
+
+    def scene_record(self, partition: Mapping[str, str]) -> dict:
+        """The `scenes` record of a partition: grid, CRS, bands, dtype, nodata, source fingerprint."""
+        return self.read_json(SCENE_RECORD, partition)
+
+    def tile_table(self, partition: Mapping[str, str]):
+        """The `tiles` table of a partition (GeoDataFrame in the scene CRS: windows, validity, band stats)."""
+        import geopandas as gpd
+
+        return gpd.read_parquet(self.file(TILE_TABLE, partition))
+
+    def prediction_record(self, partition: Mapping[str, str]) -> dict:
+        """The `predictions` record of a partition: model version, class pixels and areas, inference settings."""
+        return self.read_json(PREDICTION_RECORD, partition)
+
+    def dataset_dir(self) -> Path | None:
+        """The current training set folder, or None when `dataset` was never built."""
+        return self.partition_dir(DATASET) if self.exists(DATASET_MANIFEST) else None
+
+    def dataset_manifest(self) -> dict | None:
+        """The current training set's manifest, or None when `dataset` was never built."""
+        return self.read_json(DATASET_MANIFEST) if self.exists(DATASET_MANIFEST) else None
+
+    def dates_with(self, output: OutputFile, region: str) -> list[str]:
+        """The dates of `region` for which `output` has been written, oldest first."""
+        folder = self.partition_dir(output.asset, {"region": region})
+        return sorted(p.parent.name.removeprefix("date=") for p in folder.glob(f"date=*/{output.name}"))
+
+    def previous_date(self, output: OutputFile, region: str, date: str) -> str | None:
+        """The latest date before `date` for which `output` has been written in `region` (or None)."""
+        earlier = [d for d in self.dates_with(output, region) if d < date]
+        return earlier[-1] if earlier else None
+
+    def partitions_with(self, output: OutputFile) -> list[dict[str, str]]:
+        """The region x date partitions for which `output` has been written, in folder order."""
+        files = sorted(self.partition_dir(output.asset).glob(f"region=*/date=*/{output.name}"))
+        return [{"region": f.parent.parent.name.removeprefix("region="), "date": f.parent.name.removeprefix("date=")}
+                for f in files]
+
     def tmp_dir(self) -> Path:
         """Scratch folder on the same filesystem as the outputs (so renames are atomic), swept of what
         killed runs left there."""
@@ -111,107 +170,18 @@ class DataStore(ConfigurableResource):
         except BaseException:
             publication.discard()
             raise
-        publication.commit()
+        try:
+            publication.commit()
+        except PublishError as exc:
+            raise Failure(str(exc), allow_retries=False) from exc.__cause__
 
     @contextmanager
     def provisional_dir(self, target: Path, staged: Path, keep: tuple[Path, ...] = ()) -> Iterator[Path]:
         """Put the complete folder `staged` in place of `target` while the block runs (a step that must see
         the final path, e.g. `dvc commit` + `dvc push`); if the block fails, the earlier `target` and the
         bytes of the `keep` files (e.g. dvc.lock) are put back, so outputs and their records stay in step."""
-        target, staged = Path(target), Path(staged)
-        backup = target.with_name(f".{target.name}.previous")
-        if backup.exists():  # left by a killed run: keep the current target, or put the backup back if there is none
-            if target.exists():
-                shutil.rmtree(backup)
-            else:
-                os.replace(backup, target)
-        saved = {Path(p): Path(p).read_bytes() if Path(p).exists() else None for p in keep}
-        had_target = target.exists()
-        if had_target:
-            os.replace(target, backup)
-        os.replace(staged, target)
-        try:
-            yield target
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            if had_target:
-                os.replace(backup, target)
-            for path, data in saved.items():
-                if data is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    path.write_bytes(data)
-            raise
-        if had_target:
-            shutil.rmtree(backup, ignore_errors=True)
-
-
-class Publication:
-    """Temp files next to their targets (same filesystem, so each rename is atomic), renamed over the
-    targets together by `commit`, or deleted by `discard`."""
-
-    def __init__(self, on_new_folder=None) -> None:
-        self.staged: dict[Path, Path] = {}
-        self.on_new_folder = on_new_folder  # called once per target folder before its first temp file
-
-    def path(self, target: Path) -> Path:
-        """The temp path to write `target`'s new content to (the same one if asked twice)."""
-        target = Path(target)
-        if target not in self.staged:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if self.on_new_folder is not None and all(t.parent != target.parent for t in self.staged):
-                self.on_new_folder(target.parent)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-            os.close(fd)
-            os.unlink(tmp)
-            self.staged[target] = Path(tmp)
-        return self.staged[target]
-
-    def write_bytes(self, target: Path, data: bytes) -> Path:
-        """Stage `data` as `target`'s new content; returns `target` (where it will be once published)."""
-        self.path(target).write_bytes(data)
-        return Path(target)
-
-    def commit(self) -> None:
-        """Rename every staged file over its target. If one rename fails (a target turned into a folder, a
-        full or read-only disk), the targets already replaced get their earlier bytes back (kept as hard
-        links until the end), so the step's outputs are all new or all old."""
-        missing = [str(t) for t, tmp in self.staged.items() if not tmp.exists()]
-        if missing:
-            self.discard()
-            raise FileNotFoundError(f"staged outputs were never written: {missing}")
-        previous: dict[Path, Path | None] = {}
-        current = None
-        try:
-            for target, tmp in self.staged.items():
-                current = target
-                previous[target] = _keep_previous(target)
-                os.replace(tmp, target)
-        except BaseException as exc:
-            for target, kept in previous.items():
-                if kept is not None:
-                    os.replace(kept, target)
-                elif target.is_file() and not self.staged[target].exists():
-                    target.unlink()  # created by this commit: there was nothing before
-            self.discard()
-            if isinstance(exc, OSError):
-                raise Failure(f"{current}: cannot be replaced by the step's new output ({exc.strerror or exc}); "
-                                   "every output of the step was kept as it was. Fix: make that path a writable file "
-                                   "(move away a folder of that name, free disk space) and re-run", allow_retries=False) from exc
-            raise
-        finally:
-            for kept in previous.values():
-                if kept is not None:
-                    kept.unlink(missing_ok=True)
-        self.staged.clear()
-
-    def discard(self) -> None:
-        for tmp in self.staged.values():
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-        self.staged.clear()
+        with swap_dir(target, staged, keep) as live:
+            yield live
 
 
 def sweep_stale_temps(folder: Path, older_than_s: float, everything: bool = False) -> list[Path]:
@@ -252,16 +222,3 @@ def _newest_mtime(entry: Path) -> float:
                 except OSError:
                     continue
     return newest
-
-
-def _keep_previous(target: Path) -> Path | None:
-    """A hard link (a copy where links are not supported) to the file at `target`, or None if none."""
-    if not target.is_file():
-        return None
-    kept = target.with_name(f".{target.name}.previous-{os.getpid()}")
-    kept.unlink(missing_ok=True)
-    try:
-        os.link(target, kept)
-    except OSError:
-        shutil.copy2(target, kept)
-    return kept

@@ -8,9 +8,7 @@ all-or-nothing.
 
 import datetime as dt
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from pydantic import Field, field_validator
 from geoseg_assets.geo.classmap import CLASS_MAP_FILE, IGNORE_ID, ClassDef, ClassMap, DEFAULT_CLASS_MAP, read_class_map
 from geoseg_assets.geo.errors import LabelError
 from geoseg_assets.geo.labels import LabelReport, prepare_labels, read_label_file
+from geoseg_assets.geo.publish import atomic_file
 from resources.data_store import check_partition_value
 
 STATUSES = ("unlabeled", "test", "valid")
@@ -269,10 +268,7 @@ class GeoPackageLabelStore(LabelStore):
     def _replace_layer(self, region: str, frame: gpd.GeoDataFrame) -> None:
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".gpkg", dir=target.parent)
-        os.close(fd)
-        os.unlink(tmp)
-        try:
+        with atomic_file(target) as tmp:
             # LabelError if the store is damaged: never rewrite what cannot be read whole
             before = set(geopackage_layers(target, verify=True)) if target.exists() else set()
             if target.exists():
@@ -280,13 +276,10 @@ class GeoPackageLabelStore(LabelStore):
 
                 shutil.copy2(target, tmp)
             frame.to_file(tmp, layer=region, driver="GPKG", SPATIAL_INDEX="YES")
-            lost = before - set(geopackage_layers(Path(tmp)))
+            lost = before - set(geopackage_layers(tmp))
             if lost:
                 raise LabelError(target, f"writing region {region!r} would drop the regions {sorted(lost)}",
                                  "nothing was changed; check the GeoPackage with `ogrinfo` and report this")
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
 
 SQL_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,52}")  # 63-byte limit minus the longest index suffix (_geom_gist)

@@ -19,6 +19,7 @@ from geoseg_assets.ml.model_artifact import ModelArtifactError
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT_DIR = "model"
+PREPROCESSING_FILE = "preprocessing.json"  # run artifact: bands, normalization, indices, classes, training grid
 SHA_TAG = "geoseg.weights_sha256"  # model-version tag: digest of the weights-only model folder
 
 
@@ -81,7 +82,8 @@ class MlflowTracking(ConfigurableResource):
 
     @contextmanager
     def run(self, run_name: str, tags: dict[str, str]) -> Iterator[object]:
-        """An active MLflow run in the project's experiment (fluent API bound to this tracking URI)."""
+        """A new MLflow run in the project's experiment, active while the block runs (the only place the
+        process-wide tracking URI is set: MLflow's run context needs it); log to it by its run id."""
         import mlflow
 
         if self.sqlite_path() is not None:
@@ -92,8 +94,43 @@ class MlflowTracking(ConfigurableResource):
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=tags) as active:
             yield active
 
-    def log_model(self, model, spec) -> tuple[str, str]:
-        """Log `model` to the active run as weights-only files (`model/weights.safetensors` +
+    # ---- logging to a run named by its id (bound to this store, whatever run is active) ----
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        """Log parameters to a run (values as text, as MLflow stores them)."""
+        from mlflow.entities import Param
+
+        self.client().log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int | None = None) -> None:
+        """Log metrics to a run at `step` (0 when None), all with one timestamp."""
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
+        now = get_current_time_millis()
+        self.client().log_batch(run_id, metrics=[Metric(key, value, now, step or 0) for key, value in metrics.items()])
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client().set_tag(run_id, key, value)
+
+    def log_dict(self, run_id: str, dictionary, artifact_file: str) -> None:
+        """Log a dict (or list) as a JSON artifact of a run."""
+        self.client().log_dict(run_id, dictionary, artifact_file)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        """Copy a local file into a run's artifacts (under `artifact_path`)."""
+        self.client().log_artifact(run_id, local_path, artifact_path)
+
+    def log_png(self, run_id: str, png: bytes, artifact_file: str) -> None:
+        """Log PNG bytes as an image artifact of a run."""
+        import io
+
+        from PIL import Image
+
+        self.client().log_image(run_id, Image.open(io.BytesIO(png)), artifact_file)
+
+    def log_model(self, model, spec, run_id: str | None = None) -> tuple[str, str]:
+        """Log `model` to a run (None: the active one) as weights-only files (`model/weights.safetensors` +
         `model/architecture.json`, see `geoseg_assets.ml.model_artifact`); returns (artifact URI, sha256)."""
         import tempfile
 
@@ -101,19 +138,12 @@ class MlflowTracking(ConfigurableResource):
 
         from geoseg_assets.ml.model_artifact import save_model
 
+        run_id = run_id or mlflow.active_run().info.run_id
+        client = self.client()
         with tempfile.TemporaryDirectory() as tmp:
             sha = save_model(model, spec, Path(tmp) / MODEL_ARTIFACT_DIR)
-            mlflow.log_artifacts(str(Path(tmp) / MODEL_ARTIFACT_DIR), MODEL_ARTIFACT_DIR)
-        return f"{mlflow.get_artifact_uri()}/{MODEL_ARTIFACT_DIR}", sha
-
-    def log_png(self, png: bytes, artifact_file: str) -> None:
-        """Log PNG bytes as an image artifact of the active run."""
-        import io
-
-        import mlflow
-        from PIL import Image
-
-        mlflow.log_image(Image.open(io.BytesIO(png)), artifact_file)
+            client.log_artifacts(run_id, str(Path(tmp) / MODEL_ARTIFACT_DIR), MODEL_ARTIFACT_DIR)
+        return f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_DIR}", sha
 
     def read_json_artifact(self, run_id: str, path: str) -> dict:
         """A JSON artifact of a run."""
@@ -158,6 +188,10 @@ class MlflowTracking(ConfigurableResource):
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of an MLflow run (lineage: dataset version, git commit, Dagster run id)."""
         return dict(self.client().get_run(run_id).data.tags)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of every metric of an MLflow run."""
+        return self.client().get_run(run_id).data.metrics
 
     def no_alias_failure(self, alias: str, fix: str) -> Failure:
         """The non-retryable failure of an asset that needs `alias` and finds none, saying why when the

@@ -1,19 +1,18 @@
 """`dataset`: labelled tiles of every partition, split by spatial block, sharded and versioned with DVC."""
 
-import json
 import shutil
 from pathlib import Path
 
 import dagster as dg
-import geopandas as gpd
 from pydantic import Field
 
 from geoseg_assets import metadata as md
-from geoseg_assets.assets.masks import MASK_FILE, masks, resolve_class_map
-from geoseg_assets.assets.scenes import SCENE_FILE, SUMMARY_FILE
-from geoseg_assets.assets.tiles import TILES_FILE, tiles
+from geoseg_assets.assets.masks import masks, resolve_class_map
+from geoseg_assets.assets.tiles import tiles
+from geoseg_assets.geo.audit import mask_grid_problem
 from geoseg_assets.geo.dataset import DatasetError, PartitionInput, build_dataset
 from geoseg_assets.geo.synthetic import BAND_NAMES
+from resources.catalog import DATASET, MASK, SCENE_COG
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
 from resources.git_refs import DatasetRecord, PushResult, fetch_command
@@ -49,13 +48,13 @@ def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, conf
             continue
         dims = {"region": region, "date": date}
         try:
-            scene = json.loads(data_store.path("scenes", dims, SUMMARY_FILE).read_text())
+            scene = data_store.scene_record(dims)
             if scene["band_names"] != config.band_names:
                 log.info(f"{key}: bands {scene['band_names']} differ from {config.band_names}; left out")
                 continue
-            problem = stale_mask_problem(instance, key, scene, data_store.path("masks", dims, MASK_FILE))
+            problem = stale_mask_problem(instance, key, scene, data_store.file(MASK, dims))
             if problem is None:
-                part_tiles = gpd.read_parquet(data_store.path("tiles", dims, TILES_FILE))
+                part_tiles = data_store.tile_table(dims)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             problem = f"its scene record or tile table cannot be read ({exc})"
         if problem is not None:
@@ -65,8 +64,8 @@ def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, conf
             continue
         parts.append(PartitionInput(
             region=region, date=date,
-            scene_path=str(data_store.path("scenes", dims, SCENE_FILE)),
-            mask_path=str(data_store.path("masks", dims, MASK_FILE)),
+            scene_path=str(data_store.file(SCENE_COG, dims)),
+            mask_path=str(data_store.file(MASK, dims)),
             tiles=part_tiles,
             scene_sha256=scene["fingerprint"],
         ))
@@ -76,9 +75,6 @@ def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, conf
 def stale_mask_problem(instance: dg.DagsterInstance, key: str, scene: dict, mask_path) -> str | None:
     """Why a partition's mask does not belong to its current scene (None if it does): made from another
     scene's bytes (per the mask's last materialization), or not on the scene's grid."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=masks.key, asset_partitions=[key]), limit=1).records
     if records:
@@ -87,14 +83,7 @@ def stale_mask_problem(instance: dg.DagsterInstance, key: str, scene: dict, mask
         if made_from and made_from != scene.get("fingerprint"):
             return (f"its mask was made from scene {made_from[:12]}..., the scene is now {str(scene.get('fingerprint'))[:12]}... "
                     "(the scene was replaced after the mask)")
-    try:
-        with rasterio.open(mask_path) as mask:
-            grid = (mask.width, mask.height, tuple(mask.transform)[:6])
-    except RasterioIOError as exc:
-        return f"its mask {mask_path} cannot be read ({exc})"
-    if grid != (scene["width"], scene["height"], tuple(scene["transform"])[:6]):
-        return f"its mask {mask_path} is {grid[0]} x {grid[1]} px on another grid than the {scene['width']} x {scene['height']} px scene"
-    return None
+    return mask_grid_problem(str(mask_path), scene)
 
 
 REPRODUCE = "python -m geoseg_assets.reproduce"
@@ -136,7 +125,7 @@ def record_metadata(record: DatasetRecord, pushed: PushResult, git_remote: str) 
 )
 def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store: DataStore,
             class_map: ClassMapResource, dvc: DvcStore) -> dg.MaterializeResult:
-    out_dir = data_store.partition_dir("dataset")
+    out_dir = data_store.partition_dir(DATASET)
     if config.version_with_dvc and dvc.stage_out(DVC_STAGE).resolve() != out_dir.resolve():
         raise dg.Failure(
             f"{out_dir}: DVC versions the dataset at {dvc.stage_out(DVC_STAGE)} (dvc.yaml); keep the data root at "

@@ -1,14 +1,12 @@
 """Active-learning feedback: the champion's polygons of chosen partitions go into the label store as
 `auto` labels with status `test`, for human review; `valid` labels are never touched."""
 
-import json
-
 import dagster as dg
 from pydantic import Field
 
-from geoseg_assets.assets.predictions import POLYGONS_FILE, SUMMARY_FILE
 from geoseg_assets.assets.scenes import fail_on_bad_input
 from geoseg_assets.geo.errors import ClassMapError, LabelError
+from resources.catalog import PREDICTED_POLYGONS, PREDICTION_RECORD
 from resources.data_store import DataStore, UnsafePartitionKeyError, check_partition_value
 from resources.label_store import ClassMapResource, ImportOptions, LabelStore
 from resources.scene_sources import check_date
@@ -38,12 +36,11 @@ def feedback_labels(context: dg.OpExecutionContext, config: FeedbackConfig, data
             dims = parse_partition(item)
         except (UnsafePartitionKeyError, ValueError) as exc:
             raise fail_on_bad_input(exc, partition=item) from exc
-        polygons = data_store.path("predictions", dims, POLYGONS_FILE)
-        summary = data_store.path("predictions", dims, SUMMARY_FILE)
-        if not polygons.exists() or not summary.exists():
+        polygons = data_store.file(PREDICTED_POLYGONS, dims)
+        if not data_store.exists(PREDICTED_POLYGONS, dims) or not data_store.exists(PREDICTION_RECORD, dims):
             raise dg.Failure(f"{polygons}: no predicted polygons for {item}; materialize `predictions` (vectorize on) first",
                              allow_retries=False)
-        record = json.loads(summary.read_text())
+        record = data_store.prediction_record(dims)
         annotator = f"{record['model_name']} v{record['model_version']}"
         existing = label_store.labels(dims["region"], date=dims["date"], statuses=(REVIEW_STATUS,))
         if len(existing) and ((existing["source"] == AUTO_SOURCE) & (existing["annotator"] == annotator)
@@ -52,7 +49,7 @@ def feedback_labels(context: dg.OpExecutionContext, config: FeedbackConfig, data
             continue
         options = ImportOptions(status=REVIEW_STATUS, source=AUTO_SOURCE, annotator=annotator, class_column="class_name",
                                 valid_from=dims["date"], valid_to=dims["date"])
-        scene = json.loads(data_store.path("scenes", dims, "scene.json").read_text())
+        scene = data_store.scene_record(dims)
         try:
             report = label_store.import_file(str(polygons), dims["region"], scene["crs_wkt"],
                                              class_map.for_region(dims["region"]), options)

@@ -1,23 +1,21 @@
 """`masks` [region x date]: the region's valid labels rasterized on the scene grid, and label import."""
 
-import json
-
 import dagster as dg
 from pydantic import Field
 
 from geoseg_assets import metadata as md
-from geoseg_assets.assets.scenes import SUMMARY_FILE, fail_on_bad_input, scenes, upstream_scene
+from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
 from geoseg_assets.geo.classmap import ClassMap
 from geoseg_assets.geo.errors import ClassMapError, LabelError
 from geoseg_assets.geo.labels import LabelReport
 from geoseg_assets.geo.masks import overlay_image, write_mask_cog
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.catalog import MASK, MASK_OVERLAY, SCENE_RECORD
 from resources.data_store import DataStore, check_partition_value
 from resources.label_store import ClassMapResource, ImportOptions, LabelStore
 
-MASK_FILE = "mask.tif"
-OVERLAY_FILE = "overlay.png"
+MASK_FILE = MASK.name  # benchmarks/bench_model_quality.py imports it from here
 LABEL_FINGERPRINT_TAG = "geoseg/label_fingerprint"
 
 
@@ -43,7 +41,7 @@ def resolve_class_map(class_map: ClassMapResource, region: str | None = None) ->
 def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store: LabelStore,
           class_map: ClassMapResource) -> dg.MaterializeResult:
     dims, scene_path, scene = upstream_scene(context, data_store)
-    mask_path = data_store.path("masks", dims, MASK_FILE)
+    mask_path = data_store.file(MASK, dims)
     classes = resolve_class_map(class_map, dims["region"])
     labels = label_store.labels(dims["region"], date=dims["date"])
     if len(labels) and labels.crs is not None and labels.crs.to_wkt() != scene["crs_wkt"]:
@@ -56,7 +54,7 @@ def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store:
         summary = write_mask_cog(str(scene_path), labels, classes, staged_mask, tmp_dir=str(data_store.tmp_dir()))
         quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
         png = png_bytes(overlay_image(quicklook, staged_mask, classes))
-        overlay_path = outputs.write_bytes(data_store.path("masks", dims, OVERLAY_FILE), png)
+        overlay_path = outputs.write_bytes(data_store.file(MASK_OVERLAY, dims), png)
     total = summary.width * summary.height
     labelled = sum(summary.class_pixels.values())
     return dg.MaterializeResult(
@@ -79,12 +77,12 @@ def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store:
 
 def scene_grid_of_region(data_store: DataStore, region: str) -> dict:
     """The JSON record of one materialized scene of the region (its CRS and footprint check labels)."""
-    folder = data_store.partition_dir("scenes", {"region": check_partition_value(region, "region")})
-    records = sorted(folder.glob("date=*/" + SUMMARY_FILE))
-    if not records:
-        raise LabelError(folder, f"region {region!r} has no materialized scene",
-                         "materialize `scenes` for the region first, so labels can be checked against its CRS and footprint")
-    return json.loads(records[-1].read_text())
+    dates = data_store.dates_with(SCENE_RECORD, check_partition_value(region, "region"))
+    if not dates:
+        raise LabelError(data_store.partition_dir(SCENE_RECORD.asset, {"region": region}), f"region {region!r} has no "
+                         "materialized scene", "materialize `scenes` for the region first, so labels can be checked "
+                         "against its CRS and footprint")
+    return data_store.scene_record({"region": region, "date": dates[-1]})
 
 
 def import_region_labels(path: str, region: str, options: ImportOptions, *, data_store: DataStore,

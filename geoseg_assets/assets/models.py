@@ -8,13 +8,13 @@ import numpy as np
 from pydantic import Field
 
 from geoseg_assets import metadata as md
+from geoseg_assets.markdown import markdown_table
 from geoseg_assets.pools import MODEL_COMPUTE_POOL
 from geoseg_assets.assets.datasets import DVC_STAGE, REPRODUCE, dataset
+from resources.catalog import DATASET, MODELS, SCENE_RECORD
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
-from resources.mlflow_tracking import CHALLENGER, CHAMPION, MlflowTracking, load_registered
-
-PREPROCESSING_FILE = "preprocessing.json"
+from resources.mlflow_tracking import CHALLENGER, CHAMPION, PREPROCESSING_FILE, MlflowTracking, load_registered
 # Defaults chosen by benchmarks/bench_model_quality.py (README "Model quality against a plain script").
 ENCODER_DEPTH = 3
 CLASS_WEIGHTING = "inverse_sqrt"  # measured: demo val mIoU 0.904 vs 0.895 with none; SpaceNet held-out 0.535 vs 0.546
@@ -61,14 +61,12 @@ class ModelConfig(dg.Config):
 
 
 def train_config(config: ModelConfig, checkpoint_dir: str):
+    from geoseg_assets.ml.models import depth_kwargs
     from geoseg_assets.ml.train import TrainConfig
 
-    decoder = {3: (64, 32, 16), 4: (128, 64, 32, 16), 5: (256, 128, 64, 32, 16)}[config.encoder_depth]
-    kwargs = {"encoder_depth": config.encoder_depth}
-    if config.architecture.lower() in ("unet", "unetplusplus"):
-        kwargs["decoder_channels"] = decoder
     return TrainConfig(
-        architecture=config.architecture, encoder=config.encoder, model_kwargs=kwargs, indices=tuple(config.indices),
+        architecture=config.architecture, encoder=config.encoder,
+        model_kwargs=depth_kwargs(config.architecture, config.encoder_depth), indices=tuple(config.indices),
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
         seed=config.seed, patience=config.patience, crop=config.crop, samples_per_epoch=config.samples_per_epoch,
         crop_context=config.crop_context, class_weighting=config.class_weighting, class_weight_cap=config.class_weight_cap, norm=config.norm,
@@ -109,25 +107,22 @@ def dataset_record(context, dvc: DvcStore):
 def training_grid(manifest: dict, data_store: DataStore) -> dict:
     """dtype, CRS and pixel size of the training scenes (from their scene records), so predictions can
     refuse scenes on another grid or scale (see monitoring/integrity.py)."""
-    from geoseg_assets.assets.scenes import SUMMARY_FILE
-
     grid = {"dtype": manifest.get("dtype")}
     for part in manifest["partitions"]:
-        record = data_store.path("scenes", {"region": part["region"], "date": part["date"]}, SUMMARY_FILE)
-        if record.exists():
-            scene = json.loads(record.read_text())
+        dims = {"region": part["region"], "date": part["date"]}
+        if data_store.exists(SCENE_RECORD, dims):
+            scene = data_store.scene_record(dims)
             grid.update(crs_wkt=scene["crs_wkt"], resolution=scene["resolution"])
             break
     return grid
 
 
-def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataStore) -> float | None:
+def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataStore, mlflow_tracking: MlflowTracking,
+                    run_id: str) -> float | None:
     """Export `net` to ONNX, check ONNX Runtime against torch on a random batch and log the file as
-    `onnx/model.onnx` of the active MLflow run; returns the max abs logit difference (None if the
+    `onnx/model.onnx` of MLflow run `run_id`; returns the max abs logit difference (None if the
     export failed: logged as a warning, the torch model stays the one that predicts)."""
     import tempfile
-
-    import mlflow
 
     from geoseg_assets.ml.onnx_export import export_onnx, onnx_max_abs_diff
 
@@ -142,8 +137,8 @@ def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataSto
         if diff > ONNX_TOLERANCE:
             context.log.warning(f"ONNX Runtime differs from torch by {diff:.2e} (> {ONNX_TOLERANCE}): not logged")
             return None
-        mlflow.log_artifact(str(path), artifact_path="onnx")
-        mlflow.log_metric("onnx_max_abs_diff", diff)
+        mlflow_tracking.log_artifact(run_id, str(path), artifact_path="onnx")
+        mlflow_tracking.log_metrics(run_id, {"onnx_max_abs_diff": diff})
     return diff
 
 
@@ -159,23 +154,18 @@ def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataSto
 )
 def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: DataStore, dvc: DvcStore,
           mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    import mlflow
-    import torch
-
-    from geoseg_assets.ml.data import load_manifest
-    from geoseg_assets.ml.model_artifact import ModelSpec
-    from geoseg_assets.ml.models import build_model
+    from geoseg_assets.ml.model_artifact import load_checkpoint
     from geoseg_assets.ml.plots import curves_png
     from geoseg_assets.ml.train import train
 
-    dataset_dir = data_store.partition_dir("dataset")
-    if not (dataset_dir / "manifest.json").exists():
-        raise dg.Failure(f"{dataset_dir}: no dataset; materialize `dataset` first", allow_retries=False)
-    manifest = load_manifest(dataset_dir)
+    dataset_dir, manifest = data_store.dataset_dir(), data_store.dataset_manifest()
+    if dataset_dir is None:
+        raise dg.Failure(f"{data_store.partition_dir(DATASET)}: no dataset; materialize `dataset` first",
+                         allow_retries=False)
     dataset_version = dvc.version(DVC_STAGE) or "unversioned"
     record = dataset_record(context, dvc) if dataset_version != "unversioned" else None
     key = checkpoint_key(config, dataset_version, context.run.run_id)
-    checkpoints = data_store.partition_dir("models") / "checkpoints" / key
+    checkpoints = data_store.partition_dir(MODELS) / "checkpoints" / key
     tags = {
         "geoseg.dataset_version": dataset_version,
         # the git record of that dataset version: `python -m geoseg_assets.reproduce <model> <version>` reads these
@@ -187,12 +177,15 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
         "geoseg.checkpoint_key": key,
     }
     with mlflow_tracking.run(run_name=f"{config.architecture}-{config.encoder}-{key[:6]}", tags=tags) as run:
-        mlflow.log_params({**{k: v for k, v in config.model_dump().items() if v is not None}, "bands": manifest["band_names"]})
+        run_id = run.info.run_id
+        mlflow_tracking.log_params(run_id, {**{k: v for k, v in config.model_dump().items() if v is not None},
+                                            "bands": manifest["band_names"]})
 
         logged: set[int] = set()
 
         def log_epoch(epoch: int, metrics: dict) -> None:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch)
+            mlflow_tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                                        step=epoch)
             logged.add(epoch)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -205,26 +198,22 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
             if entry["epoch"] not in logged:
                 log_epoch(entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"})
         if result.resumed_from is not None:
-            mlflow.set_tag("geoseg.resumed_from_epoch", str(result.resumed_from))
-        best = torch.load(result.best_state_path, map_location="cpu", weights_only=True)
-        channels = best["in_channels"]
-        net = build_model(best["architecture"], best["encoder"], channels, best["num_classes"], **best["model_kwargs"])
-        net.load_state_dict(best["model"])
-        net.eval()
+            mlflow_tracking.set_tag(run_id, "geoseg.resumed_from_epoch", str(result.resumed_from))
+        net, spec = load_checkpoint(result.best_state_path)
+        channels = spec.in_channels
         h, w = manifest["tile_shape"]
         preprocessing = {"band_names": manifest["band_names"], "mean": manifest["norm"]["mean"],
                          "std": manifest["norm"]["std"], "indices": list(config.indices),
                          "class_ids": sorted(manifest["class_map"]["classes"].values()),
                          "class_map": manifest["class_map"], "tile_shape": manifest["tile_shape"],
                          **training_grid(manifest, data_store)}
-        mlflow.log_dict(preprocessing, PREPROCESSING_FILE)
+        mlflow_tracking.log_dict(run_id, preprocessing, PREPROCESSING_FILE)
         png = curves_png(result.history)
-        mlflow_tracking.log_png(png, "curves.png")
-        mlflow.log_metric("best_val_miou", result.best_miou)
-        spec = ModelSpec(best["architecture"], best["encoder"], channels, best["num_classes"], best["model_kwargs"])
-        model_uri, weights_sha = mlflow_tracking.log_model(net, spec)
-        onnx_diff = log_onnx_export(context, net, channels, (h, w), data_store) if config.export_onnx else None
-        run_id = run.info.run_id
+        mlflow_tracking.log_png(run_id, png, "curves.png")
+        mlflow_tracking.log_metrics(run_id, {"best_val_miou": result.best_miou})
+        model_uri, weights_sha = mlflow_tracking.log_model(net, spec, run_id)
+        onnx_diff = (log_onnx_export(context, net, channels, (h, w), data_store, mlflow_tracking, run_id)
+                     if config.export_onnx else None)
         version = mlflow_tracking.register(model_uri, run_id, weights_sha, CHALLENGER)
     context.log.info(f"registered {mlflow_tracking.model_name} v{version} as {CHALLENGER} (best val mIoU {result.best_miou:.4f})")
     return dg.MaterializeResult(
@@ -282,53 +271,47 @@ CHAMPION_ASSET = "champion_model"
 )
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, data_store: DataStore,
                      mlflow_tracking: MlflowTracking):
-    import mlflow
-
     from geoseg_assets.ml.evaluate import evaluate_split
     from geoseg_assets.ml.metrics import miou_note, per_class_markdown, per_class_rows
-    from geoseg_assets.ml.promotion import check_floor, comparable_scores, decide_promotion
+    from geoseg_assets.ml.promotion import check_floor, comparable_scores, decide_promotion, promotion_verdict
 
     challenger = mlflow_tracking.alias_version(CHALLENGER)
     if challenger is None:
         raise mlflow_tracking.no_alias_failure(CHALLENGER, "materialize `model` first")
-    client = mlflow_tracking.client()
     preprocessing = mlflow_tracking.read_json_artifact(challenger.run_id, PREPROCESSING_FILE)
     net = load_registered(mlflow_tracking, str(challenger.version))
-    report = evaluate_split(net, data_store.partition_dir("dataset"), "test", preprocessing["indices"], config.gallery_tiles)
+    report = evaluate_split(net, data_store.partition_dir(DATASET), "test", preprocessing["indices"], config.gallery_tiles)
     test_miou, test_miou_all = report.metrics["miou"], report.metrics["miou_all_classes"]
 
     champion = mlflow_tracking.alias_version(CHAMPION)
     champion_metrics = None
     if champion is not None and str(champion.version) != str(challenger.version):
-        champion_metrics = client.get_run(champion.run_id).data.metrics
+        champion_metrics = mlflow_tracking.run_metrics(champion.run_id)
     challenger_score, champion_score, compared_on = comparable_scores(report.metrics, champion_metrics)
     floor = check_floor(test_miou, config.min_miou)
     passes_floor = floor.passed
     decision = decide_promotion(challenger_score, champion_score, config.margin, compared_on)
-    promoted = decision.promote and passes_floor
     already_champion = champion is not None and str(champion.version) == str(challenger.version)
-    if already_champion:
-        promoted, reason = True, "challenger already is the champion"
-    else:
-        reason = decision.reason if passes_floor else floor.message
-    if promoted and not already_champion:
+    verdict = promotion_verdict(decision, floor, already_champion)
+    promoted, reason = verdict.promoted, verdict.reason
+    if verdict.move_alias:
         mlflow_tracking.set_alias(CHAMPION, str(challenger.version))
 
-    mlflow.set_tracking_uri(mlflow_tracking.tracking_uri)
-    with mlflow.start_run(run_id=challenger.run_id):
-        mlflow.log_metrics({"test_miou": test_miou, "test_miou_all_classes": test_miou_all,
-                            "test_fwiou": report.metrics["fwiou"], "test_pixel_accuracy": report.metrics["pixel_accuracy"],
-                            **{f"test_iou_{n}": v["iou"] for n, v in report.metrics["per_class"].items() if v["present"]}})
-        mlflow.log_dict(report.per_tile, "evaluation/per_tile.json")
-        mlflow.log_dict(per_class_rows(report.metrics), "evaluation/per_class.json")
-        mlflow.log_dict({"promoted": promoted, "reason": reason, "champion_score": champion_score}, "evaluation/promotion.json")
-        mlflow_tracking.log_png(report.confusion_png, "evaluation/confusion_matrix.png")
-        mlflow_tracking.log_png(report.gallery_png, "evaluation/worst_tiles.png")
-        mlflow.set_tag("geoseg.promotion", "champion" if promoted else "rejected")
+    run_id = challenger.run_id
+    mlflow_tracking.log_metrics(run_id, {
+        "test_miou": test_miou, "test_miou_all_classes": test_miou_all, "test_fwiou": report.metrics["fwiou"],
+        "test_pixel_accuracy": report.metrics["pixel_accuracy"],
+        **{f"test_iou_{n}": v["iou"] for n, v in report.metrics["per_class"].items() if v["present"]}})
+    mlflow_tracking.log_dict(run_id, report.per_tile, "evaluation/per_tile.json")
+    mlflow_tracking.log_dict(run_id, per_class_rows(report.metrics), "evaluation/per_class.json")
+    mlflow_tracking.log_dict(run_id, {"promoted": promoted, "reason": reason, "champion_score": champion_score},
+                             "evaluation/promotion.json")
+    mlflow_tracking.log_png(run_id, report.confusion_png, "evaluation/confusion_matrix.png")
+    mlflow_tracking.log_png(run_id, report.gallery_png, "evaluation/worst_tiles.png")
+    mlflow_tracking.set_tag(run_id, "geoseg.promotion", "champion" if promoted else "rejected")
 
-    worst = report.per_tile[:10]
-    table = "| tile | mIoU | pixel acc |\n|---|---|---|\n" + "\n".join(
-        f"| {t['tile_id']} | {t['miou']:.3f} | {t['pixel_accuracy']:.3f} |" for t in worst)
+    table = markdown_table(("tile", "mIoU", "pixel acc"),
+                           ((t["tile_id"], f"{t['miou']:.3f}", f"{t['pixel_accuracy']:.3f}") for t in report.per_tile[:10]))
     yield dg.MaterializeResult(
         metadata={
             "model_version": str(challenger.version),
@@ -356,7 +339,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
                               description=floor.message, metadata=floor_meta)
     # A champion Dagster has not seen yet (a fresh instance, or an alias set in MLflow by hand) is announced too.
     unseen = context.instance.get_latest_materialization_event(dg.AssetKey(CHAMPION_ASSET)) is None
-    if promoted and (not already_champion or unseen):
+    if promoted and (verdict.move_alias or unseen):
         context.log.info(f"{mlflow_tracking.model_name} v{challenger.version} is the new {CHAMPION}: {reason}")
         yield dg.MaterializeResult(
             asset_key=CHAMPION_ASSET,

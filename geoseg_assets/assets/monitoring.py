@@ -8,46 +8,42 @@ from pydantic import Field
 
 from geoseg_assets import metadata as md
 from geoseg_assets.assets.datasets import DVC_STAGE, dataset
-from geoseg_assets.assets.masks import MASK_FILE, masks, resolve_class_map
+from geoseg_assets.assets.masks import masks, resolve_class_map
 from geoseg_assets.assets.models import CHAMPION_ASSET
-from geoseg_assets.assets.predictions import CLASSES_FILE, predictions
-from geoseg_assets.assets.scenes import SUMMARY_FILE, scenes, upstream_scene
+from geoseg_assets.assets.predictions import predictions
+from geoseg_assets.assets.scenes import scenes, upstream_scene
+from geoseg_assets.markdown import markdown_table
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.catalog import (
+    DATA_DRIFT_CHART,
+    DATA_DRIFT_HTML,
+    DATA_DRIFT_JSON,
+    DATA_QUALITY_HTML,
+    DATA_QUALITY_JSON,
+    DRIFT_REFERENCE_CACHE,
+    MASK,
+    MODEL_QUALITY_HTML,
+    MODEL_QUALITY_JSON,
+    PREDICTED_CLASSES,
+    PREDICTION_DRIFT_HTML,
+    PREDICTION_DRIFT_JSON,
+    PREDICTION_DRIFT_PREVIOUS_HTML,
+    PREDICTION_RECORD,
+    SCENE_COG,
+    SCENE_RECORD,
+)
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.label_store import ClassMapResource
 from resources.mlflow_tracking import CHAMPION, MlflowTracking
 from resources.notifier import Notifier
 
-REPORT_HTML = "report.html"
-REPORT_JSON = "report.json"
-CHART_PNG = "chart.png"
-
-
-def _dataset_dir(data_store: DataStore):
-    """The current training set folder, or None when `dataset` was never built."""
-    folder = data_store.partition_dir("dataset")
-    return folder if (folder / "manifest.json").exists() else None
-
-
-def _dataset_bands(data_store: DataStore) -> list[str] | None:
-    folder = _dataset_dir(data_store)
-    return json.loads((folder / "manifest.json").read_text())["band_names"] if folder else None
-
-
-def previous_date(data_store: DataStore, asset: str, region: str, date: str, filename: str) -> str | None:
-    """The latest date before `date` for which `asset` has `filename` in this region (or None)."""
-    folder = data_store.partition_dir(asset, {"region": region})
-    dates = sorted(p.parent.name.removeprefix("date=") for p in folder.glob(f"date=*/{filename}"))
-    earlier = [d for d in dates if d < date]
-    return earlier[-1] if earlier else None
-
 
 def _drift_metadata(result, png: bytes, html_path) -> dict:
     top = sorted(result.column_scores.items(), key=lambda kv: -float(kv[1].get("score") or 0))
-    table = "| column | score | method | threshold | drifted |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {name} | {float(v['score']):.4f} | {v['method']} | {v['threshold']} | {'yes' if v['drifted'] else 'no'} |"
-        for name, v in top)
+    table = markdown_table(("column", "score", "method", "threshold", "drifted"),
+                           ((name, f"{float(v['score']):.4f}", v["method"], v["threshold"], "yes" if v["drifted"] else "no")
+                            for name, v in top))
     return {
         "drift_share": dg.MetadataValue.float(round(float(result.drift_share), 6)),
         "dataset_drift": bool(result.dataset_drift),
@@ -88,65 +84,53 @@ class DriftReportConfig(dg.Config):
 )
 def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, data_store: DataStore,
                       dvc: DvcStore) -> dg.MaterializeResult:
-    from geoseg_assets.ml.data import load_manifest
     from geoseg_assets.monitoring.drift import data_drift, drift_chart_png
-    from geoseg_assets.monitoring.features import (
-        dataset_partitions,
-        dataset_reference_features,
-        dataset_regions,
-        feature_columns,
-        scene_tile_features,
+    from geoseg_assets.monitoring.features import feature_columns, scene_tile_features
+    from geoseg_assets.monitoring.reference import (
+        baseline_note,
+        compares_with_training_set,
+        previous_date_against,
+        training_features,
+        training_reference,
     )
 
     dims, scene_path, scene = upstream_scene(context, data_store)
     current = scene_tile_features(str(scene_path), scene["band_names"], tile=config.feature_tile)
-    dataset_dir = _dataset_dir(data_store)
-    manifest = load_manifest(dataset_dir) if dataset_dir is not None else None
+    manifest = data_store.dataset_manifest()
     method, threshold = config.method, config.threshold
     in_training_set = False  # a partition the training set holds is data the model has seen: no drift signal
-    if manifest is not None and manifest["band_names"] == scene["band_names"]:
-        in_training_set = (dims["region"], dims["date"]) in dataset_partitions(manifest)
-        version = dvc.version(DVC_STAGE) or "unversioned"
-        regions = [dims["region"]] if dims["region"] in dataset_regions(manifest) else None
-        scope = dims["region"] if regions else "all-regions"
-        cache = data_store.path("monitoring_reference", None,
-                                f"features-{version[:16]}-{scope}-{config.feature_tile}.parquet")
-        if cache.exists():
-            import pandas as pd
-
-            reference = pd.read_parquet(cache)
-        else:
-            reference = dataset_reference_features(dataset_dir, "train", tile=config.feature_tile, regions=regions)
-            with data_store.atomic_path(cache) as tmp:
-                reference.to_parquet(tmp)
-        against = f"training set {version} ({'train tiles of region ' + scope if regions else 'all train tiles'})"
+    if compares_with_training_set(manifest, scene["band_names"]):
+        ref = training_reference(manifest, dims["region"], dims["date"], dvc.version(DVC_STAGE) or "unversioned",
+                                 config.feature_tile)
+        in_training_set = ref.in_training_set
+        cache = data_store.path(DRIFT_REFERENCE_CACHE, None, ref.cache_name)
+        reference = training_features(ref, data_store.dataset_dir(), cache, data_store.atomic_path)
+        against = ref.against
     else:
-        before = previous_date(data_store, "scenes", dims["region"], dims["date"], SUMMARY_FILE)
+        before = data_store.previous_date(SCENE_RECORD, dims["region"], dims["date"])
         if before is None:  # the first date of a product the training set does not cover is the baseline
-            bands = manifest["band_names"] if manifest else None
-            note = (f"baseline: the training set has other bands ({bands}) and this is the "
-                    f"region's first date; later dates of {dims['region']} are compared with it")
+            note = baseline_note(manifest, dims["region"])
             context.log.warning(f"{scene_path}: {note}")
-            data_store.write_bytes(data_store.path("data_drift_report", dims, REPORT_JSON),
+            data_store.write_bytes(data_store.file(DATA_DRIFT_JSON, dims),
                                    json.dumps({"reference": None, "note": note}).encode())
             return dg.MaterializeResult(metadata={"reference": "none", "note": note, "current_rows": len(current)})
-        reference = scene_tile_features(str(data_store.path("scenes", {**dims, "date": before}, "scene.tif")),
+        reference = scene_tile_features(str(data_store.file(SCENE_COG, {**dims, "date": before})),
                                         scene["band_names"], tile=config.feature_tile)
-        against = f"previous date {before} of region {dims['region']}"
+        against = previous_date_against(before, dims["region"])
         method, threshold = config.previous_date_method, config.previous_date_threshold
     columns = [c for c in feature_columns(current) if c in reference.columns]
-    html_path = data_store.path("data_drift_report", dims, REPORT_HTML)
+    html_path = data_store.file(DATA_DRIFT_HTML, dims)
     try:
         result = data_drift(reference, current, columns, drift_share=config.drift_share, html_path=str(html_path),
                             method=method, threshold=threshold)
     except ValueError as exc:
         raise dg.Failure(f"{scene_path}: {exc}", allow_retries=False) from exc
     png = drift_chart_png(result, f"data drift {dims['region']} {dims['date']} vs {against}")
-    data_store.write_bytes(data_store.path("data_drift_report", dims, CHART_PNG), png)
+    data_store.write_bytes(data_store.file(DATA_DRIFT_CHART, dims), png)
     record = {"reference": against, "in_training_set": in_training_set, "drift_share": result.drift_share,
               "dataset_drift": result.dataset_drift, "drifted_columns": result.drifted_columns,
               "column_scores": result.column_scores}
-    data_store.write_bytes(data_store.path("data_drift_report", dims, REPORT_JSON), json.dumps(record, indent=2).encode())
+    data_store.write_bytes(data_store.file(DATA_DRIFT_JSON, dims), json.dumps(record, indent=2).encode())
     context.log.info(f"{dims['region']}/{dims['date']}: drift share {result.drift_share:.2f} vs {against}")
     return dg.MaterializeResult(metadata={"reference": against, "in_training_set": in_training_set,
                                           **_drift_metadata(result, png, html_path)})
@@ -164,22 +148,21 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
 )
 def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataStore,
                             class_map: ClassMapResource) -> dg.MaterializeResult:
-    from geoseg_assets.ml.data import load_manifest
     from geoseg_assets.monitoring.drift import class_share_drift, drift_chart_png
     from geoseg_assets.monitoring.features import class_samples, dataset_class_samples, dataset_regions
 
     dims, _, _ = upstream_scene(context, data_store)
-    classes_path = data_store.path("predictions", dims, CLASSES_FILE)
-    if not classes_path.exists():
+    classes_path = data_store.file(PREDICTED_CLASSES, dims)
+    if not data_store.exists(PREDICTED_CLASSES, dims):
         raise dg.Failure(f"{classes_path}: no prediction; materialize `predictions` for this partition first",
                          allow_retries=False)
-    dataset_dir = _dataset_dir(data_store)
+    dataset_dir = data_store.dataset_dir()
     if dataset_dir is None:
         raise dg.Failure("no training set to compare with: materialize `dataset` first", allow_retries=False)
     names = {c.id: c.name for c in resolve_class_map(class_map, dims["region"]).classes}
     current = class_samples(str(classes_path))
-    html_path = data_store.path("prediction_drift_report", dims, REPORT_HTML)
-    regions = [dims["region"]] if dims["region"] in dataset_regions(load_manifest(dataset_dir)) else None
+    html_path = data_store.file(PREDICTION_DRIFT_HTML, dims)
+    regions = [dims["region"]] if dims["region"] in dataset_regions(data_store.dataset_manifest()) else None
     labels = dataset_class_samples(dataset_dir, ("train", "val", "test"), regions=regions)
     vs_training = class_share_drift(labels, current, names, html_path=str(html_path))
     png = drift_chart_png(vs_training, f"predicted class shares {dims['region']} {dims['date']} vs training labels")
@@ -189,17 +172,17 @@ def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataS
                 "training_shares": vs_training.reference_shares, "predicted_shares": vs_training.current_shares}
     record = {"vs_training": {"drift_share": vs_training.drift_share, "reference_shares": vs_training.reference_shares,
                               "current_shares": vs_training.current_shares, "column_scores": vs_training.column_scores}}
-    before = previous_date(data_store, "predictions", dims["region"], dims["date"], CLASSES_FILE)
+    before = data_store.previous_date(PREDICTED_CLASSES, dims["region"], dims["date"])
     if before is not None:
-        previous_html = data_store.path("prediction_drift_report", dims, "vs_previous_date.html")
-        previous = class_share_drift(class_samples(str(data_store.path("predictions", {**dims, "date": before}, CLASSES_FILE))),
+        previous_html = data_store.file(PREDICTION_DRIFT_PREVIOUS_HTML, dims)
+        previous = class_share_drift(class_samples(str(data_store.file(PREDICTED_CLASSES, {**dims, "date": before}))),
                                      current, names, html_path=str(previous_html))
         record["vs_previous_date"] = {"date": before, "drift_share": previous.drift_share,
                                       "reference_shares": previous.reference_shares,
                                       "column_scores": previous.column_scores}
         metadata.update(previous_date=before, previous_date_drift=bool(previous.dataset_drift),
                         previous_date_shares=previous.reference_shares, previous_date_html=md.path(previous_html))
-    data_store.write_bytes(data_store.path("prediction_drift_report", dims, REPORT_JSON), json.dumps(record, indent=2).encode())
+    data_store.write_bytes(data_store.file(PREDICTION_DRIFT_JSON, dims), json.dumps(record, indent=2).encode())
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -223,19 +206,19 @@ class QualityConfig(dg.Config):
 def data_quality_report(context: dg.AssetExecutionContext, config: QualityConfig, data_store: DataStore,
                         notifier: Notifier):
     from geoseg_assets.monitoring.quality import quality_html, reference_ranges, scene_quality
+    from geoseg_assets.monitoring.reference import compares_with_training_set
 
     dims, scene_path, scene = upstream_scene(context, data_store)
-    dataset_dir = _dataset_dir(data_store)
     reference = None
-    if dataset_dir is not None and _dataset_bands(data_store) == scene["band_names"]:
-        reference = reference_ranges(dataset_dir, "train")
+    if compares_with_training_set(data_store.dataset_manifest(), scene["band_names"]):
+        reference = reference_ranges(data_store.dataset_dir(), "train")
     report = scene_quality(str(scene_path), scene["band_names"], reference=reference, tile=config.tile)
-    html_path = data_store.path("data_quality_report", dims, REPORT_HTML)
+    html_path = data_store.file(DATA_QUALITY_HTML, dims)
     data_store.write_bytes(html_path, quality_html(report, f"data quality {dims['region']} {dims['date']}").encode())
-    data_store.write_bytes(data_store.path("data_quality_report", dims, REPORT_JSON),
+    data_store.write_bytes(data_store.file(DATA_QUALITY_JSON, dims),
                            json.dumps(report.to_dict(), indent=2, default=str).encode())
-    table = "| rule | status | value | warn | fail | message |\n|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {r.rule} | {r.status} | {r.value:.4f} | {r.warn} | {r.fail} | {r.message} |" for r in report.rules)
+    table = markdown_table(("rule", "status", "value", "warn", "fail", "message"),
+                           ((r.rule, r.status, f"{r.value:.4f}", r.warn, r.fail, r.message) for r in report.rules))
     failed = [r.rule for r in report.rules if r.status == "fail"]
     if failed:
         notifier.notify(f"data quality FAILED for {dims['region']}/{dims['date']}: {', '.join(failed)} ({scene_path})",
@@ -280,26 +263,23 @@ def model_quality_report(context: dg.AssetExecutionContext, data_store: DataStor
     if champion is None:
         raise mlflow_tracking.no_alias_failure(CHAMPION, "run training_job first")
     history = version_history(mlflow_tracking.client(), mlflow_tracking.model_name, str(champion.version))
-    root = data_store.partition_dir("predictions")
     pairs = []
-    for classes in sorted(root.glob(f"region=*/date=*/{CLASSES_FILE}")):
-        region, date = classes.parent.parent.name.removeprefix("region="), classes.parent.name.removeprefix("date=")
-        mask = data_store.path("masks", {"region": region, "date": date}, MASK_FILE)
-        record = json.loads((classes.parent / "prediction.json").read_text()) if (classes.parent / "prediction.json").exists() else {}
-        if mask.exists() and record.get("model_version") == str(champion.version):
-            pairs.append((f"{region}/{date}", str(classes), str(mask)))
+    for dims in data_store.partitions_with(PREDICTED_CLASSES):
+        record = data_store.prediction_record(dims) if data_store.exists(PREDICTION_RECORD, dims) else {}
+        if data_store.exists(MASK, dims) and record.get("model_version") == str(champion.version):
+            pairs.append((f"{dims['region']}/{dims['date']}", str(data_store.file(PREDICTED_CLASSES, dims)),
+                          str(data_store.file(MASK, dims))))
     classes_of = resolve_class_map(class_map).classes
     live = live_quality(pairs, [c.id for c in classes_of], [c.name for c in classes_of])
     png = history_png(history)
-    html_path = data_store.path("model_quality_report", None, REPORT_HTML)
+    html_path = data_store.file(MODEL_QUALITY_HTML)
     data_store.write_bytes(html_path, model_quality_html(history, live, png, mlflow_tracking.model_name).encode())
-    data_store.write_bytes(data_store.path("model_quality_report", None, REPORT_JSON),
+    data_store.write_bytes(data_store.file(MODEL_QUALITY_JSON),
                            json.dumps({"history": history, "live": live}, indent=2).encode())
-    live_table = ("| partition | mIoU (present classes) | mIoU (all classes) | pixel acc | labelled px |\n"
-                  "|---|---|---|---|---|\n") + "\n".join(
-        f"| {p['partition']} | {p['miou']:.4f} | {p['miou_all_classes']:.4f} | {p['pixel_accuracy']:.4f} "
-        f"| {p['labelled_pixels']} |"
-        for p in live["partitions"])
+    live_table = markdown_table(
+        ("partition", "mIoU (present classes)", "mIoU (all classes)", "pixel acc", "labelled px"),
+        ((p["partition"], f"{p['miou']:.4f}", f"{p['miou_all_classes']:.4f}", f"{p['pixel_accuracy']:.4f}",
+          p["labelled_pixels"]) for p in live["partitions"]))
     return dg.MaterializeResult(metadata={
         "champion_version": str(champion.version),
         "versions": len(history),

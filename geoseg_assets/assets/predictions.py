@@ -10,25 +10,29 @@ from pydantic import Field
 
 from geoseg_assets import metadata as md
 from geoseg_assets.assets.masks import resolve_class_map
-from geoseg_assets.assets.models import CHAMPION_ASSET, PREPROCESSING_FILE
+from geoseg_assets.assets.models import CHAMPION_ASSET
 from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
+from geoseg_assets.markdown import markdown_table
 from geoseg_assets.pools import MODEL_COMPUTE_POOL
-from geoseg_assets.geo.classmap import ClassDef, ClassMap
+from geoseg_assets.geo.classmap import IGNORE_ID, ClassDef, ClassMap
 from geoseg_assets.geo.errors import SceneError
 from geoseg_assets.geo.masks import overlay_image
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
 from geoseg_assets.monitoring.integrity import describe, input_integrity
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.catalog import (
+    PREDICTED_CLASSES,
+    PREDICTED_POLYGONS,
+    PREDICTED_PROBABILITIES,
+    PREDICTION_OVERLAY,
+    PREDICTION_RECORD,
+)
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.label_store import ClassMapResource
-from resources.mlflow_tracking import CHAMPION, MlflowTracking, load_registered
+from resources.mlflow_tracking import CHAMPION, PREPROCESSING_FILE, MlflowTracking, load_registered
 
-CLASSES_FILE = "classes.tif"
-PROBABILITIES_FILE = "probabilities.tif"
-POLYGONS_FILE = "polygons.gpkg"
-OVERLAY_FILE = "overlay.png"
-SUMMARY_FILE = "prediction.json"
+CLASSES_FILE = PREDICTED_CLASSES.name  # benchmarks/bench_model_quality.py imports it from here
 
 
 class PredictionConfig(dg.Config):
@@ -50,7 +54,7 @@ def model_class_map(preprocessing: dict, colours: ClassMap) -> ClassMap:
     palette = {c.name: c.color for c in colours.classes}
     classes = sorted((int(cid), name) for name, cid in preprocessing["class_map"]["classes"].items())
     return ClassMap(tuple(ClassDef(name, cid, tuple(palette.get(name, (128, 128, 128)))) for cid, name in classes),
-                    int(preprocessing["class_map"].get("ignore_id", 255)))
+                    int(preprocessing["class_map"].get("ignore_id", IGNORE_ID)))
 
 
 @dg.asset(
@@ -67,7 +71,7 @@ def model_class_map(preprocessing: dict, colours: ClassMap) -> ClassMap:
 )
 def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, data_store: DataStore,
                 mlflow_tracking: MlflowTracking, compute: ComputeDevice, class_map: ClassMapResource) -> dg.MaterializeResult:
-    from geoseg_assets.geo.prediction_io import pixel_area_m2, predict_to_cogs
+    from geoseg_assets.geo.prediction_io import class_areas, pixel_area_m2, predict_to_cogs
     from geoseg_assets.geo.vectorize import vectorize_classes
     from geoseg_assets.ml.data import Normalizer
     from geoseg_assets.ml.inference import InferenceConfig, predict_scene
@@ -91,33 +95,30 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
     except ValueError as exc:
         raise dg.Failure(f"invalid prediction config: {exc}", allow_retries=False) from exc
     device = compute.torch_device()
-    paths = {name: data_store.path("predictions", dims, name)
-             for name in (CLASSES_FILE, PROBABILITIES_FILE, POLYGONS_FILE, OVERLAY_FILE, SUMMARY_FILE)}
+    paths = {output: data_store.file(output, dims) for output in
+             (PREDICTED_CLASSES, PREDICTED_PROBABILITIES, PREDICTED_POLYGONS, PREDICTION_OVERLAY, PREDICTION_RECORD)}
     predict = partial(predict_scene, net, normalizer, [c.id for c in classes.classes], config=inference,
                       device=device, log=context.log.info)
     started = time.perf_counter()
     try:
         result = predict_to_cogs(
-            predict, str(scene_path), normalizer.band_names, str(paths[CLASSES_FILE]), classes,
-            str(paths[PROBABILITIES_FILE]) if config.write_probabilities else None, tmp_dir=str(data_store.tmp_dir()),
+            predict, str(scene_path), normalizer.band_names, str(paths[PREDICTED_CLASSES]), classes,
+            str(paths[PREDICTED_PROBABILITIES]) if config.write_probabilities else None, tmp_dir=str(data_store.tmp_dir()),
         )
     except SceneError as exc:
         raise fail_on_bad_input(exc) from exc
     seconds = time.perf_counter() - started
 
-    pixel_m2 = pixel_area_m2(str(scene_path))
-    area_km2 = {c.name: round(result.class_pixels[c.id] * pixel_m2 / 1e6, 6) for c in classes.classes}
-    share = {c.name: round(result.class_pixels[c.id] / result.valid_pixels, 6) if result.valid_pixels else 0.0
-             for c in classes.classes}
+    area_km2, share = class_areas(result.class_pixels, result.valid_pixels, pixel_area_m2(str(scene_path)), classes)
     vectors = None
     if config.vectorize:
-        vectors = vectorize_classes(str(paths[CLASSES_FILE]), str(paths[POLYGONS_FILE]),
-                                    {c.id: c.name for c in classes.classes}, ignore_id=255,
+        vectors = vectorize_classes(str(paths[PREDICTED_CLASSES]), str(paths[PREDICTED_POLYGONS]),
+                                    {c.id: c.name for c in classes.classes}, ignore_id=IGNORE_ID,
                                     simplify_tolerance=config.simplify_pixels * abs(scene["resolution"][0]) or None,
                                     min_area_m2=config.min_area_m2, tmp_dir=str(data_store.tmp_dir()))
     quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
-    png = png_bytes(overlay_image(quicklook, str(paths[CLASSES_FILE]), classes))
-    data_store.write_bytes(paths[OVERLAY_FILE], png)
+    png = png_bytes(overlay_image(quicklook, str(paths[PREDICTED_CLASSES]), classes))
+    data_store.write_bytes(paths[PREDICTION_OVERLAY], png)
     megapixels = scene["width"] * scene["height"] / 1e6
     record = {
         "model_name": mlflow_tracking.model_name, "model_version": str(champion.version), "mlflow_run_id": champion.run_id,
@@ -127,19 +128,19 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         "inference": config.model_dump(), "device": str(device), "seconds": round(seconds, 3),
         "polygons": vectors.features if vectors else None,
     }
-    data_store.write_bytes(paths[SUMMARY_FILE], json.dumps(record, indent=2).encode())
-    for optional, wanted in ((PROBABILITIES_FILE, config.write_probabilities), (POLYGONS_FILE, config.vectorize)):
+    data_store.write_bytes(paths[PREDICTION_RECORD], json.dumps(record, indent=2).encode())
+    for optional, wanted in ((PREDICTED_PROBABILITIES, config.write_probabilities), (PREDICTED_POLYGONS, config.vectorize)):
         if not wanted:  # an earlier run's output would no longer match this model and config
-            paths[optional].unlink(missing_ok=True)
+            data_store.discard(optional, dims)
     for note in result.notes:
         context.log.warning(f"{scene_path}: {note}")
-    area_table = "| class | km² | share |\n|---|---|---|\n" + "\n".join(
-        f"| {name} | {area_km2[name]:.4f} | {share[name]:.1%} |" for name in area_km2)
+    area_table = markdown_table(("class", "km²", "share"),
+                                ((name, f"{area_km2[name]:.4f}", f"{share[name]:.1%}") for name in area_km2))
     metadata = {
         "model_name": mlflow_tracking.model_name,
         "model_version": str(champion.version),
         "mlflow_run_id": champion.run_id,
-        "classes_path": md.path(paths[CLASSES_FILE]),
+        "classes_path": md.path(paths[PREDICTED_CLASSES]),
         "area_km2": area_km2,
         "class_share": share,
         "area_table": dg.MetadataValue.md(area_table),
@@ -150,13 +151,13 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         "seconds": dg.MetadataValue.float(round(seconds, 2)),
         "megapixels_per_second": dg.MetadataValue.float(round(megapixels / seconds, 3) if seconds else 0.0),
         "overlay": md.image(png, "prediction over imagery"),
-        "overlay_path": md.path(paths[OVERLAY_FILE]),
+        "overlay_path": md.path(paths[PREDICTION_OVERLAY]),
         "note": "; ".join(result.notes) if result.notes else "ok",
     }
     if vectors is not None:
-        metadata.update(polygons_path=md.path(paths[POLYGONS_FILE]), polygons=vectors.features)
+        metadata.update(polygons_path=md.path(paths[PREDICTED_POLYGONS]), polygons=vectors.features)
     if config.write_probabilities:
-        metadata["probabilities_path"] = md.path(paths[PROBABILITIES_FILE])
+        metadata["probabilities_path"] = md.path(paths[PREDICTED_PROBABILITIES])
     context.log.info(f"{dims['region']}/{dims['date']}: {megapixels:.2f} MP in {seconds:.1f}s with "
                      f"{mlflow_tracking.model_name} v{champion.version} on {device}")
     return dg.MaterializeResult(

@@ -12,12 +12,11 @@ from geoseg_assets.geo.errors import InputError, SceneError
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
 from geoseg_assets.geo.scene_io import write_scene_cog
 from geoseg_assets.partitions import partition_dims, region_date_partitions
+from resources.catalog import QUICKLOOK, SCENE_COG, SCENE_RECORD
 from resources.data_store import DataStore, UnsafePartitionKeyError
 from resources.scene_sources import SceneSource
 
-SCENE_FILE = "scene.tif"
-SUMMARY_FILE = "scene.json"
-QUICKLOOK_FILE = "quicklook.png"
+SCENE_FILE = SCENE_COG.name  # benchmarks/bench_model_quality.py imports it from here
 
 
 class ScenesConfig(dg.Config):
@@ -41,13 +40,12 @@ def upstream_scene(context, data_store: DataStore):
     fails the run with the fix when the key is unsafe or the scene is missing."""
     try:
         dims = partition_dims(context)
-        cog_path = data_store.path("scenes", dims, SCENE_FILE)
-        summary_path = data_store.path("scenes", dims, SUMMARY_FILE)
+        cog_path = data_store.file(SCENE_COG, dims)
     except UnsafePartitionKeyError as exc:
         raise fail_on_bad_input(exc, partition_key=str(context.partition_key)) from exc
-    if not cog_path.exists() or not summary_path.exists():
+    if not data_store.exists(SCENE_COG, dims) or not data_store.exists(SCENE_RECORD, dims):
         raise dg.Failure(f"{cog_path}: scene COG missing; materialize `scenes` for this partition first", allow_retries=False)
-    return dims, cog_path, json.loads(summary_path.read_text())
+    return dims, cog_path, data_store.scene_record(dims)
 
 
 @dg.asset(
@@ -63,7 +61,7 @@ def scenes(
 ) -> dg.MaterializeResult:
     try:
         dims = partition_dims(context)
-        cog_path = data_store.path("scenes", dims, SCENE_FILE)
+        cog_path = data_store.file(SCENE_COG, dims)
     except UnsafePartitionKeyError as exc:
         raise fail_on_bad_input(exc, partition_key=str(context.partition_key)) from exc
     try:
@@ -87,10 +85,10 @@ def scenes(
         summary = replace(summary, path=str(cog_path))
         image, _ = quicklook_image(str(outputs.path(cog_path)), summary.band_names, max_side=512)
         png = png_bytes(image)
-        quicklook_path = outputs.write_bytes(data_store.path("scenes", dims, QUICKLOOK_FILE), png)
+        quicklook_path = outputs.write_bytes(data_store.file(QUICKLOOK, dims), png)
         record = {**asdict(summary), "source_paths": list(ref.paths), "source_sha256": list(ref.sha256),
                   "fingerprint": ref.fingerprint}
-        outputs.write_bytes(data_store.path("scenes", dims, SUMMARY_FILE), json.dumps(record, indent=2).encode())
+        outputs.write_bytes(data_store.file(SCENE_RECORD, dims), json.dumps(record, indent=2).encode())
     context.log.info(f"wrote {cog_path} ({summary.width} x {summary.height}, {summary.crs})")
     return dg.MaterializeResult(
         metadata={

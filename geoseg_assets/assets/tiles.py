@@ -11,11 +11,10 @@ from geoseg_assets.assets.scenes import scenes, upstream_scene
 from geoseg_assets.geo.preview import draw_tile_grid, png_bytes, quicklook_image
 from geoseg_assets.geo.tiling import compute_tiles
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
+from resources.catalog import GRID_PREVIEW, TILE_TABLE
 from resources.data_store import DataStore
 
-TILES_FILE = "tiles.parquet"
-GRID_PREVIEW_FILE = "grid.png"
-
+TILES_FILE = TILE_TABLE.name  # benchmarks/bench_model_quality.py imports it from here
 
 
 class TilesConfig(dg.Config):
@@ -58,13 +57,13 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, data_store: Da
     kept = frame[frame["valid_fraction"] >= config.min_valid_fraction].reset_index(drop=True)
     dropped = frame[frame["valid_fraction"] < config.min_valid_fraction]
 
-    out_path = data_store.path("tiles", dims, TILES_FILE)
+    out_path = data_store.file(TILE_TABLE, dims)
     with data_store.publishing() as outputs:  # the table and its preview are replaced together, or neither
         kept.to_parquet(outputs.path(out_path), index=False)
         image, scale = quicklook_image(str(cog_path), band_names, max_side=512)
         windows = lambda df: list(zip(df["col"], df["row"], df["width"], df["height"]))  # noqa: E731
         png = png_bytes(draw_tile_grid(image, scale, windows(kept), windows(dropped)))
-        preview_path = outputs.write_bytes(data_store.path("tiles", dims, GRID_PREVIEW_FILE), png)
+        preview_path = outputs.write_bytes(data_store.file(GRID_PREVIEW, dims), png)
     context.log.info(f"{len(kept)} tiles kept, {len(dropped)} dropped (valid fraction < {config.min_valid_fraction})")
     return dg.MaterializeResult(
         metadata={

@@ -39,6 +39,21 @@ def audit_scene_cog(path: str, spec: SceneSpec, expected: dict) -> list[str]:
     return problems
 
 
+def mask_grid_problem(mask_path: str, scene: dict) -> str | None:
+    """Why a mask does not lie on its scene's recorded grid (size and transform), or None if it does; an
+    unreadable mask is a problem too."""
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(mask_path) as mask:
+            grid = (mask.width, mask.height, tuple(mask.transform)[:6])
+    except RasterioIOError as exc:
+        return f"its mask {mask_path} cannot be read ({exc})"
+    if grid != (scene["width"], scene["height"], tuple(scene["transform"])[:6]):
+        return f"its mask {mask_path} is {grid[0]} x {grid[1]} px on another grid than the {scene['width']} x {scene['height']} px scene"
+    return None
+
+
 def _same_nodata(a, b) -> bool:
     """Equal nodata values, NaN equal to NaN, None only to None."""
     if a is None or b is None:
@@ -77,4 +92,21 @@ def audit_tile_stats(frame, band_names: list[str], scene_bounds, dtype_range) ->
         problems.append(f"{int(outside.sum())} tile(s) extend outside the scene bounds")
     if not all(math.isfinite(v) for v in scene_bounds):
         problems.append("scene bounds are not finite")
+    return problems
+
+
+def audit_split_leakage(manifest: dict) -> list[str]:
+    """Leaks between the splits of a dataset manifest: a tile id, a spatial block or a place (region + window)
+    found in two splits, each named with both splits (the first such tile per kind and split)."""
+    problems: list[str] = []
+    for what, key in (("tile id", lambda t: (t["region"], t["date"], t["tile_id"])),
+                      ("spatial block", lambda t: t["block"]),
+                      ("place", lambda t: (t["region"], t["row"], t["col"]))):
+        owner: dict = {}
+        for split, content in manifest["splits"].items():
+            for tile in content["tiles"]:
+                k = key(tile)
+                if owner.setdefault(k, split) != split:
+                    problems.append(f"{what} {k} is in {owner[k]} and {split}")
+                    break
     return problems

@@ -18,6 +18,11 @@ CLASS_MAP_FILE = "classes.json"
 DEFAULT_COLOR = (128, 128, 128)
 
 
+def usable_class_ids(ids, ignore_id: int = IGNORE_ID) -> bool:
+    """The rule every class map follows: each class id lies in 1..254 (0 means no class) and is not the ignore id."""
+    return all(1 <= i <= 254 and i != ignore_id for i in ids)
+
+
 @dataclass(frozen=True)
 class ClassDef:
     name: str
@@ -40,7 +45,7 @@ class ClassMap:
             raise ValueError("a class map needs at least one class")
         if len(set(ids)) != len(ids) or len(set(names)) != len(names):
             raise ValueError(f"class ids and names must be unique: {list(zip(names, ids))}")
-        if any(not 1 <= i <= 254 or i == self.ignore_id for i in ids):
+        if not usable_class_ids(ids, self.ignore_id):
             raise ValueError(f"class ids must lie in 1..254 and differ from the ignore id {self.ignore_id}: {ids}")
 
     @property

@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,14 +30,15 @@ import shapely
 from numpy.lib.format import open_memmap
 from rasterio.windows import Window
 
+from .classmap import IGNORE_ID, usable_class_ids
+from .dataset_layout import MANIFEST_FILE, SPLITS
+from .publish import atomic_dir
 from .scene_io import pixel_validity, raster_env, sha256_file
+from .union_find import UnionFind
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 DEFAULT_BLOCK_SIZE_M = 5120.0  # 2 x 2 tiles of 256 px at 10 m
-IGNORE_ID = 255
-MANIFEST_FILE = "manifest.json"
 TILE_COLUMNS = ("tile_id", "region", "date", "row", "col", "width", "height")
 FLOAT_DIGITS = 12  # significant digits of floats in the manifest (hides last-ulp noise)
 
@@ -131,27 +131,6 @@ class DatasetSummary:
 # --------------------------------------------------------------------------------------------
 
 
-class _UnionFind:
-    """Disjoint sets of block ids whose representative is always the smallest id (deterministic)."""
-
-    def __init__(self, items: Iterable[str]):
-        self.parent = {i: i for i in items}
-
-    def find(self, item: str) -> str:
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:  # path compression
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = sorted((ra, rb))
-            self.parent[hi] = lo
-
-
 def block_cells(tiles: gpd.GeoDataFrame, block_size_m: float) -> list[str]:
     """`<region>:<ix>:<iy>`: the grid cell (size `block_size_m`, CRS units) of each tile's centroid.
 
@@ -201,7 +180,7 @@ def assign_blocks(tiles: gpd.GeoDataFrame, block_size_m: float) -> pd.Series:
     if missing:
         raise ValueError(f"tiles lack column(s) {missing}")
     cells = block_cells(tiles, block_size_m)
-    sets = _UnionFind(cells)
+    sets = UnionFind(cells)
     for i, j in overlapping_pairs(tiles):
         sets.union(cells[i], cells[j])
     return pd.Series([sets.find(c) for c in cells], index=tiles.index, name="block", dtype=object)
@@ -535,7 +514,7 @@ def _check_class_map(class_map: Mapping[str, int], ignore_id: int) -> dict[str, 
     ids = list(cm.values())
     if not 0 <= ignore_id <= 255:
         raise ValueError(f"ignore_id must be a uint8 value, got {ignore_id}")
-    if not cm or len(set(ids)) != len(ids) or any(not 1 <= i <= 254 or i == ignore_id for i in ids):
+    if not cm or len(set(ids)) != len(ids) or not usable_class_ids(ids, ignore_id):
         raise ValueError(f"class_map needs unique ids in 1..254 other than the ignore id {ignore_id}, got {cm}")
     return cm
 
@@ -577,22 +556,6 @@ def _tile_shape(parts: Sequence[PartitionInput]) -> tuple[int, int]:
     heights = [int(p.tiles["height"].max()) for p in parts if len(p.tiles)]
     widths = [int(p.tiles["width"].max()) for p in parts if len(p.tiles)]
     return (max(heights, default=0), max(widths, default=0))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` folder to `out`, replacing an earlier dataset only once `tmp` is complete."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def build_dataset(
@@ -669,11 +632,7 @@ def build_dataset(
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         report = write_shards(tmp, split_tiles, by_key, tile_shape=tile_shape, band_count=len(band_names),
                               dtype=dtypes[0], tiles_per_shard=tiles_per_shard, ignore_id=ignore_id)
         if report.norm is None or report.norm.pixels == 0:
@@ -683,10 +642,6 @@ def build_dataset(
         manifest = _manifest(parts, infos, kept, split_tiles, report, distribution, cm, band_names, seed, fr,
                              block_size_m, min_labelled_fraction, tiles_per_shard, ignore_id, tile_shape, dtypes[0])
         write_manifest(tmp / MANIFEST_FILE, manifest)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DatasetSummary(
         out_dir=str(out),
         manifest_path=str(out / MANIFEST_FILE),

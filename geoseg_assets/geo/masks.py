@@ -14,8 +14,9 @@ from rasterio.features import rasterize
 from rasterio.windows import bounds as window_bounds, transform as window_transform
 from shapely import STRtree, box
 
+from .class_raster import grid_profile, open_class_stage, publish_class_cog
 from .classmap import ClassMap
-from .scene_io import COG_BLOCKSIZE, copy_as_cog, pixel_validity, raster_env
+from .scene_io import pixel_validity, raster_env
 from .windows import iter_blocks
 
 
@@ -49,18 +50,9 @@ def write_mask_cog(scene_cog: str, labels: gpd.GeoDataFrame, class_map: ClassMap
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp_base = Path(tmp_dir) if tmp_dir else dst.parent
     stage = tmp_base / f".{dst.name}.{os.getpid()}.stage.tif"
-    tmp_cog = dst.parent / f".{dst.name}.{os.getpid()}.cog.tif"
     try:
         with raster_env(), rasterio.open(scene_cog) as scene:
-            profile = {
-                "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8",
-                "crs": scene.crs, "transform": scene.transform, "nodata": ignore, "tiled": True,
-                "blockxsize": COG_BLOCKSIZE, "blockysize": COG_BLOCKSIZE,
-            }
-            with rasterio.open(stage, "w", **profile) as out:
-                out.write_colormap(1, {**{i: (0, 0, 0, 0) for i in range(256)},
-                                       **{k: (*v, 255) for k, v in class_map.palette().items()}})
-                out.set_band_description(1, "class")
+            with open_class_stage(stage, grid_profile(scene, ignore), class_map) as out:
                 for win in iter_blocks(scene.width, scene.height, block):
                     hits = tree.query(box(*window_bounds(win, scene.transform)))
                     shape = (int(win.height), int(win.width))
@@ -74,12 +66,10 @@ def write_mask_cog(scene_cog: str, labels: gpd.GeoDataFrame, class_map: ClassMap
                     mask[~valid] = ignore
                     counts += np.bincount(mask.ravel(), minlength=256)
                     out.write(mask, 1, window=win)
-            copy_as_cog(str(stage), str(tmp_cog), resampling="mode")
-            os.replace(tmp_cog, dst)
+            publish_class_cog(stage, dst)
             width, height = scene.width, scene.height
     finally:
         stage.unlink(missing_ok=True)
-        tmp_cog.unlink(missing_ok=True)
     return MaskSummary(
         path=str(dst), width=width, height=height,
         class_pixels={c.name: int(counts[c.id]) for c in class_map.classes},

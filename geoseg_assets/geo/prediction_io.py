@@ -18,11 +18,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .classmap import ClassMap
+from .bands import band_position
+from .class_raster import grid_profile, open_class_stage, publish_class_cog
+from .classmap import IGNORE_ID as NODATA_CLASS, ClassMap
 from .errors import SceneError
-from .scene_io import COG_BLOCKSIZE, copy_as_cog, pixel_validity, raster_env
+from .scene_io import pixel_validity, publish_as_cog, raster_env
 
-NODATA_CLASS = 255
 PROBABILITY_SCALE = 250  # probabilities stored as uint8 0..250 (255 = nodata)
 
 
@@ -30,15 +31,15 @@ def scene_band_order(scene_path: str, descriptions: Sequence[str | None], model_
     """1-based scene band indexes holding the model's bands, in the model's order; SceneError naming
     the file and the fix if the scene lacks one of them."""
     names = [d or f"band_{i + 1}" for i, d in enumerate(descriptions)]
-    upper = [n.upper() for n in names]
-    missing = [b for b in model_bands if b.upper() not in upper]
+    found = {b: band_position(names, b, aliases=False) for b in model_bands}
+    missing = [b for b in model_bands if found[b] is None]
     if missing:
         raise SceneError(
             scene_path,
             f"has bands {names} but the model was trained on {list(model_bands)} (missing {missing})",
             "land scenes of the product the model was trained on, or train a model on these bands",
         )
-    return [upper.index(b.upper()) + 1 for b in model_bands]
+    return [found[b] + 1 for b in model_bands]
 
 
 class SceneWindowReader:
@@ -96,9 +97,7 @@ class PredictionWriter:
 
     def __enter__(self) -> PredictionWriter:
         with rasterio.open(self.scene_path) as scene:
-            base = {"driver": "GTiff", "width": scene.width, "height": scene.height, "crs": scene.crs,
-                    "transform": scene.transform, "tiled": True, "blockxsize": COG_BLOCKSIZE,
-                    "blockysize": COG_BLOCKSIZE, "BIGTIFF": "IF_SAFER", "dtype": "uint8", "nodata": NODATA_CLASS}
+            base = {**grid_profile(scene, NODATA_CLASS), "BIGTIFF": "IF_SAFER"}
         targets = {"classes": (self.classes_path, 1)}
         if self.probabilities_path:
             targets["probabilities"] = (self.probabilities_path, len(self.class_map.classes))
@@ -108,14 +107,10 @@ class PredictionWriter:
             stage = Path(self.tmp_dir or dst.parent) / f".{dst.name}.{os.getpid()}.stage.tif"
             stage.parent.mkdir(parents=True, exist_ok=True)
             self._stages[kind] = (stage, dst)
-            profile = {**base, "count": count}
-            if kind == "probabilities":
-                profile["photometric"] = "MINISBLACK"
-            self._open[kind] = rasterio.open(stage, "w", **profile)
-        out = self._open["classes"]
-        out.write_colormap(1, {**{i: (0, 0, 0, 0) for i in range(256)},
-                               **{k: (*v, 255) for k, v in self.class_map.palette().items()}})
-        out.set_band_description(1, "class")
+            if kind == "classes":
+                self._open[kind] = open_class_stage(stage, base, self.class_map)
+            else:
+                self._open[kind] = rasterio.open(stage, "w", **{**base, "count": count, "photometric": "MINISBLACK"})
         if "probabilities" in self._open:
             for i, c in enumerate(self.class_map.classes, start=1):
                 self._open["probabilities"].set_band_description(i, f"p_{c.name}")
@@ -134,12 +129,10 @@ class PredictionWriter:
         """Close the stages and publish them as COGs (classes by mode, probabilities by average)."""
         self._close()
         for kind, (stage, dst) in self._stages.items():
-            tmp_cog = dst.parent / f".{dst.name}.{os.getpid()}.cog.tif"
-            try:
-                copy_as_cog(str(stage), str(tmp_cog), resampling="mode" if kind == "classes" else "average")
-                os.replace(tmp_cog, dst)
-            finally:
-                tmp_cog.unlink(missing_ok=True)
+            if kind == "classes":
+                publish_class_cog(stage, dst)
+            else:
+                publish_as_cog(str(stage), dst, resampling="average")
 
     def _close(self) -> None:
         for out in self._open.values():
@@ -163,6 +156,14 @@ def pixel_area_m2(scene_path: str) -> float:
             return a * e * metres_per_degree ** 2 * math.cos(lat)
         factor = src.crs.linear_units_factor[1] if src.crs.linear_units_factor else 1.0
         return a * e * factor * factor
+
+
+def class_areas(class_pixels, valid_pixels: int, pixel_m2: float, class_map: ClassMap) -> tuple[dict, dict]:
+    """({class name: km2}, {class name: share of the valid pixels}) of a prediction's per-id pixel counts, both
+    rounded to 6 digits (shares 0 when no pixel was valid)."""
+    area_km2 = {c.name: round(class_pixels[c.id] * pixel_m2 / 1e6, 6) for c in class_map.classes}
+    share = {c.name: round(class_pixels[c.id] / valid_pixels, 6) if valid_pixels else 0.0 for c in class_map.classes}
+    return area_km2, share
 
 
 def predict_to_cogs(predict, scene_path: str, model_bands: Sequence[str], classes_path: str, class_map: ClassMap,

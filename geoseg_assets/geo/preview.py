@@ -10,20 +10,16 @@ import rasterio
 from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 
-RGB_NAMES = (("R", "RED"), ("G", "GREEN"), ("B", "BLUE"))
+from .bands import band_position
+
+RGB = ("R", "G", "B")
 
 
 def rgb_band_indexes(band_names: Sequence[str], count: int) -> list[int]:
     """1-based band indexes to show as RGB: named R/G/B bands if present, else the first 3 (or 1 grey)."""
-    upper = [n.upper() for n in band_names]
-    picked = []
-    for aliases in RGB_NAMES:
-        idx = next((i for i, n in enumerate(upper) if n in aliases), None)
-        if idx is None:
-            break
-        picked.append(idx + 1)
-    if len(picked) == 3:
-        return picked
+    picked = [band_position(band_names, band) for band in RGB]
+    if None not in picked:
+        return [i + 1 for i in picked]
     return [1, 2, 3] if count >= 3 else [1]
 
 

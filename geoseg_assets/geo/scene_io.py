@@ -28,6 +28,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 
 from .errors import SceneError, disk_full_error, free_bytes
+from .publish import atomic_file
 from .windows import iter_blocks
 
 COG_BLOCKSIZE = 512
@@ -322,7 +323,6 @@ def _write(srcs, dst: Path, spec, target_crs, target_resolution, resampling, blo
     tmp_base = Path(tmp_dir) if tmp_dir else dst.parent
     tmp_base.mkdir(parents=True, exist_ok=True)
     stage = tmp_base / f".{dst.name}.{os.getpid()}.stage.tif"
-    tmp_cog = dst.parent / f".{dst.name}.{os.getpid()}.cog.tif"
     # Worst case on disk: an uncompressed stage plus an uncompressed COG with overviews (4/3) at once.
     worst_case = int(width * height * len(indexes) * np.dtype(first.dtypes[0]).itemsize * (1 + 4 / 3))
     free_before = min(f for f in (free_bytes(dst.parent), free_bytes(tmp_base), 2**62) if f is not None)
@@ -358,19 +358,14 @@ def _write(srcs, dst: Path, spec, target_crs, target_resolution, resampling, blo
                 f"contains no valid pixels (every pixel is nodata: {plan.note or f'nodata={plan.value}'})",
                 "drop this acquisition (fully clouded/outside swath) or fix the nodata value in the file",
             )
-        if staged:
-            copy_as_cog(str(stage), str(tmp_cog))
-        else:
-            copy_as_cog(spectral_vrt(first, band_names, plan.value), str(tmp_cog))
-        os.replace(tmp_cog, dst)
+        publish_as_cog(str(stage) if staged else spectral_vrt(first, band_names, plan.value), dst)
     except Exception as exc:
         full = disk_full_error(exc, (dst.parent, tmp_base), need=worst_case, free_before=free_before)
         if full is None:
             raise
         raise full from exc
     finally:
-        for leftover in (stage, tmp_cog):
-            leftover.unlink(missing_ok=True)
+        stage.unlink(missing_ok=True)
         if warped:
             for vrt in readers:
                 vrt.close()
@@ -666,3 +661,9 @@ def copy_as_cog(
         BIGTIFF="IF_SAFER",
     )
 
+
+def publish_as_cog(src_path: str, dst_path: str | os.PathLike, *, resampling: str = "average") -> None:
+    """`copy_as_cog` into a temp file next to `dst_path`, renamed over it only once complete, so a failure
+    leaves an earlier COG there untouched."""
+    with atomic_file(dst_path) as tmp:
+        copy_as_cog(str(src_path), str(tmp), resampling=resampling)

@@ -25,6 +25,7 @@ from shapely.geometry import LineString, Polygon, box
 from shapely.ops import unary_union
 
 from .classmap import DEFAULT_CLASS_MAP
+from .publish import atomic_file
 from .windows import iter_blocks
 
 # Class ids of the synthetic ground truth: the project's built-in class map.
@@ -213,15 +214,13 @@ def write_scene(params: SyntheticParams, path: str | Path, block: int = 1024) ->
         crs=f"EPSG:{EPSG}", transform=transform, nodata=NODATA, tiled=True, blockxsize=512,
         blockysize=512, compress="DEFLATE", predictor=2, BIGTIFF="IF_SAFER",
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_file(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for i, name in enumerate(BAND_NAMES, start=1):
             dst.set_band_description(i, name)
         dst.update_tags(generator="geoseg.synthetic", region=params.region, date=params.date, seed=str(params.seed))
         for win in iter_blocks(params.width, params.height, block):
             _, pixels = render_window(params, polys, tree, shapes, win, transform)
             dst.write(pixels, window=win)
-    tmp.replace(path)
     return path
 
 
@@ -238,8 +237,6 @@ def write_labels(params: SyntheticParams, path: str | Path) -> Path:
         for g in polys[name]
     ]
     gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=f"EPSG:{EPSG}")
-    tmp = path.with_name(f".tmp.{path.name}")
-    tmp.unlink(missing_ok=True)
-    gdf.to_file(tmp, driver="GPKG", layer="labels")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        gdf.to_file(tmp, driver="GPKG", layer="labels")
     return path

@@ -29,8 +29,11 @@ from rasterio.features import shapes
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from .classmap import IGNORE_ID
 from .errors import InputError
+from .publish import atomic_file
 from .scene_io import raster_env
+from .union_find import UnionFind
 from .windows import iter_blocks
 
 EQUAL_AREA_CRS = "EPSG:6933"  # cylindrical equal-area: parallels/meridians stay straight, so pixel polygons are exact
@@ -60,7 +63,7 @@ def vectorize_classes(
     dst_gpkg: str,
     class_names: Mapping[int, str],
     *,
-    ignore_id: int = 255,
+    ignore_id: int = IGNORE_ID,
     simplify_tolerance: float | None = None,
     min_area_m2: float = 0.0,
     block: int = 1024,
@@ -76,27 +79,31 @@ def vectorize_classes(
     """
     dst = Path(dst_gpkg)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    near = dst.parent / f".{dst.name}.{os.getpid()}.tmp.gpkg"  # same filesystem as dst: os.replace is atomic
-    stage = Path(tmp_dir) / f".{dst.name}.{os.getpid()}.stage.gpkg" if tmp_dir else near
-    stage.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _remove_gpkg(stage)
-        with raster_env(), _open_classes(class_raster) as src:
-            crs = CRS.from_wkt(src.crs.to_wkt())
-            output = _Output(src.transform, crs, class_names, ignore_id, simplify_tolerance, min_area_m2)
-            _write_layer(output.batches(_polygonize(src, block, ignore_id)), str(stage), layer, crs)
-        if stage != near:
-            shutil.copyfile(stage, near)
-        os.replace(near, dst)
-    finally:
-        _remove_gpkg(stage)
-        _remove_gpkg(near)
+    with atomic_file(dst) as near:  # next to dst: the final rename is atomic
+        stage = Path(tmp_dir) / f".{dst.name}.{os.getpid()}.stage.gpkg" if tmp_dir else near
+        stage.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _remove_gpkg(stage)
+            with raster_env(), _open_classes(class_raster) as src:
+                crs = CRS.from_wkt(src.crs.to_wkt())
+                output = _Output(src.transform, crs, class_names, ignore_id, simplify_tolerance, min_area_m2)
+                _write_layer(output.batches(_polygonize(src, block, ignore_id)), str(stage), layer, crs)
+            if stage != near:
+                shutil.copyfile(stage, near)
+        finally:
+            if stage != near:
+                _remove_gpkg(stage)
+            _remove_gpkg(near, SQLITE_SIDECARS)  # the GeoPackage itself is renamed or removed by atomic_file
     return output.summary(str(dst))
 
 
-def _remove_gpkg(path: Path) -> None:
-    """Delete a GeoPackage and any SQLite sidecar files it may have left behind."""
-    for suffix in ("", "-journal", "-wal", "-shm"):
+SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
+
+
+def _remove_gpkg(path: Path, suffixes: tuple[str, ...] = ("", *SQLITE_SIDECARS)) -> None:
+    """Delete a GeoPackage and any SQLite sidecar files it may have left behind (only the sidecars when
+    `suffixes` is SQLITE_SIDECARS)."""
+    for suffix in suffixes:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
@@ -200,7 +207,7 @@ class _Stitcher:
         self.geoms: dict[int, shapely.Polygon] = {}
         self.classes: dict[int, int] = {}
         self.bottoms: dict[int, float] = {}
-        self.parent: dict[int, int] = {}
+        self.sets = UnionFind()  # pieces of one region
         self.next_id = 0
         self.above = np.full(width, -1, dtype=np.int64)  # piece ids along the previous row's bottom edge
         self.below = np.full(width, -1, dtype=np.int64)  # ... along this row's bottom edge, filled block by block
@@ -212,7 +219,8 @@ class _Stitcher:
         self.next_id += len(pieces)
         for gid, geom, cid, bottom in zip(gids.tolist(), pieces.geoms, pieces.ids.tolist(),
                                           shapely.bounds(pieces.geoms)[:, 3].tolist()):
-            self.geoms[gid], self.classes[gid], self.bottoms[gid], self.parent[gid] = geom, cid, bottom, gid
+            self.geoms[gid], self.classes[gid], self.bottoms[gid] = geom, cid, bottom
+            self.sets.add(gid)
         col0, row0 = int(win.col_off), int(win.row_off)
         col1, row1 = col0 + int(win.width), row0 + int(win.height)
         cols, rows = np.arange(col0, col1) + 0.5, np.arange(row0, row1) + 0.5  # pixel centres
@@ -230,24 +238,14 @@ class _Stitcher:
         both = (outside >= 0) & (inside >= 0)
         for a, b in np.unique(np.stack([outside[both], inside[both]], axis=1), axis=0).tolist():
             if self.classes[a] == self.classes[b]:
-                ra, rb = self._find(a), self._find(b)
-                if ra != rb:
-                    self.parent[ra] = rb
-
-    def _find(self, gid: int) -> int:
-        root = gid
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[gid] != root:
-            self.parent[gid], gid = root, self.parent[gid]
-        return root
+                self.sets.union(a, b)
 
     def finish_row(self, row_end: int | None) -> _Polygons:
         """Regions that can no longer grow (none of their pieces reaches `row_end`; None = last row), merged."""
         groups: dict[int, list[int]] = {}
         for gid in self.geoms:
-            groups.setdefault(self._find(gid), []).append(gid)
-        open_roots = {self._find(g) for g, bottom in self.bottoms.items() if bottom == row_end}
+            groups.setdefault(self.sets.find(gid), []).append(gid)
+        open_roots = {self.sets.find(g) for g, bottom in self.bottoms.items() if bottom == row_end}
         single, single_ids, regions, region_ids = [], [], [], []
         for root, members in groups.items():
             if root in open_roots:
@@ -259,7 +257,8 @@ class _Stitcher:
                 regions.append([self.geoms[g] for g in members])
                 region_ids.append(self.classes[root])
             for g in members:
-                del self.geoms[g], self.classes[g], self.bottoms[g], self.parent[g]
+                del self.geoms[g], self.classes[g], self.bottoms[g]
+                self.sets.discard(g)
         self.above, self.below = self.below, np.full_like(self.below, -1)
         self.left = None
         return _Polygons(np.concatenate([np.asarray(single, dtype=object), _merge_regions(regions)]),

@@ -29,11 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..geo.classmap import IGNORE_ID as IGNORE_INDEX
+from ..geo.dataset_layout import MANIFEST_FILE, SPLITS
 from .indices import check_indices, compute_indices
-
-IGNORE_INDEX = 255
-SPLITS = ("train", "val", "test")
-MANIFEST_FILE = "manifest.json"
 
 
 def load_manifest(dataset_dir: str | os.PathLike) -> dict:

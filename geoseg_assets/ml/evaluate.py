@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..geo.bands import band_position
 from .data import Normalizer, ShardDataset, load_manifest
 from .metrics import ConfusionAccumulator, confusion_matrix_png, per_tile_metrics, segmentation_metrics
 from .plots import gallery_png
@@ -21,8 +22,8 @@ class EvalReport:
 
 
 def _rgb(image_raw: np.ndarray, band_names) -> np.ndarray:
-    upper = [b.upper() for b in band_names]
-    idx = [upper.index(b) for b in ("R", "G", "B")] if all(b in upper for b in ("R", "G", "B")) else [0, 0, 0]
+    found = [band_position(band_names, b, aliases=False) for b in ("R", "G", "B")]
+    idx = found if None not in found else [0, 0, 0]
     rgb = image_raw[idx].astype(np.float32)
     lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)

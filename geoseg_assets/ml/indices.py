@@ -2,7 +2,7 @@
 
 Every index is a normalized difference (a - b) / (a + b) of two bands, so it does not depend on
 the reflectance scale (x 10000 integers or 0..1 floats give the same value). Bands are matched
-case-insensitively through a small alias table ("R" = "RED", "SWIR1" = "SWIR16", ...).
+case-insensitively through a small alias table ("R" = "RED", "SWIR1" = "SWIR16", ...: geo/bands.py).
 """
 
 from __future__ import annotations
@@ -11,17 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-EPS = 1e-6  # |a + b| at or below this gives an index of 0 (nodata, padding), never inf/nan
+from ..geo.bands import BAND_ALIASES, band_position as band_index  # noqa: F401 (band_index: this module's API)
 
-# Canonical band -> accepted spellings (upper case).
-BAND_ALIASES: dict[str, tuple[str, ...]] = {
-    "B": ("B", "BLUE"),
-    "G": ("G", "GREEN"),
-    "R": ("R", "RED"),
-    "NIR": ("NIR", "N", "NIR08", "NIR1"),
-    "SWIR1": ("SWIR1", "SWIR16", "SWIR_1"),
-    "SWIR2": ("SWIR2", "SWIR22", "SWIR_2"),
-}
+EPS = 1e-6  # |a + b| at or below this gives an index of 0 (nodata, padding), never inf/nan
 
 # Index -> (a, b) canonical bands of (a - b) / (a + b).
 INDICES: dict[str, tuple[str, str]] = {
@@ -31,13 +23,6 @@ INDICES: dict[str, tuple[str, str]] = {
     "NDBI": ("SWIR1", "NIR"),  # built-up
     "NBR": ("NIR", "SWIR2"),  # burn / bare soil
 }
-
-
-def band_index(band_names: Sequence[str], band: str) -> int | None:
-    """Position of canonical `band` in `band_names` (via aliases, case-insensitive), or None."""
-    aliases = BAND_ALIASES.get(band.upper(), (band.upper(),))
-    upper = [str(n).upper() for n in band_names]
-    return next((i for i, n in enumerate(upper) if n in aliases), None)
 
 
 def index_names(band_names: Sequence[str] | None = None) -> list[str]:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..geo.classmap import IGNORE_ID as NODATA_CLASS
 from ..geo.windows import axis_starts
 from .data import Normalizer
 
-NODATA_CLASS = 255
 BLEND_MODES = ("ramp", "hann", "center")
 WINDOW_MULTIPLE = 32  # smp encoders downsample by up to 2**5
 EPSILON_WEIGHT = 1e-6  # weight of the pixels a window's neighbours predict better (never 0: scene corners)

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-IGNORE_ID = 255
+from ..geo.classmap import IGNORE_ID
+from ..markdown import markdown_table
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -211,10 +212,10 @@ def per_class_markdown(metrics: dict) -> str:
             return "absent"
         return "n/a" if row[key] is None else f"{row[key]:.4f}"
 
-    head = "| class | support px | share | IoU | F1 | precision | recall | predicted px |\n|---|---|---|---|---|---|---|---|\n"
-    return head + "\n".join(
-        f"| {r['class']} | {r['support']} | " + " | ".join(cell(r, k) for k in ("share", *RATES)) + f" | {r['predicted']} |"
-        for r in per_class_rows(metrics))
+    return markdown_table(
+        ("class", "support px", "share", "IoU", "F1", "precision", "recall", "predicted px"),
+        ([r["class"], r["support"], *(cell(r, k) for k in ("share", *RATES)), r["predicted"]]
+         for r in per_class_rows(metrics)))
 
 
 def miou_note(metrics: dict) -> str:

@@ -108,3 +108,17 @@ def load_model(folder: Path, expected_sha256: str | None, label: str) -> nn.Modu
         raise ModelArtifactError(f"{label}: weights do not fit {spec.architecture}-{spec.encoder}: "
                                  f"{str(exc).splitlines()[0]}; {fix}") from exc
     return net.eval()
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec]:
+    """The network of a training checkpoint (`best.pt` of `ml.train`, weights only) in eval mode on CPU, and
+    the spec to register it with."""
+    import torch
+
+    from geoseg_assets.ml.models import build_model
+
+    best = torch.load(path, map_location="cpu", weights_only=True)
+    spec = ModelSpec(best["architecture"], best["encoder"], best["in_channels"], best["num_classes"], best["model_kwargs"])
+    net = build_model(spec.architecture, spec.encoder, spec.in_channels, spec.num_classes, **spec.model_kwargs)
+    net.load_state_dict(best["model"])
+    return net.eval(), spec

@@ -25,6 +25,8 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 ALIASES = {"unet++": "unetplusplus", "deeplabv3+": "deeplabv3plus"}
 HEAD_PREFIXES = ("fc.", "classifier.", "last_linear.", "head.")  # classification heads smp encoders drop
+# Decoder widths of Unet / Unet++ per encoder depth: smp's defaults (256, 128, 64, 32, 16), cut to the depth.
+DECODER_CHANNELS = {3: (64, 32, 16), 4: (128, 64, 32, 16), 5: (256, 128, 64, 32, 16)}
 
 
 def architecture_key(architecture: str) -> str:
@@ -35,6 +37,16 @@ def architecture_key(architecture: str) -> str:
         names = ", ".join(cls.__name__ for cls in ARCHITECTURES.values())
         raise ValueError(f"unknown architecture {architecture!r}; supported (case-insensitive): {names}")
     return key
+
+
+def depth_kwargs(architecture: str, encoder_depth: int) -> dict:
+    """smp keyword arguments for an encoder of `encoder_depth` stages: Unet and Unet++ also need one decoder
+    width per stage (`DECODER_CHANNELS`); the other architectures take the depth alone."""
+    decoder = DECODER_CHANNELS[encoder_depth]
+    kwargs: dict = {"encoder_depth": encoder_depth}
+    if architecture.lower() in ("unet", "unetplusplus"):
+        kwargs["decoder_channels"] = decoder
+    return kwargs
 
 
 def build_model(architecture: str, encoder: str, in_channels: int, num_classes: int,

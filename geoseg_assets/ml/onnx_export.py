@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..geo.publish import atomic_file
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -66,23 +67,17 @@ def export_onnx(model: nn.Module, in_channels: int, tile_shape: tuple[int, int],
     net = _cpu_eval_copy(model)
     # Batch of 2 so the batch axis stays dynamic; a local generator leaves the global RNG untouched.
     example = torch.randn(2, int(in_channels), height, width, generator=torch.Generator().manual_seed(0))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         try:
-            _export_dynamo(net, example, tmp)
+            _export_dynamo(net, example, str(tmp))
         except Exception as dynamo_error:  # noqa: BLE001 - any exporter failure gets the fallback
             warnings.warn(f"dynamo ONNX export of {type(model).__name__} failed ({type(dynamo_error).__name__}: "
                           f"{dynamo_error}); using the legacy TorchScript exporter", OnnxExportFallbackWarning,
                           stacklevel=2)
             try:
-                _export_legacy(net, example, tmp)
+                _export_legacy(net, example, str(tmp))
             except Exception as legacy_error:
                 raise legacy_error from dynamo_error
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -19,6 +19,25 @@ class FloorCheck:
     message: str
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate concludes for a challenger: is it the champion after this evaluation, must the alias move
+    to it now, and why."""
+
+    promoted: bool
+    move_alias: bool
+    reason: str
+
+
+def promotion_verdict(decision: PromotionDecision, floor: FloorCheck, already_champion: bool) -> Verdict:
+    """A challenger becomes champion when it beats the champion (`decide_promotion`) and passes the quality
+    floor (`check_floor`); one that already is the champion stays it and the alias does not move."""
+    if already_champion:
+        return Verdict(True, False, "challenger already is the champion")
+    promoted = decision.promote and floor.passed
+    return Verdict(promoted, promoted, decision.reason if floor.passed else floor.message)
+
+
 def decide_promotion(challenger_score: float, champion_score: float | None, margin: float = 0.005,
                      metric: str = "test mIoU") -> PromotionDecision:
     """Promote when there is no champion, or the challenger's score beats it by more than `margin`; the reason

@@ -8,7 +8,6 @@ from the snapshot's metric and test results (`snapshot.dict()`), never parsed fr
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..geo.publish import atomic_file
 
 MIN_ROWS = 5  # fewer rows than this on either side cannot support a distribution test
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
@@ -94,15 +95,10 @@ def _extract(snapshot, drift_share: float) -> tuple[float, bool, dict[str, dict]
 
 def _save_html(snapshot, html_path: str) -> str:
     """Write the snapshot's HTML report to `html_path` through a temporary file, so it is never partial."""
-    dst = Path(html_path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(html_path) as tmp:
         snapshot.save_html(str(tmp))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return str(dst)
+    return str(Path(html_path))
 
 
 def _result(snapshot, reference: pd.DataFrame, current: pd.DataFrame, drift_share: float,

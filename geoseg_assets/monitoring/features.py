@@ -18,6 +18,7 @@ import pandas as pd
 import rasterio
 import torch
 
+from ..geo.classmap import IGNORE_ID
 from ..geo.scene_io import pixel_validity, raster_env
 from ..geo.windows import iter_blocks
 from ..ml.data import ShardDataset, class_table, load_manifest
@@ -215,7 +216,7 @@ class Reservoir:
         return self.rows[np.argsort(self.keys, kind="stable")]
 
 
-def class_samples(class_raster_path: str, *, ignore_id: int = 255, max_samples: int = 20000,
+def class_samples(class_raster_path: str, *, ignore_id: int = IGNORE_ID, max_samples: int = 20000,
                   seed: int = 0) -> np.ndarray:
     """Up to `max_samples` class ids (int64) drawn uniformly from the labelled pixels of a class raster
     (mask or prediction; the ignore id and the raster's nodata excluded), read window by window."""

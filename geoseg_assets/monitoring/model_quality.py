@@ -9,13 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 import rasterio
 
+from geoseg_assets.geo.classmap import IGNORE_ID
 from geoseg_assets.geo.scene_io import raster_env
 from geoseg_assets.geo.windows import iter_blocks
 from geoseg_assets.ml.metrics import ConfusionAccumulator, segmentation_metrics
 from geoseg_assets.ml.plots import _png
 from geoseg_assets.ml.promotion import recorded_test_miou
-
-IGNORE_ID = 255
 
 
 def version_history(client, model_name: str, champion_version: str | None = None) -> list[dict]:
