@@ -299,7 +299,7 @@ class PostgisLabelStore(LabelStore):
     user: str = "postgres"
     password: str = ""
     dbname: str = Field(default="geoseg", description="Database holding the labels table (with the PostGIS extension).")
-    table: str = Field(default="labels", description="Table name: a plain SQL identifier (a-z, 0-9, _; at most 63).")
+    table: str = Field(default="labels", description="Table name: a plain SQL identifier (a-z, 0-9, _; at most 53: 63 bytes minus the index suffix).")
 
     @field_validator("table")
     @classmethod

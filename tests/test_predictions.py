@@ -209,6 +209,42 @@ def test_a_tampered_champion_artifact_fails_prediction_and_keeps_the_earlier_pre
     assert predict(project, **dims).success
 
 
+def test_outputs_are_published_together_or_not_at_all(project):
+    """`predictions` publishes its class COG, overlay, record and polygons as one set: when the polygons cannot be
+    put in place (a folder sits where polygons.gpkg belongs), the run fails without a retry, names that path and
+    the fix, and the earlier run's class COG, overlay and record are untouched (same inode, same bytes), so a new
+    map never sits beside an old record; with the folder gone the same run succeeds."""
+    import shutil
+
+    from geoseg_assets.geo.scene_io import sha256_file
+
+    ensure_champion(project)
+    store = project[3]["data_store"]
+    dims = {"region": "beta", "date": DATES[1]}
+    assert predict(project, **dims, vectorize=False).success
+    folder = store.partition_dir("predictions", dims)
+    outputs = sorted(p for p in folder.iterdir() if p.is_file())
+    assert {p.name for p in outputs} >= {"classes.tif", "overlay.png", "prediction.json"}
+    before = {p: (p.stat().st_ino, sha256_file(p)) for p in outputs}
+    blocker = folder / "polygons.gpkg"
+    blocker.mkdir()
+    (blocker / "notes.txt").write_text("someone else's")
+    try:
+        run = predict(project, **dims, vectorize=True, overlap=0)
+        assert not run.success
+        message = str(run.get_step_failure_events()[0].event_specific_data.error)
+        assert str(blocker) in message and "Fix: make that path a writable file" in message
+        assert not [e for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert {p: (p.stat().st_ino, sha256_file(p)) for p in outputs} == before
+        assert (blocker / "notes.txt").read_text() == "someone else's"
+        assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in outputs] + ["polygons.gpkg"])
+    finally:
+        shutil.rmtree(blocker)
+    run = predict(project, **dims, vectorize=True, overlap=0)
+    assert run.success and (folder / "polygons.gpkg").is_file()
+    assert json.loads((folder / "prediction.json").read_text())["inference"]["overlap"] == 0
+
+
 def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_pool(project, tmp_path):
     """Two run processes started together on one SQLite instance with the repo's pool limit: their `predictions`
     steps, each a network over a whole scene, never overlap; the second waits for the slot instead of sharing

@@ -99,36 +99,43 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
              (PREDICTED_CLASSES, PREDICTED_PROBABILITIES, PREDICTED_POLYGONS, PREDICTION_OVERLAY, PREDICTION_RECORD)}
     predict = partial(predict_scene, net, normalizer, [c.id for c in classes.classes], config=inference,
                       device=device, log=context.log.info)
-    started = time.perf_counter()
-    try:
-        result = predict_to_cogs(
-            predict, str(scene_path), normalizer.band_names, str(paths[PREDICTED_CLASSES]), classes,
-            str(paths[PREDICTED_PROBABILITIES]) if config.write_probabilities else None, tmp_dir=str(data_store.tmp_dir()),
-        )
-    except SceneError as exc:
-        raise fail_on_bad_input(exc) from exc
-    seconds = time.perf_counter() - started
+    # The class COG, probabilities, polygons, overlay and record replace the earlier ones together, or none does:
+    # a failure after the class COG (vectorizing, the preview, a blocked target) leaves the partition's earlier
+    # outputs as they were, never a new map beside the previous run's polygons.
+    with data_store.publishing() as outputs:
+        staged_classes = outputs.path(paths[PREDICTED_CLASSES])
+        started = time.perf_counter()
+        try:
+            result = predict_to_cogs(
+                predict, str(scene_path), normalizer.band_names, str(staged_classes), classes,
+                str(outputs.path(paths[PREDICTED_PROBABILITIES])) if config.write_probabilities else None,
+                tmp_dir=str(data_store.tmp_dir()),
+            )
+        except SceneError as exc:
+            raise fail_on_bad_input(exc) from exc
+        seconds = time.perf_counter() - started
 
-    area_km2, share = class_areas(result.class_pixels, result.valid_pixels, pixel_area_m2(str(scene_path)), classes)
-    vectors = None
-    if config.vectorize:
-        vectors = vectorize_classes(str(paths[PREDICTED_CLASSES]), str(paths[PREDICTED_POLYGONS]),
-                                    {c.id: c.name for c in classes.classes}, ignore_id=IGNORE_ID,
-                                    simplify_tolerance=config.simplify_pixels * abs(scene["resolution"][0]) or None,
-                                    min_area_m2=config.min_area_m2, tmp_dir=str(data_store.tmp_dir()))
-    quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
-    png = png_bytes(overlay_image(quicklook, str(paths[PREDICTED_CLASSES]), classes))
-    data_store.write_bytes(paths[PREDICTION_OVERLAY], png)
+        area_km2, share = class_areas(result.class_pixels, result.valid_pixels, pixel_area_m2(str(scene_path)), classes)
+        vectors = None
+        if config.vectorize:
+            vectors = vectorize_classes(str(staged_classes), str(outputs.path(paths[PREDICTED_POLYGONS])),
+                                        {c.id: c.name for c in classes.classes}, ignore_id=IGNORE_ID,
+                                        simplify_tolerance=config.simplify_pixels * abs(scene["resolution"][0]) or None,
+                                        min_area_m2=config.min_area_m2, tmp_dir=str(data_store.tmp_dir()))
+        quicklook, _ = quicklook_image(str(scene_path), scene["band_names"], max_side=512)
+        png = png_bytes(overlay_image(quicklook, str(staged_classes), classes))
+        outputs.write_bytes(paths[PREDICTION_OVERLAY], png)
+        record = {
+            "model_name": mlflow_tracking.model_name, "model_version": str(champion.version),
+            "mlflow_run_id": champion.run_id, "scene_fingerprint": scene.get("fingerprint", ""),
+            "class_pixels": {c.name: result.class_pixels[c.id] for c in classes.classes},
+            "area_km2": area_km2, "share": share, "valid_pixels": result.valid_pixels,
+            "nodata_pixels": result.nodata_pixels, "windows": result.windows_total,
+            "windows_forwarded": result.windows_forwarded, "notes": result.notes, "inference": config.model_dump(),
+            "device": str(device), "seconds": round(seconds, 3), "polygons": vectors.features if vectors else None,
+        }
+        outputs.write_bytes(paths[PREDICTION_RECORD], json.dumps(record, indent=2).encode())
     megapixels = scene["width"] * scene["height"] / 1e6
-    record = {
-        "model_name": mlflow_tracking.model_name, "model_version": str(champion.version), "mlflow_run_id": champion.run_id,
-        "scene_fingerprint": scene.get("fingerprint", ""), "class_pixels": {c.name: result.class_pixels[c.id] for c in classes.classes},
-        "area_km2": area_km2, "share": share, "valid_pixels": result.valid_pixels, "nodata_pixels": result.nodata_pixels,
-        "windows": result.windows_total, "windows_forwarded": result.windows_forwarded, "notes": result.notes,
-        "inference": config.model_dump(), "device": str(device), "seconds": round(seconds, 3),
-        "polygons": vectors.features if vectors else None,
-    }
-    data_store.write_bytes(paths[PREDICTION_RECORD], json.dumps(record, indent=2).encode())
     for optional, wanted in ((PREDICTED_PROBABILITIES, config.write_probabilities), (PREDICTED_POLYGONS, config.vectorize)):
         if not wanted:  # an earlier run's output would no longer match this model and config
             data_store.discard(optional, dims)
