@@ -17,7 +17,8 @@ from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 from geoseg_assets.geo.errors import SceneError
-from geoseg_assets.geo.scene_io import SceneSpec, check_landed_file, check_nodata_fits, sha256_file
+from geoseg_assets.geo.scene_checks import SceneSpec, check_landed_file, check_nodata_fits
+from geoseg_assets.geo.scene_io import sha256_file
 from geoseg_assets.geo import synthetic
 from resources.data_store import UnsafePartitionKeyError, check_partition_value
 

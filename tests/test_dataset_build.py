@@ -24,7 +24,8 @@ from geoseg_assets.geo.dataset import (
     build_dataset,
     split_blocks,
 )
-from geoseg_assets.geo.scene_io import SceneSpec, copy_as_cog, sha256_file, write_scene_cog
+from geoseg_assets.geo.scene_checks import SceneSpec
+from geoseg_assets.geo.scene_io import copy_as_cog, sha256_file, write_scene_cog
 from geoseg_assets.geo.synthetic import (
     BAND_NAMES,
     CLASSES,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from geoseg_assets.geo.errors import SceneError
-from geoseg_assets.geo.scene_io import check_landed_file, sha256_file
+from geoseg_assets.geo.scene_checks import check_landed_file
+from geoseg_assets.geo.scene_io import sha256_file
 from tests.conftest import materialize_partition, random_scene, write_tif
 from tests.test_bad_input import failure_text
 from tests.test_sensor import tick

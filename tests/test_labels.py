@@ -12,7 +12,8 @@ from scipy import ndimage
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.errors import LabelError
 from geoseg_assets.geo.masks import write_mask_cog
-from geoseg_assets.geo.scene_io import SceneSpec, write_scene_cog
+from geoseg_assets.geo.scene_checks import SceneSpec
+from geoseg_assets.geo.scene_io import write_scene_cog
 from resources.label_store import GeoPackageLabelStore, ImportOptions, PostgisLabelStore
 from tests.conftest import DATA, throwaway_database
 

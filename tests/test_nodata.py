@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from geoseg_assets.geo.errors import SceneError
 from geoseg_assets.geo.prediction_io import SceneWindowReader
-from geoseg_assets.geo.scene_io import SceneSpec, write_scene_cog
+from geoseg_assets.geo.scene_checks import SceneSpec
+from geoseg_assets.geo.scene_io import write_scene_cog
 from geoseg_assets.geo.tiling import compute_tiles
 from geoseg_assets.monitoring.features import scene_tile_features
 from resources.scene_sources import LandingFolderSource, RegionSpec, StacCatalogSource

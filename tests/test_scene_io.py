@@ -7,7 +7,8 @@ from rasterio.transform import Affine, from_origin
 from rio_cogeo.cogeo import cog_validate
 
 from geoseg_assets.geo.errors import SceneError
-from geoseg_assets.geo.scene_io import SceneSpec, sha256_file, write_scene_cog
+from geoseg_assets.geo.scene_checks import SceneSpec
+from geoseg_assets.geo.scene_io import sha256_file, write_scene_cog
 from tests.conftest import random_scene, write_tif
 
 SPEC4 = SceneSpec(band_names=("B", "G", "R", "NIR"), dtype="uint16")

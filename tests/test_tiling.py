@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoseg_assets.geo.scene_io import SceneSpec, write_scene_cog
+from geoseg_assets.geo.scene_checks import SceneSpec
+from geoseg_assets.geo.scene_io import write_scene_cog
 from geoseg_assets.geo.tiling import compute_tiles
 from tests.conftest import random_scene, write_tif
 

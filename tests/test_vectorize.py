@@ -9,7 +9,7 @@ import shapely
 from pyproj import Geod
 from rasterio.transform import from_origin
 
-from geoseg_assets.geo import vectorize
+from geoseg_assets.geo import block_polygons, gpkg_output
 from geoseg_assets.geo.errors import InputError
 from geoseg_assets.geo.vectorize import vectorize_classes
 
@@ -171,9 +171,9 @@ def test_failure_while_writing_leaves_the_destination_untouched(tmp_path, monkey
             raise OSError("block 5 unreadable")
         return real(data, win, ignore_id)
 
-    real = vectorize._block_polygons
-    monkeypatch.setattr(vectorize, "_block_polygons", failing_on_the_fifth_block)
-    monkeypatch.setattr(vectorize, "BATCH_FEATURES", 10)  # batches were already written when it fails
+    real = block_polygons._block_polygons
+    monkeypatch.setattr(block_polygons, "_block_polygons", failing_on_the_fifth_block)
+    monkeypatch.setattr(gpkg_output, "BATCH_FEATURES", 10)  # batches were already written when it fails
     with pytest.raises(OSError, match="block 5 unreadable"):
         vectorize_classes(src, str(dst), NAMES, block=64)
     assert dst.read_bytes() == b"earlier result"

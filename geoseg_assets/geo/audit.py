@@ -6,7 +6,7 @@ import math
 
 import rasterio
 
-from .scene_io import SceneSpec
+from .scene_checks import SceneSpec
 from .tiling import STAT_NAMES
 
 

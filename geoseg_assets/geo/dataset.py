@@ -33,8 +33,9 @@ from rasterio.windows import Window
 from .classmap import IGNORE_ID, usable_class_ids
 from .dataset_layout import MANIFEST_FILE, SPLITS
 from .publish import atomic_dir
-from .scene_io import pixel_validity, raster_env, sha256_file
+from .scene_io import raster_env, sha256_file
 from .union_find import UnionFind
+from .validity import pixel_validity
 
 FORMAT_VERSION = 1
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)

@@ -16,7 +16,8 @@ from shapely import STRtree, box
 
 from .class_raster import grid_profile, open_class_stage, publish_class_cog
 from .classmap import ClassMap
-from .scene_io import pixel_validity, raster_env
+from .scene_io import raster_env
+from .validity import pixel_validity
 from .windows import iter_blocks
 
 

@@ -22,7 +22,8 @@ from .bands import band_position
 from .class_raster import grid_profile, open_class_stage, publish_class_cog
 from .classmap import IGNORE_ID as NODATA_CLASS, ClassMap
 from .errors import SceneError
-from .scene_io import pixel_validity, publish_as_cog, raster_env
+from .scene_io import publish_as_cog, raster_env
+from .validity import pixel_validity
 
 PROBABILITY_SCALE = 250  # probabilities stored as uint8 0..250 (255 = nodata)
 

@@ -8,7 +8,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window, bounds as window_bounds
 
-from .scene_io import pixel_validity, raster_env
+from .scene_io import raster_env
+from .validity import pixel_validity
 from .windows import tile_grid
 
 STAT_NAMES = ("mean", "std", "min", "max", "p2", "p98")

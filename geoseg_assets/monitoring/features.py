@@ -19,7 +19,8 @@ import rasterio
 import torch
 
 from ..geo.classmap import IGNORE_ID
-from ..geo.scene_io import pixel_validity, raster_env
+from ..geo.scene_io import raster_env
+from ..geo.validity import pixel_validity
 from ..geo.windows import iter_blocks
 from ..ml.data import ShardDataset, class_table, load_manifest
 from ..ml.indices import INDICES, check_indices, compute_indices, index_names
