@@ -54,6 +54,17 @@ def test_graph_has_the_assets_checks_sensors_and_lineage():
     assert defs.resolve_sensor_def("geoseg_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def test_exactly_the_steps_that_run_a_network_share_the_model_compute_pool():
+    """Training, evaluation and inference hold the pool's slot (one network at a time on an instance, whoever
+    launched the run); nothing else waits for it."""
+    from geoseg_assets.definitions import defs
+    from geoseg_assets.pools import MODEL_COMPUTE_POOL
+
+    graph = defs.resolve_asset_graph()
+    ops = {graph.get(k).assets_def.get_op_def_for_asset_key(k) for k in graph.get_all_asset_keys()}
+    assert {op.name for op in ops if op.pool == MODEL_COMPUTE_POOL} == {"model", "model_evaluation", "predictions"}
+
+
 def test_sensor_intervals_come_from_one_setting_and_bad_ones_are_refused():
     from geoseg_assets.definitions import build_defs, default_resources
     from geoseg_assets.sensors import SensorIntervals

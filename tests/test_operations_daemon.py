@@ -71,6 +71,7 @@ INTERVALS = {"new_scene_sensor": 5, "label_change_sensor": 5, "drift_sensor": 10
 # The drift test's retraining_job trains with the champion's recipe (tests.test_models.QUICK): a few minutes here,
 # the dataset rebuild and the checks included; generous, as a slow machine must not fail it.
 RETRAINING_TIMEOUT = 25 * 60
+POOL_STEPS = {"model", "model_evaluation", "predictions"}  # the steps of the model_compute pool (geoseg_assets/pools.py)
 RECOVERY_TIMEOUT = 5 * 60
 
 
@@ -466,11 +467,18 @@ def test_drift_requests_retraining_on_the_new_data(ops):
           f"{t_tick - max(r.timestamp for r in reports.values()):.1f} s after the last drift report")
     assert first.status.value == "SUCCESS" and len(first.run_ids) == 1, (first.status, first.run_ids, first.skip_reason)
     (run_id,) = first.run_ids
+    # At the same moment an operator backfills predictions of two dates with the current champion (`dagster job
+    # backfill`, the CLI twin of the UI's backfill dialog). Its runs start beside the retraining run, and their
+    # `predictions` steps take turns with its `model` and `model_evaluation` steps in the model_compute pool.
+    backfill_keys = [f"{SENSOR_DATE}|{REGION}", partitions[0]]
+    ops.cli("job", "backfill", "-j", "prediction_job", "--partitions", ",".join(backfill_keys), "--noprompt",
+            "-w", str(REPO / "workspace.yaml"))
     while not (run := instance.get_run_by_id(run_id)).is_finished:
         ops.check_daemon()
         assert time.time() - t_tick < RETRAINING_TIMEOUT, f"retraining still going:\n{_describe_runs(instance)}\n{ops.tail()}"
         time.sleep(1)
     print(f"retraining run {run_id[:8]} {run.job_name} {run.status.value} {time.time() - t_tick:.1f} s after the tick")
+    _assert_heavy_steps_took_turns(ops, run_id, backfill_keys, t_tick)
     assert run.job_name == "retraining_job" and run.tags.get(DRIFT_EVENT_TAG), run.tags
     assert run.tags.get("geoseg/heavy") == "true", run.tags  # one heavy run at a time (dagster.yaml)
     # It trains with the recipe that made the champion (ops.train_champion's config), not the launchpad defaults.
@@ -540,6 +548,29 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     state = _sensor_state(instance, DRIFT_SENSOR)
     instance.stop_sensor(state.instigator_origin_id, state.selector_id, None)
     print(f"drift test wall time {time.time() - t_start:.1f} s")
+
+
+def _assert_heavy_steps_took_turns(ops: Ops, sensor_run_id: str, backfill_keys: list[str], t0: float) -> None:
+    """The backfill's prediction runs ran while the sensor's retraining run did, yet no two steps of the
+    model_compute pool (training, evaluation, inference) overlapped: one network at a time, whoever launched it."""
+    from tests.support.runs import step_spans
+
+    instance = ops.instance
+    while not (backfill := [r for r in _runs(instance, job_name="prediction_job") if r.tags.get("dagster/backfill")]) \
+            or len(backfill) < len(backfill_keys) or not all(r.is_finished for r in backfill):
+        ops.check_daemon()
+        assert time.time() - t0 < RETRAINING_TIMEOUT, f"backfill still going:\n{_describe_runs(instance)}\n{ops.tail()}"
+        time.sleep(1)
+    assert sorted(r.tags["dagster/partition"] for r in backfill) == sorted(backfill_keys), _describe_runs(instance)
+    assert all(r.status.value == "SUCCESS" for r in backfill), _describe_runs(instance)
+    sensor_run = instance.get_run_record_by_id(sensor_run_id)
+    assert any(instance.get_run_record_by_id(r.run_id).start_time < sensor_run.end_time for r in backfill), \
+        "the backfill's runs did not start while the retraining ran: the test shows nothing"
+    spans = step_spans(instance, [sensor_run_id, *(r.run_id for r in backfill)], POOL_STEPS)
+    print("model_compute pool steps: " + ", ".join(f"{step} of {run[:8]} {start - t0:.1f}-{end - t0:.1f} s"
+                                                   for start, end, step, run in spans))
+    assert {step for _, _, step, _ in spans} == POOL_STEPS, spans
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # never two at once
 
 
 def test_killing_the_daemon_mid_run_loses_no_run(ops):

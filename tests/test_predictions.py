@@ -11,6 +11,7 @@ from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
 from resources.mlflow_tracking import CHAMPION
 from tests.test_dataset_asset import DATES, build, project  # noqa: F401  (module fixture reused)
+from tests.support.runs import step_spans
 from tests.test_models import train_and_evaluate
 
 PARTITIONS = sorted(str(partition_key(r, d)) for r in ("alpha", "beta") for d in DATES)
@@ -296,11 +297,7 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
     runs = [line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RUN ")]
     assert len(runs) == 2 and all(ok == "True" for _, ok in runs), "\n".join(o[-3000:] for o in outputs)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        spans = []
-        for run_id, _ in runs:
-            events = {e.dagster_event.event_type: e.timestamp for e in instance.all_logs(run_id)
-                      if e.dagster_event and e.step_key == "predictions"}
-            spans.append((events[dg.DagsterEventType.STEP_START], events[dg.DagsterEventType.STEP_SUCCESS]))
+        spans = [span[:2] for span in step_spans(instance, [run_id for run_id, _ in runs], {"predictions"})]
         assert instance.event_log_storage.get_concurrency_info(MODEL_COMPUTE_POOL).slot_count == 1
     first, second = sorted(spans)
     print(f"predictions steps: {first[1] - first[0]:.1f} s, then {second[1] - second[0]:.1f} s starting "
