@@ -31,7 +31,7 @@ def make_partitions(work: Path, n: int, size: int, tile: int):
     from geoseg_assets.assets.tiles import tiles_frame
     from geoseg_assets.geo import synthetic
     from geoseg_assets.geo.classmap import DEFAULT_CLASS_MAP
-    from geoseg_assets.geo.dataset import PartitionInput
+    from geoseg_assets.geo.dataset_inputs import PartitionInput
     from geoseg_assets.geo.masks import write_mask_cog
     from geoseg_assets.geo.scene_checks import SceneSpec
     from geoseg_assets.geo.scene_io import sha256_file, write_scene_cog

@@ -67,7 +67,7 @@ def default_network():
 def pipeline(net, scene: Path, out: Path, config):
     from geoseg_assets.geo.classmap import DEFAULT_CLASS_MAP
     from geoseg_assets.geo.prediction_io import predict_to_cogs
-    from geoseg_assets.ml.data import Normalizer
+    from geoseg_assets.ml.normalize import Normalizer
     from geoseg_assets.ml.inference import predict_scene
 
     normalizer = Normalizer(BANDS, MEAN, STD, ("NDVI", "NDWI"))
@@ -81,7 +81,7 @@ def preload(scene: Path, config):
     import rasterio
     import torch
 
-    from geoseg_assets.ml.data import Normalizer
+    from geoseg_assets.ml.normalize import Normalizer
     from geoseg_assets.ml.inference import window_grid
 
     normalizer = Normalizer(BANDS, MEAN, STD, ("NDVI", "NDWI"))

@@ -27,8 +27,8 @@ def main() -> None:
 
     from geoseg_assets.assets.models import ModelConfig, train_config
     from geoseg_assets.ml.data import make_loaders
+    from geoseg_assets.ml.losses import SegmentationLoss
     from geoseg_assets.ml.models import build_model
-    from geoseg_assets.ml.train import SegmentationLoss
 
     config = train_config(ModelConfig(batch_size=args.batch_size), checkpoint_dir="")
     torch.manual_seed(0)

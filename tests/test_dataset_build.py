@@ -16,16 +16,12 @@ from shapely.geometry import box
 
 from geoseg_assets.assets.tiles import tiles_frame
 from geoseg_assets.geo import dataset as dataset_mod
-from geoseg_assets.geo.dataset import (
-    SPLITS,
-    DatasetError,
-    PartitionInput,
-    assign_blocks,
-    build_dataset,
-    split_blocks,
-)
+from geoseg_assets.geo.dataset import DatasetError, build_dataset
+from geoseg_assets.geo.dataset_inputs import PartitionInput
+from geoseg_assets.geo.dataset_layout import SPLITS
 from geoseg_assets.geo.scene_checks import SceneSpec
 from geoseg_assets.geo.scene_io import copy_as_cog, sha256_file, write_scene_cog
+from geoseg_assets.geo.splits import assign_blocks, split_blocks
 from geoseg_assets.geo.synthetic import (
     BAND_NAMES,
     CLASSES,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg_assets.ml.data import Normalizer
+from geoseg_assets.ml.normalize import Normalizer
 from geoseg_assets.ml.inference import (
     NODATA_CLASS,
     InferenceConfig,

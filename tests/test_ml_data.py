@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg_assets.ml.data import (
-    IGNORE_INDEX,
-    Augment,
-    Normalizer,
-    ShardDataset,
-    make_loaders,
-    set_epoch,
-)
+from geoseg_assets.geo.classmap import IGNORE_ID as IGNORE_INDEX
+from geoseg_assets.ml.augment import Augment
+from geoseg_assets.ml.data import make_loaders
+from geoseg_assets.ml.normalize import Normalizer
+from geoseg_assets.ml.sampling import set_epoch
+from geoseg_assets.ml.shard_dataset import ShardDataset
 from geoseg_assets.ml.indices import compute_indices, index_names
 
 BANDS = ["B", "G", "R", "NIR"]

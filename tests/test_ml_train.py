@@ -8,8 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from geoseg_assets.ml.averaging import WeightAverage
+from geoseg_assets.ml.losses import class_weights
 from geoseg_assets.ml.models import build_model, load_weights
-from geoseg_assets.ml.train import TrainConfig, WeightAverage, class_weights, train
+from geoseg_assets.ml.train import TrainConfig, train
 from tests.test_ml_data import write_dataset
 
 # Tiny and fast: resnet18 cut to 3 stages, a slim decoder, 32 px tiles.

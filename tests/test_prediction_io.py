@@ -15,7 +15,7 @@ from geoseg_assets.geo.classmap import DEFAULT_CLASS_MAP
 from geoseg_assets.geo.errors import SceneError
 from geoseg_assets.geo.prediction_io import pixel_area_m2, predict_to_cogs, scene_band_order
 from geoseg_assets.geo.vectorize import vectorize_classes
-from geoseg_assets.ml.data import Normalizer
+from geoseg_assets.ml.normalize import Normalizer
 from geoseg_assets.ml.inference import InferenceConfig, predict_scene
 
 NORMALIZER = Normalizer(synthetic.BAND_NAMES, (800.0, 900.0, 900.0, 2000.0), (400.0, 400.0, 500.0, 1000.0))

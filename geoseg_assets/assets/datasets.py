@@ -10,7 +10,8 @@ from geoseg_assets import metadata as md
 from geoseg_assets.assets.masks import masks, resolve_class_map
 from geoseg_assets.assets.tiles import tiles
 from geoseg_assets.geo.audit import mask_grid_problem
-from geoseg_assets.geo.dataset import DatasetError, PartitionInput, build_dataset
+from geoseg_assets.geo.dataset import DatasetError, build_dataset
+from geoseg_assets.geo.dataset_inputs import PartitionInput
 from geoseg_assets.geo.synthetic import BAND_NAMES
 from resources.catalog import DATASET, MASK, SCENE_COG
 from resources.data_store import DataStore

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from geoseg_assets import metadata as md
 from geoseg_assets.markdown import markdown_table
+from geoseg_assets.ml.options import ClassWeighting, Norm
 from geoseg_assets.pools import MODEL_COMPUTE_POOL
 from geoseg_assets.assets.datasets import DVC_STAGE, REPRODUCE, dataset
 from resources.catalog import DATASET, MODELS, SCENE_RECORD
@@ -42,13 +43,13 @@ class ModelConfig(dg.Config):
     batch_size: int = Field(default=8, gt=0, description="Crops per optimizer step (and tiles per val/test batch).")
     lr: float = Field(default=3e-3, gt=0, description="Peak AdamW learning rate, reached after a 5 % warmup, then cosine decay.")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
-    class_weighting: str = Field(default=CLASS_WEIGHTING, description="Cross-entropy class weights from train pixel "
-                                 "counts: none, inverse_sqrt or inverse (frequency^-1/2 or ^-1).")
+    class_weighting: ClassWeighting = Field(default=CLASS_WEIGHTING, description="Cross-entropy class weights from "
+                                            "train pixel counts: none, inverse_sqrt or inverse (frequency^-1/2 or ^-1).")
     class_weight_cap: float | None = Field(default=10.0, ge=1, description="Largest class weight at most this many "
                                            "times the smallest (None = uncapped).")
     ema_decay: float | None = Field(default=None, gt=0, lt=1, description="Validate, keep and serve an exponential "
                                     "moving average of the weights (e.g. 0.99: about the last 100 steps); None = the raw weights.")
-    norm: str = Field(default="batch", description="batch (BatchNorm) or group (GroupNorm: for batches of 1-4).")
+    norm: Norm = Field(default="batch", description="batch (BatchNorm) or group (GroupNorm: for batches of 1-4).")
     seed: int = Field(default=0, description="Seed of weights, crop positions and augmentations (same seed, same data: "
                       "same model on CPU).")
     patience: int | None = Field(default=5, description="Epochs without val mIoU gain before stopping (None = never).")

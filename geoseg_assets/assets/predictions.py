@@ -73,7 +73,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
                 mlflow_tracking: MlflowTracking, compute: ComputeDevice, class_map: ClassMapResource) -> dg.MaterializeResult:
     from geoseg_assets.geo.prediction_io import class_areas, pixel_area_m2, predict_to_cogs
     from geoseg_assets.geo.vectorize import vectorize_classes
-    from geoseg_assets.ml.data import Normalizer
+    from geoseg_assets.ml.normalize import Normalizer
     from geoseg_assets.ml.inference import InferenceConfig, predict_scene
 
     dims, scene_path, scene = upstream_scene(context, data_store)

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from ..geo.bands import band_position
-from .data import Normalizer, ShardDataset, load_manifest
 from .metrics import ConfusionAccumulator, confusion_matrix_png, per_tile_metrics, segmentation_metrics
+from .normalize import Normalizer
 from .plots import gallery_png
+from .shard_dataset import ShardDataset, load_manifest
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 
 from ..geo.classmap import IGNORE_ID as NODATA_CLASS
 from ..geo.windows import axis_starts
-from .data import Normalizer
+from .normalize import Normalizer
 
 BLEND_MODES = ("ramp", "hann", "center")
 WINDOW_MULTIPLE = 32  # smp encoders downsample by up to 2**5

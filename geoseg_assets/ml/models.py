@@ -17,6 +17,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from .options import NORMS
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unet": smp.Unet,
     "unetplusplus": smp.UnetPlusPlus,
@@ -72,9 +74,6 @@ def build_model(architecture: str, encoder: str, in_channels: int, num_classes: 
     if weights_path is not None:
         load_weights(model, weights_path)
     return to_group_norm(model) if norm == "group" else model
-
-
-NORMS = ("batch", "group")
 
 
 def to_group_norm(model: nn.Module, groups: int = 16) -> nn.Module:

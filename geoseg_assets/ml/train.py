@@ -10,13 +10,10 @@ same `checkpoint_dir` resumes from `last.pt`; on CPU with a fixed seed the resul
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,21 +23,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
-from .data import IGNORE_INDEX, MANIFEST_FILE, make_loaders, set_epoch
+from ..geo.classmap import IGNORE_ID as IGNORE_INDEX
+from .averaging import WarmupCosine, WeightAverage
+from .checkpoints import (
+    BEST,
+    CHECKPOINT_FORMAT,
+    LAST,
+    atomic_save,
+    dataset_hash,
+    load_last,
+    rng_state,
+    set_rng_state,
+)
+from .data import make_loaders
+from .losses import SegmentationLoss, class_weights
 from .metrics import confusion_matrix, segmentation_metrics
-from .models import NORMS, build_model
+from .models import build_model
+from .options import CLASS_WEIGHTINGS, NORMS, ClassWeighting, Norm
+from .sampling import set_epoch
 
 log = logging.getLogger("geoseg.train")
-
-CHECKPOINT_FORMAT = 1
-CLASS_WEIGHTINGS = ("none", "inverse_sqrt", "inverse")
-LAST, BEST = "last.pt", "best.pt"
-# Config fields that may change between a crash and the resume without changing the result.
-RESUME_FREE = ("checkpoint_dir", "device", "num_workers")
 
 
 @dataclass
@@ -61,9 +65,9 @@ class TrainConfig:
     crop: int | None = None  # train crop size in px (None = the tile size); crops may span neighbouring tiles
     samples_per_epoch: int | None = None  # train crops per epoch (None = one per train tile, at least 8 batches)
     crop_context: bool = False  # crops show val/test tiles' pixels (never their labels) instead of a blank
-    class_weighting: str = "inverse_sqrt"  # CE class weights: none | inverse_sqrt | inverse (train frequency)
+    class_weighting: ClassWeighting = "inverse_sqrt"  # CE class weights from the train pixel frequency (or none)
     class_weight_cap: float | None = 10.0  # largest weight / smallest weight; None = uncapped
-    norm: str = "batch"  # normalization layers: batch (smp's BatchNorm) | group (GroupNorm, for tiny batches)
+    norm: Norm = "batch"  # normalization layers: batch (smp's BatchNorm) | group (GroupNorm, for tiny batches)
     dice_weight: float = 1.0  # loss = CE + dice_weight * Dice
     ema_decay: float | None = None  # validate, keep and serve an exponential moving average of the weights; None = raw
     device: str = "auto"  # auto | cpu | cuda
@@ -108,95 +112,6 @@ class TrainResult:
     last_state_path: str = ""
 
 
-class SegmentationLoss(nn.Module):
-    """Weighted cross-entropy + `dice_weight` x multiclass soft Dice, both ignoring `ignore_index`.
-
-    CE is averaged over the (weighted) labelled pixels and is 0, not NaN, for a batch with none."""
-
-    def __init__(self, class_weights: torch.Tensor | None = None, dice_weight: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX):
-        super().__init__()
-        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.empty(0))
-        self.dice_weight = float(dice_weight)
-        self.ignore_index = ignore_index
-        self.dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        weight = self.class_weights if self.class_weights.numel() else None
-        ce = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index, reduction="sum")
-        labelled = target[target != self.ignore_index]
-        denom = weight[labelled].sum() if weight is not None else torch.tensor(float(labelled.numel()))
-        loss = ce / denom.to(ce.device).clamp_min(1e-12)
-        if self.dice_weight:
-            loss = loss + self.dice_weight * self.dice(logits, target)
-        return loss
-
-
-def class_weights(pixels: Sequence[int], weighting: str = "inverse_sqrt", cap: float | None = None) -> torch.Tensor:
-    """CE weights from train pixel counts: frequency^-1/2 (`inverse_sqrt`) or frequency^-1 (`inverse`),
-    the largest at most `cap` times the smallest, normalized to mean 1 over the classes that have pixels
-    (0 for the rest). The cap keeps a class of a few hundred pixels from outweighing the rest of the scene."""
-    if weighting not in CLASS_WEIGHTINGS or weighting == "none":
-        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTINGS[1:]}, got {weighting!r}")
-    counts = torch.tensor([float(p) for p in pixels], dtype=torch.float64)
-    if counts.sum() <= 0:
-        raise ValueError("no labelled train pixels to weight classes by")
-    present = counts > 0
-    w = torch.zeros_like(counts)
-    w[present] = (counts[present] / counts.sum()) ** (-0.5 if weighting == "inverse_sqrt" else -1.0)
-    if cap is not None:
-        w[present] = w[present].clamp(max=float(cap) * float(w[present].min()))
-    w[present] /= w[present].mean()
-    return w.float()
-
-
-class WeightAverage:
-    """Exponential moving average of a model's weights and BatchNorm statistics, kept in a copy of the model.
-
-    After each optimizer step: avg <- d * avg + (1 - d) * current, with d = min(decay, (1 + t) / (10 + t)) at
-    update t, so the first updates follow the fast-moving early weights instead of dragging the random
-    initialization along. Integer buffers (BatchNorm's batch counter) are copied. Averaging the last few
-    hundred steps smooths the noise of small batches and of a tiny validation split choosing among epochs."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.decay, self.updates = float(decay), 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        current = model.state_dict()
-        for name, avg in self.model.state_dict().items():
-            if avg.dtype.is_floating_point:
-                avg.mul_(d).add_(current[name].detach(), alpha=1 - d)
-            else:
-                avg.copy_(current[name])
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates, "model": self.model.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-        self.model.load_state_dict(state["model"])
-
-
-class WarmupCosine:
-    """LR factor: linear warmup over `warmup` steps to 1, then cosine decay to `floor` at `total` steps."""
-
-    def __init__(self, total: int, warmup: int, floor: float = 0.01):
-        self.total, self.warmup, self.floor = int(total), int(warmup), float(floor)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def resolve_device(name: str) -> torch.device:
     """"auto" -> CUDA if present else CPU; asking for CUDA without one is an error, not a silent CPU run."""
     name = str(name).lower()
@@ -224,70 +139,10 @@ def _determinism(enabled: bool):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
 
 
-def _rng_state() -> dict:
-    """Torch (+CUDA), numpy and python RNG states as tensors/lists (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared like every other output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def model_kwargs(config: TrainConfig) -> dict:
     """What `build_model` needs besides names and sizes: the smp arguments plus a non-default `norm`,
     stored in checkpoints so evaluation and inference rebuild the same network."""
     return {**config.model_kwargs, **({"norm": config.norm} if config.norm != "batch" else {})}
-
-
-def _dataset_hash(dataset_dir) -> str:
-    return hashlib.sha256((Path(dataset_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
-
-
-def _resume_key(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in RESUME_FREE}
-
-
-def _load_last(path: Path, config: TrainConfig, dataset_sha: str) -> dict:
-    """`last.pt`, refused (with the differences) if it belongs to another config or dataset."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {ckpt.get('format')}, expected {CHECKPOINT_FORMAT}")
-    old, new = _resume_key(ckpt["config"]), _resume_key(config.to_dict())
-    if old != new:
-        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-        raise ValueError(f"{path} was written by a run with another config {diff} (checkpoint, now); use a new "
-                         "checkpoint_dir or delete the old checkpoints to start over")
-    if ckpt["dataset_sha256"] != dataset_sha:
-        raise ValueError(f"{path} was trained on another dataset (manifest sha256 {ckpt['dataset_sha256'][:12]}, "
-                         f"now {dataset_sha[:12]}); use a new checkpoint_dir")
-    return ckpt
 
 
 @torch.inference_mode()
@@ -323,8 +178,8 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
     device = resolve_device(config.device)
     use_amp = bool(config.amp) and device.type == "cuda"
-    dataset_sha = _dataset_hash(dataset_dir)
-    resume = _load_last(last_path, config, dataset_sha) if last_path.exists() else None
+    dataset_sha = dataset_hash(dataset_dir)
+    resume = load_last(last_path, config, dataset_sha) if last_path.exists() else None
 
     with _determinism(config.deterministic):
         torch.manual_seed(config.seed)
@@ -361,7 +216,7 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
             start, history = int(resume["epoch"]), list(resume["history"])
             best_miou, best_epoch = float(resume["best_miou"]), int(resume["best_epoch"])
             bad_epochs, stopped = int(resume["bad_epochs"]), bool(resume["stopped_early"])
-            _set_rng_state(resume["rng"])  # last: building the model above drew from the global RNG
+            set_rng_state(resume["rng"])  # last: building the model above drew from the global RNG
             resumed_from = start
             log.info("resuming from %s at epoch %d/%d (best val mIoU %.4f)", last_path, start, config.epochs, best_miou)
 
@@ -401,19 +256,19 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
                        "lr": optimizer.param_groups[0]["lr"]}
             if miou > best_miou:
                 best_miou, best_epoch, bad_epochs = miou, epoch, 0
-                _atomic_save({**meta, "kind": "best", "epoch": epoch, "val_miou": miou, "model": served.state_dict()},
+                atomic_save({**meta, "kind": "best", "epoch": epoch, "val_miou": miou, "model": served.state_dict()},
                              best_path)
             else:
                 bad_epochs += 1
             stopped = config.patience is not None and bad_epochs >= config.patience and epoch < config.epochs
             metrics["seconds"] = time.perf_counter() - t0
             history.append({"epoch": epoch, **metrics})
-            _atomic_save({**meta, "kind": "last", "epoch": epoch, "model": model.state_dict(),
+            atomic_save({**meta, "kind": "last", "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "scaler": scaler.state_dict(), **({"average": average.state_dict()} if average else {}),
                           "best_miou": best_miou, "best_epoch": best_epoch,
                           "bad_epochs": bad_epochs, "stopped_early": stopped, "history": history,
-                          "rng": _rng_state()}, last_path)
+                          "rng": rng_state()}, last_path)
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_miou %.4f lr %.2e %.1fs", epoch, config.epochs,
                      metrics["train_loss"], metrics["val_loss"], miou, metrics["lr"], metrics["seconds"])
             if stopped:

@@ -22,8 +22,9 @@ from ..geo.classmap import IGNORE_ID
 from ..geo.scene_io import raster_env
 from ..geo.validity import pixel_validity
 from ..geo.windows import iter_blocks
-from ..ml.data import ShardDataset, class_table, load_manifest
 from ..ml.indices import INDICES, check_indices, compute_indices, index_names
+from ..ml.normalize import class_table
+from ..ml.shard_dataset import ShardDataset, load_manifest
 
 ID_COLUMNS = ("tile_index", "tile_row", "tile_col", "valid_fraction")
 READ_BLOCK = 1024  # pixels a side of the windows read from a raster

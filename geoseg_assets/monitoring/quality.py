@@ -18,8 +18,8 @@ import pandas as pd
 import rasterio
 
 from ..geo.scene_io import raster_env
-from ..ml.data import ShardDataset, load_manifest
 from ..ml.indices import band_index
+from ..ml.shard_dataset import ShardDataset, load_manifest
 from .features import (
     Reservoir,
     check_band_count,

@@ -1,0 +1,9 @@
+"""The free-text options of a training run as Literal types with their allowed values, importable without torch
+so the Dagster `ModelConfig` and the pure `TrainConfig` share one list."""
+
+from typing import Literal, get_args
+
+ClassWeighting = Literal["none", "inverse_sqrt", "inverse"]  # CE class weights from train pixel frequencies
+CLASS_WEIGHTINGS: tuple[str, ...] = get_args(ClassWeighting)
+Norm = Literal["batch", "group"]  # normalization layers: smp's BatchNorm, or GroupNorm for tiny batches
+NORMS: tuple[str, ...] = get_args(Norm)
