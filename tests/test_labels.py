@@ -13,7 +13,9 @@ from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.errors import LabelError
 from geoseg_assets.geo.masks import write_mask_cog
 from geoseg_assets.geo.scene_io import SceneSpec, write_scene_cog
-from resources.label_store import GeoPackageLabelStore, ImportOptions, PostgisLabelStore
+from resources.geopackage_labels import GeoPackageLabelStore
+from resources.label_store import ImportOptions
+from resources.postgis_labels import PostgisLabelStore
 from tests.conftest import DATA, throwaway_database
 
 SPACENET = DATA / "spacenet_buildings"

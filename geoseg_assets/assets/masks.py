@@ -12,8 +12,9 @@ from geoseg_assets.geo.masks import overlay_image, write_mask_cog
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
 from resources.catalog import MASK, MASK_OVERLAY, SCENE_RECORD
+from resources.class_map import ClassMapResource
 from resources.data_store import DataStore, check_partition_value
-from resources.label_store import ClassMapResource, ImportOptions, LabelStore
+from resources.label_store import ImportOptions, LabelStore
 
 MASK_FILE = MASK.name  # benchmarks/bench_model_quality.py imports it from here
 LABEL_FINGERPRINT_TAG = "geoseg/label_fingerprint"
