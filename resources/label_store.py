@@ -8,6 +8,7 @@ all-or-nothing. The stores: `geopackage_labels.py` (embedded default) and `postg
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import geopandas as gpd
 from dagster import ConfigurableResource
@@ -16,8 +17,10 @@ from geoseg_assets.geo.classmap import ClassMap
 from geoseg_assets.geo.labels import LabelReport, prepare_labels, read_label_file
 from resources.data_store import check_partition_value
 
-STATUSES = ("unlabeled", "test", "valid")
-SOURCES = ("manual", "osm", "auto", "synthetic")
+Status = Literal["unlabeled", "test", "valid"]  # config fields of these types accept only these values (a Dagster enum)
+Source = Literal["manual", "osm", "auto", "synthetic"]
+STATUSES = get_args(Status)
+SOURCES = get_args(Source)
 COLUMNS = ["label_id", "class_id", "class_name", "status", "source", "annotator", "region",
            "updated_at", "valid_from", "valid_to"]
 
@@ -26,8 +29,8 @@ COLUMNS = ["label_id", "class_id", "class_name", "status", "source", "annotator"
 class ImportOptions:
     """How imported features enter the store."""
 
-    status: str = "valid"
-    source: str = "manual"
+    status: Status = "valid"
+    source: Source = "manual"
     annotator: str | None = None
     valid_from: str | None = None
     valid_to: str | None = None
