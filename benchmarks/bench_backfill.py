@@ -97,7 +97,7 @@ def partition_list(regions: int, dates: int) -> tuple[list[str], list[str]]:
 
 def land_scenes(landing: Path, regions: list[str], dates: list[str], size: int) -> float:
     """Synthetic scenes into `<landing>/<region>/<date>/scene.tif` (the SyntheticSource cache is the landing layout)."""
-    from resources.scene_sources import SyntheticSource
+    from resources.synthetic_source import SyntheticSource
 
     t = time.perf_counter()
     source = SyntheticSource(cache_dir=str(landing), regions=regions, dates=dates, width=size, height=size)
@@ -442,7 +442,7 @@ def tick(instance, root: Path, cursor: str | None):
     import dagster as dg
 
     from geoseg_assets.sensors import new_scene_sensor
-    from resources.scene_sources import LandingFolderSource
+    from resources.landing_source import LandingFolderSource
 
     context = dg.build_sensor_context(instance=instance, cursor=cursor,
                                       resources={"scene_source": LandingFolderSource(root=str(root))})
@@ -455,7 +455,7 @@ def measure_sensor(args, work: Path) -> None:
     import dagster as dg
 
     from geoseg_assets.partitions import region_partitions
-    from resources.scene_sources import LandingFolderSource
+    from resources.landing_source import LandingFolderSource
 
     root = work / "sensor_landing"
     n, gen = write_sensor_landing(root, args.sensor_regions, args.sensor_dates)

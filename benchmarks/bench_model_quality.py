@@ -192,14 +192,15 @@ def run_pipeline(case: Case, labels, work: Path, budget: dict) -> dict:
     from geoseg_assets.assets.masks import ImportLabelsConfig
     from geoseg_assets.definitions import build_defs
     from geoseg_assets.partitions import partition_key
+    from resources.class_map import ClassMapResource, ClassSpec
     from resources.compute import ComputeDevice
     from resources.data_store import DataStore
     from resources.drift_policy import DriftPolicy
     from resources.dvc_store import DvcStore
-    from resources.label_store import ClassMapResource, ClassSpec, GeoPackageLabelStore
+    from resources.geopackage_labels import GeoPackageLabelStore
+    from resources.landing_source import REGION_SPEC_FILE, LandingFolderSource
     from resources.mlflow_tracking import MlflowTracking
     from resources.notifier import Notifier
-    from resources.scene_sources import REGION_SPEC_FILE, LandingFolderSource
 
     repo = work / "repo"
     repo.mkdir()

@@ -60,7 +60,7 @@ def case_pipeline(scene: Path, work: Path) -> dict:
 
     from geoseg_assets.definitions import build_defs, default_resources
     from geoseg_assets.partitions import partition_key
-    from resources.scene_sources import LandingFolderSource
+    from resources.landing_source import LandingFolderSource
 
     landing = work / "landing"
     (landing / "bench" / "2024-06-15").mkdir(parents=True, exist_ok=True)

@@ -28,15 +28,18 @@ from geoseg_assets.checks import (
     tile_stats_sanity,
 )
 from geoseg_assets.executors import default_executor
-from geoseg_assets.sensors import RETRAINING_JOB, SensorIntervals, build_sensors
+from geoseg_assets.sensors import SensorIntervals, build_sensors
+from geoseg_assets.sensors.drift import RETRAINING_JOB
+from resources.class_map import ClassMapResource
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
 from resources.drift_policy import DriftPolicy
 from resources.dvc_store import DvcStore
-from resources.label_store import ClassMapResource, GeoPackageLabelStore, PostgisLabelStore
+from resources.geopackage_labels import GeoPackageLabelStore
+from resources.landing_source import LandingFolderSource
 from resources.mlflow_tracking import MlflowTracking
 from resources.notifier import Notifier
-from resources.scene_sources import LandingFolderSource
+from resources.postgis_labels import PostgisLabelStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,7 +33,8 @@ from geoseg_assets.assets.monitoring import model_quality_report
 from geoseg_assets.partitions import region_date_partitions, region_partitions
 from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, masks
 from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
-from resources.scene_sources import REGION_SPEC_FILE, SyntheticSource
+from resources.landing_source import REGION_SPEC_FILE
+from resources.synthetic_source import SyntheticSource
 
 REAL_SCENES = {  # region -> {date: bundled file}
     "pucallpa": {

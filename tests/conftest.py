@@ -11,7 +11,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from resources.data_store import DataStore
-from resources.scene_sources import LandingFolderSource, SyntheticSource
+from resources.landing_source import LandingFolderSource
+from resources.synthetic_source import SyntheticSource
 
 DATA = Path(__file__).parent / "data"
 
@@ -79,10 +80,11 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
 def with_test_resources(resources: dict) -> dict:
     """Fill in what a test does not exercise: a GeoPackage label store next to the data store, the
     default class map, a DVC store on that folder, a local MLflow store, a log-only notifier and the CPU."""
+    from resources.class_map import ClassMapResource
     from resources.compute import ComputeDevice
     from resources.drift_policy import DriftPolicy
     from resources.dvc_store import DvcStore
-    from resources.label_store import ClassMapResource, GeoPackageLabelStore
+    from resources.geopackage_labels import GeoPackageLabelStore
     from resources.mlflow_tracking import MlflowTracking
     from resources.notifier import Notifier
 

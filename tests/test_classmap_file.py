@@ -16,7 +16,7 @@ from geoseg_assets.definitions import build_defs
 from geoseg_assets.geo.classmap import DEFAULT_CLASS_MAP, read_class_map
 from geoseg_assets.geo.errors import ClassMapError
 from geoseg_assets.ml.normalize import class_table
-from resources.label_store import ClassMapResource, ClassSpec
+from resources.class_map import ClassMapResource, ClassSpec
 from tests.conftest import materialize_partition, random_scene, with_test_resources, write_tif
 from tests.test_bad_input import failure_text
 

@@ -11,14 +11,15 @@ import dagster as dg
 import pytest
 
 from geoseg_assets.definitions import build_defs
+from resources.class_map import ClassMapResource
 from resources.compute import ComputeDevice
-from resources.drift_policy import DriftPolicy
 from resources.data_store import DataStore
+from resources.drift_policy import DriftPolicy
 from resources.dvc_store import DvcStore
-from resources.label_store import ClassMapResource, GeoPackageLabelStore
+from resources.geopackage_labels import GeoPackageLabelStore
 from resources.mlflow_tracking import MlflowTracking
 from resources.notifier import Notifier
-from resources.scene_sources import SyntheticSource
+from resources.synthetic_source import SyntheticSource
 from tests.conftest import materialize_partition
 from tests.test_masks import import_truth
 

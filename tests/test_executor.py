@@ -25,7 +25,7 @@ import json, multiprocessing.forkserver as fs, os, sys
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from geoseg_assets.partitions import partition_key
-from resources.scene_sources import SyntheticSource
+from resources.synthetic_source import SyntheticSource
 
 data, home, run_config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 SyntheticSource(cache_dir=f"{data}/landing", regions=["alpha"], dates=["2024-06-15"], width=128, height=128).fetch(

@@ -54,7 +54,7 @@ def http_server():
 
 def labelled_alpha(tmp_path, synthetic_source, store):
     """A GeoPackage label store holding region alpha's truth, with alpha's first scene materialized."""
-    from resources.label_store import GeoPackageLabelStore
+    from resources.geopackage_labels import GeoPackageLabelStore
     from tests.conftest import with_test_resources
     from tests.test_masks import import_truth
 
@@ -167,7 +167,7 @@ def test_virtual_and_remote_paths_are_refused_before_gdal(name):
 def test_a_stac_item_pointing_at_a_vrt_is_skipped_naming_the_item(tmp_path, http_server):
     import pystac
 
-    from resources.scene_sources import StacCatalogSource
+    from resources.stac_source import StacCatalogSource
 
     catalog = pystac.Catalog("c", "hostile")
     for name, make in (("good", lambda p: write_tif(p, random_scene(seed=4))),
@@ -270,7 +270,7 @@ def test_an_import_into_a_damaged_geopackage_is_refused_and_keeps_the_file(damag
     """replace=True into a damaged store used to report success and write a store holding only that region."""
     from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
     from geoseg_assets.definitions import build_defs
-    from resources.label_store import GeoPackageLabelStore
+    from resources.geopackage_labels import GeoPackageLabelStore
     from tests.conftest import with_test_resources
     from tests.test_masks import import_truth
 
@@ -439,8 +439,8 @@ def test_a_stale_partition_is_left_out_of_the_dataset_by_name_and_the_others_bui
 
     from geoseg_assets.definitions import build_defs
     from resources.data_store import DataStore
-    from resources.label_store import GeoPackageLabelStore
-    from resources.scene_sources import SyntheticSource
+    from resources.geopackage_labels import GeoPackageLabelStore
+    from resources.synthetic_source import SyntheticSource
     from tests.conftest import with_test_resources
     from tests.test_masks import import_truth
 
@@ -512,7 +512,7 @@ def test_a_full_disk_says_no_space_left_on_device_and_keeps_the_earlier_outputs(
 @pytest.mark.parametrize("table", ["1labels", "geo-labels", "public.labels", "Labels", "select", "x" * 54, "labels;drop"])
 def test_postgis_table_names_that_sql_would_misread_are_refused_at_config_time(table):
     """These passed the old path-component validator and failed (or worse) as unquoted SQL."""
-    from resources.label_store import PostgisLabelStore
+    from resources.postgis_labels import PostgisLabelStore
 
     with pytest.raises(Exception, match=f"table {table!r} is not a plain SQL identifier.*e.g. labels or geoseg_labels"):
         PostgisLabelStore(table=table)
@@ -521,7 +521,7 @@ def test_postgis_table_names_that_sql_would_misread_are_refused_at_config_time(t
 def test_the_longest_allowed_postgis_table_name_creates_its_table_and_indexes():
     import psycopg2
 
-    from resources.label_store import PostgisLabelStore
+    from resources.postgis_labels import PostgisLabelStore
     from tests.conftest import PG, throwaway_database
 
     name = "l" * 53

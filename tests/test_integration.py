@@ -11,7 +11,7 @@ import pytest
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.sensors import new_scene_sensor
 from resources.data_store import DataStore
-from resources.scene_sources import SyntheticSource
+from resources.synthetic_source import SyntheticSource
 from tests.conftest import PG, throwaway_database, with_test_resources
 
 REPO = Path(__file__).resolve().parent.parent

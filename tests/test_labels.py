@@ -14,7 +14,9 @@ from geoseg_assets.geo.errors import LabelError
 from geoseg_assets.geo.masks import write_mask_cog
 from geoseg_assets.geo.scene_checks import SceneSpec
 from geoseg_assets.geo.scene_io import write_scene_cog
-from resources.label_store import GeoPackageLabelStore, ImportOptions, PostgisLabelStore
+from resources.geopackage_labels import GeoPackageLabelStore
+from resources.label_store import ImportOptions
+from resources.postgis_labels import PostgisLabelStore
 from tests.conftest import DATA, throwaway_database
 
 SPACENET = DATA / "spacenet_buildings"

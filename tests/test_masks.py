@@ -9,7 +9,8 @@ from rasterio.features import rasterize
 from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, import_region_labels
 from geoseg_assets.geo import synthetic
 from geoseg_assets.sensors import label_change_sensor
-from resources.label_store import GeoPackageLabelStore, ImportOptions
+from resources.geopackage_labels import GeoPackageLabelStore
+from resources.label_store import ImportOptions
 from tests.conftest import materialize_partition, with_test_resources
 
 DATES = ["2024-04-15", "2024-06-15"]

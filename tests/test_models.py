@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import dagster as dg
 
 from geoseg_assets.definitions import build_defs
-from geoseg_assets.sensors import run_failure_notifier
+from geoseg_assets.sensors.failures import run_failure_notifier
 from resources.mlflow_tracking import CHAMPION
 from resources.notifier import Notifier
 from tests.test_dataset_asset import build, git, project  # noqa: F401  (module fixture reused)

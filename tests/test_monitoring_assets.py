@@ -8,10 +8,11 @@ import pytest
 
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
-from geoseg_assets.sensors import RECIPE_TAG, champion_recipe, drift_sensor, plan_drift_retraining
+from geoseg_assets.sensors import drift_sensor
+from geoseg_assets.sensors.drift import RECIPE_TAG, champion_recipe, plan_drift_retraining
 from resources.drift_policy import DriftPolicy
 from resources.notifier import Notifier
-from resources.scene_sources import SyntheticSource
+from resources.synthetic_source import SyntheticSource
 from tests.conftest import materialize_partition
 from tests.test_dataset_asset import DATES, build, project  # noqa: F401  (module fixture reused)
 

@@ -20,7 +20,9 @@ from geoseg_assets.geo.scene_checks import SceneSpec
 from geoseg_assets.geo.scene_io import write_scene_cog
 from geoseg_assets.geo.tiling import compute_tiles
 from geoseg_assets.monitoring.features import scene_tile_features
-from resources.scene_sources import LandingFolderSource, RegionSpec, StacCatalogSource
+from resources.landing_source import LandingFolderSource
+from resources.scene_sources import RegionSpec
+from resources.stac_source import StacCatalogSource
 from tests.conftest import DATA, materialize_partition, random_scene, write_tif
 from tests.test_bad_input import failure_text
 

@@ -19,7 +19,7 @@ from geoseg_assets.celery_executor import celery_imagery_job
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key, region_date_partitions
 from resources.data_store import DataStore
-from resources.scene_sources import SyntheticSource
+from resources.synthetic_source import SyntheticSource
 from tests.conftest import PG, throwaway_database, with_test_resources
 
 REPO = Path(__file__).resolve().parent.parent

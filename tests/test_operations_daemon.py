@@ -139,7 +139,7 @@ class Ops:
         from resources.compute import ComputeDevice
         from resources.dvc_store import DvcStore
         from resources.mlflow_tracking import CHAMPION
-        from resources.scene_sources import SyntheticSource
+        from resources.synthetic_source import SyntheticSource
         from tests.conftest import materialize_partition
         from tests.test_dataset_asset import git
         from tests.test_masks import import_truth
@@ -174,7 +174,7 @@ class Ops:
         """Generate a `size`² synthetic scene aside (optionally `brightness_shift` brighter: a re-calibrated
         sensor), then rename it into `<landing>/<region>/<date>/scene.tif` (the scan ignores dot files, and a
         rename is atomic: the sensor never sees half a file)."""
-        from resources.scene_sources import SyntheticSource
+        from resources.synthetic_source import SyntheticSource
 
         source = SyntheticSource(cache_dir=str(self.staging), regions=[REGION], dates=[date], width=size, height=size,
                                  brightness_shifts={date: brightness_shift} if brightness_shift else {})
@@ -371,7 +371,7 @@ def test_a_label_edit_reruns_exactly_that_regions_masks(ops):
 
     from geoseg_assets.assets.masks import LABEL_FINGERPRINT_TAG
     from resources.data_store import DataStore
-    from resources.label_store import GeoPackageLabelStore
+    from resources.geopackage_labels import GeoPackageLabelStore
 
     instance, t_start = ops.instance, time.time()
     partitions = [f"{SETUP_DATE}|{REGION}", f"{SENSOR_DATE}|{REGION}"]
@@ -433,7 +433,7 @@ def test_drift_requests_retraining_on_the_new_data(ops):
     from dagster import DagsterEventType, DagsterRunStatus
 
     from geoseg_assets.assets.models import EvaluationConfig
-    from geoseg_assets.sensors import DRIFT_EVENT_TAG, RECIPE_TAG
+    from geoseg_assets.sensors.drift import DRIFT_EVENT_TAG, RECIPE_TAG
     from tests.test_models import QUICK
     from resources.drift_policy import DriftPolicy
     from resources.mlflow_tracking import CHAMPION, MlflowTracking

@@ -88,7 +88,7 @@ def _production_instance_yaml() -> dict:
 def _land_scenes(landing: Path) -> Path:
     """Every partition's scene in the landing folder, BROKEN's cut to a third of its bytes (a transfer that
     died half way); returns the good copy of that file, kept aside for the repair."""
-    from resources.scene_sources import SyntheticSource
+    from resources.synthetic_source import SyntheticSource
 
     source = SyntheticSource(cache_dir=str(landing), regions=REGIONS, dates=DATES, width=256, height=256)
     for region in REGIONS:

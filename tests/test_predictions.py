@@ -279,7 +279,7 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
         "from geoseg_assets.partitions import partition_key\n"
         "from resources.data_store import DataStore\n"
         "from resources.mlflow_tracking import MlflowTracking\n"
-        "from resources.scene_sources import LandingFolderSource\n"
+        "from resources.landing_source import LandingFolderSource\n"
         "from tests.conftest import with_test_resources\n"
         "store, uri, artifacts, region, date = sys.argv[1:]\n"
         "resources = with_test_resources({'data_store': DataStore(root=store), 'mlflow_tracking': "

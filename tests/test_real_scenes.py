@@ -12,7 +12,8 @@ import rasterio
 from rasterio.windows import Window
 
 from resources.data_store import DataStore
-from resources.scene_sources import LandingFolderSource, RegionSpec
+from resources.landing_source import LandingFolderSource
+from resources.scene_sources import RegionSpec
 from tests.conftest import DATA, land, materialize_partition, with_test_resources
 
 REAL = {

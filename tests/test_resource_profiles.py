@@ -6,7 +6,8 @@ import psycopg2
 import pytest
 
 from geoseg_assets.definitions import RESOURCE_PROFILES, profile_resources
-from resources.label_store import GeoPackageLabelStore, PostgisLabelStore
+from resources.geopackage_labels import GeoPackageLabelStore
+from resources.postgis_labels import PostgisLabelStore
 from tests.conftest import PG, throwaway_database
 
 PRODUCTION_VARS = ("GEOSEG_PG_HOST", "GEOSEG_PG_PORT", "GEOSEG_PG_USER", "GEOSEG_PG_PASSWORD", "GEOSEG_PG_DB",

@@ -6,9 +6,11 @@ import json
 import dagster as dg
 
 from geoseg_assets.partitions import DATE_START, date_partitions
-from geoseg_assets.sensors import FINGERPRINT_TAG, new_scene_sensor, plan_scene_runs
+from geoseg_assets.sensors import new_scene_sensor
+from geoseg_assets.sensors.new_scenes import FINGERPRINT_TAG, plan_scene_runs
 from resources.data_store import DataStore
-from resources.scene_sources import REGION_SPEC_FILE, ScanResult, SceneRef
+from resources.landing_source import REGION_SPEC_FILE
+from resources.scene_sources import ScanResult, SceneRef
 from tests.conftest import DATA, land, materialize_partition, random_scene, write_tif
 
 

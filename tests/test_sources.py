@@ -6,7 +6,9 @@ import json
 import pystac
 import pytest
 
-from resources.scene_sources import LandingFolderSource, StacCatalogSource, SyntheticSource
+from resources.landing_source import LandingFolderSource
+from resources.stac_source import StacCatalogSource
+from resources.synthetic_source import SyntheticSource
 from tests.conftest import random_scene, write_tif
 
 

@@ -23,14 +23,15 @@ def demo_project(tmp_path_factory):
 
     from geoseg_assets.assets.masks import import_region_labels
     from geoseg_assets.definitions import REPO_ROOT
+    from resources.class_map import ClassMapResource
     from resources.compute import ComputeDevice
-    from resources.drift_policy import DriftPolicy
     from resources.data_store import DataStore
+    from resources.drift_policy import DriftPolicy
     from resources.dvc_store import DvcStore
-    from resources.label_store import ClassMapResource, GeoPackageLabelStore
+    from resources.geopackage_labels import GeoPackageLabelStore
+    from resources.landing_source import LandingFolderSource
     from resources.mlflow_tracking import MlflowTracking
     from resources.notifier import Notifier
-    from resources.scene_sources import LandingFolderSource
     from tests.conftest import materialize_partition
 
     tmp = tmp_path_factory.mktemp("demo")

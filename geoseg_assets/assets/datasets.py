@@ -14,10 +14,10 @@ from geoseg_assets.geo.dataset import DatasetError, build_dataset
 from geoseg_assets.geo.dataset_inputs import PartitionInput
 from geoseg_assets.geo.synthetic import BAND_NAMES
 from resources.catalog import DATASET, MASK, SCENE_COG
+from resources.class_map import ClassMapResource
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
 from resources.git_refs import DatasetRecord, PushResult, fetch_command
-from resources.label_store import ClassMapResource
 
 DVC_STAGE = "dataset"
 

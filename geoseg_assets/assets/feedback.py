@@ -7,8 +7,9 @@ from pydantic import Field
 from geoseg_assets.assets.scenes import fail_on_bad_input
 from geoseg_assets.geo.errors import ClassMapError, LabelError
 from resources.catalog import PREDICTED_POLYGONS, PREDICTION_RECORD
+from resources.class_map import ClassMapResource
 from resources.data_store import DataStore, UnsafePartitionKeyError, check_partition_value
-from resources.label_store import ClassMapResource, ImportOptions, LabelStore
+from resources.label_store import ImportOptions, LabelStore
 from resources.scene_sources import check_date
 
 AUTO_SOURCE, REVIEW_STATUS = "auto", "test"

@@ -12,8 +12,9 @@ from geoseg_assets.geo.masks import overlay_image, write_mask_cog
 from geoseg_assets.geo.preview import png_bytes, quicklook_image
 from geoseg_assets.partitions import FOLLOW_UPSTREAM, region_date_partitions
 from resources.catalog import MASK, MASK_OVERLAY, SCENE_RECORD
+from resources.class_map import ClassMapResource
 from resources.data_store import DataStore, check_partition_value
-from resources.label_store import ClassMapResource, ImportOptions, LabelStore
+from resources.label_store import ImportOptions, LabelStore, Source, Status
 
 MASK_FILE = MASK.name  # benchmarks/bench_model_quality.py imports it from here
 LABEL_FINGERPRINT_TAG = "geoseg/label_fingerprint"
@@ -100,8 +101,8 @@ class ImportLabelsConfig(dg.Config):
     region: str = Field(description="Region the labels belong to.")
     class_column: str = Field(default="class", description="Column holding class names or ids.")
     default_class: str | None = Field(default=None, description="Class of every feature when the file has no class column.")
-    status: str = Field(default="valid", description="unlabeled, test or valid (only valid trains).")
-    source: str = Field(default="manual", description="manual, osm, auto or synthetic.")
+    status: Status = Field(default="valid", description="unlabeled, test or valid (only valid trains).")
+    source: Source = Field(default="manual", description="manual, osm, auto or synthetic.")
     annotator: str | None = None
     valid_from: str | None = Field(default=None, description="First date (YYYY-MM-DD) the labels describe.")
     valid_to: str | None = Field(default=None, description="Last date (YYYY-MM-DD) the labels describe.")

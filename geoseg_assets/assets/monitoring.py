@@ -32,9 +32,9 @@ from resources.catalog import (
     SCENE_COG,
     SCENE_RECORD,
 )
+from resources.class_map import ClassMapResource
 from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
-from resources.label_store import ClassMapResource
 from resources.mlflow_tracking import CHAMPION, MlflowTracking
 from resources.notifier import Notifier
 

@@ -27,9 +27,9 @@ from resources.catalog import (
     PREDICTION_OVERLAY,
     PREDICTION_RECORD,
 )
+from resources.class_map import ClassMapResource
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
-from resources.label_store import ClassMapResource
 from resources.mlflow_tracking import CHAMPION, PREPROCESSING_FILE, MlflowTracking, load_registered
 
 CLASSES_FILE = PREDICTED_CLASSES.name  # benchmarks/bench_model_quality.py imports it from here
