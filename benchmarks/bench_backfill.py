@@ -61,8 +61,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
 
-from tests.conftest import PG, throwaway_database  # noqa: E402  (the tests' throwaway Postgres database)
-from tests.processes import group_alive, start_group, stop_group, tail  # noqa: E402
+from tests.support.postgres import PG, throwaway_database  # noqa: E402  (the tests' throwaway Postgres database)
+from tests.support.processes import group_alive, start_group, stop_group, tail  # noqa: E402
 ASSET_STEPS = ("scenes", "tiles")
 BACKFILL_ASSETS = ("scenes", "tiles")
 GOAL_RATIO = 1.3

@@ -201,6 +201,7 @@ def run_pipeline(case: Case, labels, work: Path, budget: dict) -> dict:
     from resources.landing_source import REGION_SPEC_FILE, LandingFolderSource
     from resources.mlflow_tracking import MlflowTracking
     from resources.notifier import Notifier
+    from tests.support.repos import copy_dataset_code
 
     repo = work / "repo"
     repo.mkdir()
@@ -208,8 +209,7 @@ def run_pipeline(case: Case, labels, work: Path, budget: dict) -> dict:
         subprocess.run(["git", *args], cwd=repo, check=True)
     (repo / ".gitignore").write_text("/data/\n")
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "geoseg_assets" / "geo").mkdir(parents=True)  # the stage's code dependency
-    shutil.copy(REPO / "geoseg_assets/geo/dataset.py", repo / "geoseg_assets/geo/dataset.py")
+    copy_dataset_code(repo, REPO)  # the stage's code dependencies
     landing = work / "landing"
     region = case.name.replace("_", "-")
     (landing / region / DATE).mkdir(parents=True)

@@ -32,7 +32,7 @@ def partition_dims(context) -> dict[str, str]:
 
 # Re-run a partition when its upstream partition changes, for ANY date (eager() alone only acts on
 # the latest time window, so a replaced scene of an old date would never propagate), and only once
-# the upstream's blocking checks have passed. Both are asserted in tests/test_automation.py.
+# the upstream's blocking checks have passed. Both are asserted in tests/assets/test_automation.py.
 FOLLOW_UPSTREAM = (
     dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
     & dg.AutomationCondition.all_deps_blocking_checks_passed()

@@ -1,4 +1,4 @@
-"""What a Dagster instance's event log says about runs: the time spans of their steps."""
+"""What Dagster says about runs: the errors of failed steps, the time spans of steps in the event log."""
 
 from collections.abc import Iterable
 
@@ -23,3 +23,10 @@ def step_spans(instance: dg.DagsterInstance, run_ids: Iterable[str], steps: set[
             elif event.event_type in STEP_ENDS and record.step_key in started:
                 spans.append((started.pop(record.step_key), record.timestamp, record.step_key, run_id))
     return sorted(spans)
+
+
+def failure_text(result) -> str:
+    events = result.all_events
+    return "\n".join(
+        str(e.event_specific_data.error.message) for e in events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+    )

@@ -1,0 +1,158 @@
+"""The code location loads cleanly, keeps geo/ free of Dagster, and serves in a real webserver."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from tests.support.paths import REPO
+
+
+
+def test_definitions_load_without_deprecation_warnings():
+    code = (
+        "import warnings; warnings.simplefilter('always');\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    from geoseg_assets.definitions import defs\n"
+        "    defs.get_repository_def().get_all_jobs()\n"
+        "import json; print(json.dumps([(w.category.__name__, str(w.message)) for w in caught]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    caught = json.loads(out.stdout.strip().splitlines()[-1])
+    deprecations = [w for w in caught if "Deprecat" in w[0] or "deprecat" in w[1].lower()]
+    assert deprecations == []
+
+
+def test_graph_has_the_assets_checks_sensors_and_lineage():
+    from geoseg_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "scenes", "tiles", "masks", "dataset", "model", "model_evaluation", "champion_model", "predictions",
+        "data_quality_report", "data_drift_report", "prediction_drift_report", "model_quality_report"}
+    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
+    assert parents["model_evaluation"] == {"model"} and parents["champion_model"] == {"model_evaluation"}
+    assert parents["dataset"] == {"tiles", "masks"}
+    assert parents["tiles"] == parents["masks"] == parents["data_quality_report"] == {"scenes"}
+    assert parents["predictions"] == {"scenes", "champion_model"}
+    assert parents["data_drift_report"] == {"scenes", "dataset"}
+    assert parents["prediction_drift_report"] == {"predictions", "dataset"}
+    assert parents["model_quality_report"] == {"champion_model", "predictions", "masks"}
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {("scenes", "scene_integrity"), ("tiles", "tile_stats_sanity"), ("masks", "label_geometries_valid"),
+                      ("dataset", "dataset_no_leakage"), ("dataset", "dataset_class_coverage"),
+                      ("model_evaluation", "min_test_miou"), ("data_quality_report", "data_quality_passes")}
+    assert {s.name for s in defs.sensors} == {"new_scene_sensor", "label_change_sensor", "geoseg_automation_sensor",
+                                              "run_failure_notifier", "drift_sensor"}
+    assert defs.resolve_sensor_def("geoseg_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_exactly_the_steps_that_run_a_network_share_the_model_compute_pool():
+    """Training, evaluation and inference hold the pool's slot (one network at a time on an instance, whoever
+    launched the run); nothing else waits for it."""
+    from geoseg_assets.definitions import defs
+    from geoseg_assets.pools import MODEL_COMPUTE_POOL
+
+    graph = defs.resolve_asset_graph()
+    ops = {graph.get(k).assets_def.get_op_def_for_asset_key(k) for k in graph.get_all_asset_keys()}
+    assert {op.name for op in ops if op.pool == MODEL_COMPUTE_POOL} == {"model", "model_evaluation", "predictions"}
+
+
+def test_sensor_intervals_come_from_one_setting_and_bad_ones_are_refused():
+    from geoseg_assets.definitions import build_defs, default_resources
+    from geoseg_assets.sensors import SensorIntervals
+
+    defaults = {s.name: s.minimum_interval_seconds for s in build_defs(default_resources(REPO / "data")).sensors}
+    assert defaults == {"new_scene_sensor": 30, "label_change_sensor": 60, "drift_sensor": 300,
+                        "geoseg_automation_sensor": 30, "run_failure_notifier": 30}
+    fast = build_defs(default_resources(REPO / "data"), SensorIntervals.parse(" drift_sensor=7,new_scene_sensor=2 "))
+    assert {s.name: s.minimum_interval_seconds for s in fast.sensors} == {**defaults, "drift_sensor": 7,
+                                                                           "new_scene_sensor": 2}
+    for bad in ("drift=10", "drift_sensor=0", "drift_sensor=1.5", "drift_sensor"):
+        with pytest.raises(ValueError, match="GEOSEG_SENSOR_INTERVALS=.*drift_sensor=10,new_scene_sensor=5"):
+            SensorIntervals.parse(bad)
+    # the code location reads the setting once, at load
+    code = ("from geoseg_assets.definitions import defs; "
+            "print({s.name: s.minimum_interval_seconds for s in defs.sensors}['label_change_sensor'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "GEOSEG_SENSOR_INTERVALS": "label_change_sensor=3"})
+    assert out.stdout.strip().splitlines()[-1] == "3"
+
+
+@pytest.mark.parametrize("package", ["geo", "ml", "monitoring"])
+def test_pure_code_does_not_import_dagster(package):
+    code = (
+        f"import sys, pkgutil, importlib, geoseg_assets.{package} as g\n"
+        f"for m in pkgutil.iter_modules(g.__path__): importlib.import_module(f'geoseg_assets.{package}.{{m.name}}')\n"
+        "print('dagster' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_webserver_serves_the_code_location(tmp_path):
+    """`make ui` in miniature: a real dagster-webserver loads workspace.yaml and lists the assets."""
+    port = _free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "GEOSEG_DATA_DIR": str(tmp_path / "data")}
+    webserver = Path(sys.executable).parent / "dagster-webserver"
+    proc = subprocess.Popen(
+        [str(webserver), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        query = {"query": "{ assetNodes { assetKey { path } groupName partitionDefinition { description } } }"}
+        deadline = time.time() + 120
+        payload = None
+        while time.time() < deadline:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql", data=json.dumps(query).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                payload = json.loads(urllib.request.urlopen(request, timeout=5).read())
+                if payload.get("data", {}).get("assetNodes"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert payload is not None, "webserver did not answer"
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in payload["data"]["assetNodes"]}
+        from geoseg_assets.definitions import defs
+
+        assert set(nodes) == {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+        assert nodes["tiles"]["groupName"] == "imagery" and nodes["data_drift_report"]["groupName"] == "monitoring"
+        assert "region" in nodes["scenes"]["partitionDefinition"]["description"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_every_batch_job_carries_a_runtime_limit_run_monitoring_enforces():
+    """`dagster/max_runtime` on each job (read by the daemon's run monitoring, which both instances enable),
+    so a hung read or pathological input cannot hold a worker forever."""
+    import yaml
+
+    from geoseg_assets.definitions import MAX_RUNTIME_S, defs
+
+    for name, seconds in MAX_RUNTIME_S.items():
+        assert defs.resolve_job_def(name).tags["dagster/max_runtime"] == str(seconds) and seconds >= 3600
+    assert yaml.safe_load((REPO / "dagster.yaml").read_text())["run_monitoring"]["enabled"] is True

@@ -1,0 +1,96 @@
+"""Materialize scenes, tiles and masks for 2 regions x 2 dates through the new-scene sensor on a SQLite
+instance and on a real PostgreSQL instance configured by the repository's dagster.yaml."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+import pytest
+
+from geoseg_assets.definitions import build_defs
+from geoseg_assets.sensors import new_scene_sensor
+from resources.data_store import DataStore
+from resources.synthetic_source import SyntheticSource
+from tests.support.paths import REPO
+from tests.support.pipeline import with_test_resources
+from tests.support.postgres import PG, throwaway_database
+
+REGIONS, DATES = ["alpha", "beta"], ["2024-04-15", "2024-06-15"]
+
+
+def run_pipeline(instance, tmp_path):
+    """What `make demo` does: sensor tick, partitions added, imagery job per requested partition."""
+    synthetic = SyntheticSource(cache_dir=str(tmp_path / "landing"), regions=REGIONS, dates=DATES, width=384, height=384)
+    resources = {"data_store": DataStore(root=str(tmp_path / "store")), "scene_source": synthetic}
+    defs = build_defs(with_test_resources(resources))
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        tick = new_scene_sensor(ctx)
+    for request in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    job = defs.resolve_job_def("imagery_job")
+    results = [job.execute_in_process(partition_key=r.partition_key, instance=instance, tags=r.tags) for r in tick.run_requests]
+    return tick, results
+
+
+def assert_recorded(instance, tick, results, store_root: Path):
+    assert sorted(instance.get_dynamic_partitions("region")) == REGIONS
+    assert len(tick.run_requests) == 4 and all(r.success for r in results)
+    runs = instance.get_runs()
+    assert len(runs) == 4 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    for asset in ("scenes", "tiles", "masks"):
+        key = dg.AssetKey(asset)
+        assert sorted(instance.get_materialized_partitions(key)) == sorted(str(r.partition_key) for r in tick.run_requests)
+        records = instance.fetch_materializations(key, limit=10).records
+        assert len(records) == 4
+        for record in records:
+            path = Path(record.asset_materialization.metadata["path"].value)
+            assert path.is_file() and path.is_relative_to(store_root / asset)
+    latest_tiles = instance.get_latest_materialization_event(dg.AssetKey("tiles")).asset_materialization
+    assert latest_tiles.metadata["tile_count"].value == 4  # 384 px / 256 -> 2 x 2 tiles, none dropped
+    checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("scenes"), "scene_integrity")]
+    )
+    assert list(checks.values())[0].status.value == "SUCCEEDED"
+
+
+def test_sqlite_instance_records_runs_and_materializations(tmp_path):
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        tick, results = run_pipeline(instance, tmp_path)
+        assert_recorded(instance, tick, results, tmp_path / "store")
+
+
+@pytest.fixture
+def postgres_home(tmp_path, monkeypatch):
+    """A throwaway database on the local server and a DAGSTER_HOME holding the repo's dagster.yaml."""
+    with throwaway_database() as db:
+        home = tmp_path / "pg_home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        for var, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
+                           "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}.items():
+            monkeypatch.setenv(var, value)
+        yield db
+
+
+@pytest.mark.postgres
+def test_postgres_instance_records_runs_and_materializations(tmp_path, postgres_home):
+    instance = dg.DagsterInstance.get()
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_retries_enabled
+        tick, results = run_pipeline(instance, tmp_path)
+        assert_recorded(instance, tick, results, tmp_path / "store")
+    finally:
+        instance.dispose()
+    # The rows are really in PostgreSQL.
+    with psycopg2.connect(dbname=postgres_home, **PG) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
+        assert cur.fetchone()[0] == 4
+        cur.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+        assert cur.fetchone()[0] == 12  # scenes, tiles, masks x 4 partitions
+        cur.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = 'region' ORDER BY partition")
+        assert [r[0] for r in cur.fetchall()] == REGIONS

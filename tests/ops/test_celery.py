@@ -1,0 +1,192 @@
+"""Scale-out on Celery: one partition of `celery_imagery_job` launched here, its steps executed by a
+real `dagster-celery` worker process over the local Redis broker, on a PostgreSQL Dagster instance
+(a throwaway database) that launcher and worker share."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import redis
+
+from geoseg_assets.celery_executor import celery_imagery_job
+from geoseg_assets.definitions import build_defs
+from geoseg_assets.partitions import partition_key, region_date_partitions
+from resources.data_store import DataStore
+from resources.synthetic_source import SyntheticSource
+from tests.support.paths import REPO
+from tests.support.pipeline import with_test_resources
+from tests.support.postgres import PG, throwaway_database
+
+VENV_BIN = Path(sys.executable).parent
+# A Redis database of its own, flushed before and after, so stale tasks of other runs never interfere.
+BROKER = os.environ.get("GEOSEG_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/5")
+REGION, DATE = "alpha", "2024-06-15"
+ASSETS = ("scenes", "tiles", "masks")
+
+
+def celery_imagery_job_for_test(root: str) -> dg.JobDefinition:
+    """The job the launcher and the worker both rebuild (via `build_reconstructable_job`) on the
+    test's data: a 256 x 256 synthetic scene landed under `<root>/landing`, outputs in `<root>/store`."""
+    resources = with_test_resources({
+        "data_store": DataStore(root=str(Path(root) / "store")),
+        "scene_source": SyntheticSource(cache_dir=str(Path(root) / "landing"), regions=[REGION], dates=[DATE],
+                                        width=256, height=256),
+    })
+    defs = dg.Definitions.merge(build_defs(resources), dg.Definitions(jobs=[celery_imagery_job]))
+    return defs.resolve_job_def("celery_imagery_job")
+
+
+def start_worker(home: Path, tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
+    """`dagster-celery worker start` in its own session (so its Celery pool children share its process
+    group), the repository importable, the same DAGSTER_HOME; waits until Celery says it is ready."""
+    config = tmp_path / "celery.yaml"
+    config.write_text(f"execution:\n  config:\n    broker: {BROKER}\n    backend: {BROKER}\n")
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the CLI runs `celery` from PATH
+    cmd = [str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
+           "-n", name, "--loglevel", "INFO",
+           "--", "--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    deadline = time.monotonic() + 120
+    while " ready." not in log.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            stop_worker(worker)
+            pytest.fail(f"the Celery worker did not start (exit {worker.returncode}):\n{log.read_text(errors='replace')}")
+        time.sleep(0.5)
+    return worker, log
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM (Celery's warm shutdown) to the worker's whole process group, SIGKILL to whatever is
+    left after 30 s; returns once no process of the group is alive."""
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(worker.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            worker.poll()  # reap the CLI itself
+            if not worker_group_pids(worker):
+                return
+            time.sleep(0.2)
+
+
+def worker_group_pids(worker: subprocess.Popen) -> set[int]:
+    """Live (not zombie) pids of the worker's process group: CLI, Celery main process, pool children."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may contain spaces.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == worker.pid:
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def postgres_dagster_home(tmp_path, monkeypatch):
+    """DAGSTER_HOME whose dagster.yaml stores runs, events and schedules in a throwaway database."""
+    with throwaway_database() as db:
+        home = tmp_path / "dagster_home"
+        home.mkdir()
+        url = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
+        (home / "dagster.yaml").write_text(
+            f"storage:\n  postgres:\n    postgres_url: {url}\ntelemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+        )
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        yield home
+
+
+@pytest.fixture
+def redis_broker():
+    client = redis.Redis.from_url(BROKER)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable at {BROKER} ({exc}); start it or set GEOSEG_TEST_CELERY_BROKER")
+    client.flushdb()
+    try:
+        yield BROKER
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+# dagster_celery re-creates its task object for every submitted step; celery 5.7 warns each time.
+@pytest.mark.filterwarnings("ignore:Task name 'execute_plan' is already registered")
+def test_celery_worker_executes_the_imagery_steps(tmp_path, postgres_dagster_home, redis_broker):
+    started = time.monotonic()
+    name = f"geoseg-test-{uuid.uuid4().hex[:6]}"
+    worker, log = start_worker(postgres_dagster_home, tmp_path, name)
+    instance = dg.DagsterInstance.get()
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        instance.add_dynamic_partitions("region", [REGION])
+        key = partition_key(REGION, DATE)
+        recon = dg.build_reconstructable_job(__name__, celery_imagery_job_for_test.__name__,
+                                             reconstructable_kwargs={"root": str(tmp_path)})
+        result = dg.execute_job(
+            recon, instance, tags=region_date_partitions.get_tags_for_partition_key(str(key)),
+            run_config={"execution": {"config": {"broker": redis_broker, "backend": redis_broker}}},
+        )
+        worker_pids = worker_group_pids(worker)  # while the worker is still up
+        assert result.success, log.read_text(errors="replace")[-5000:]
+
+        run = instance.get_run_by_id(result.run_id)
+        assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["dagster/partition"] == str(key)
+        records = instance.all_logs(result.run_id)
+        events = [r.dagster_event for r in records if r.dagster_event]
+        step_keys = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
+                     "masks_label_geometries_valid"}
+
+        # The launcher (this process) submitted every step to Celery and ran none itself...
+        submitted = {e.step_key for e in events if e.event_type == dg.DagsterEventType.ENGINE_EVENT
+                     and e.message.startswith("Submitting celery task for step") and e.pid == os.getpid()}
+        assert submitted == step_keys
+        starts = {e.step_key: e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
+        assert set(starts) == step_keys
+        assert os.getpid() not in starts.values()
+        # ...the worker process group started above did, announcing itself by its Celery node name.
+        assert set(starts.values()) <= worker_pids - {worker.pid}, (starts, worker_pids)
+        in_worker = [e for e in events if e.event_type == dg.DagsterEventType.ENGINE_EVENT
+                     and e.message.endswith("in celery worker")]
+        assert {e.step_key for e in in_worker} == step_keys
+        node = f"{name}@{socket.gethostname()}"
+        assert {e.engine_event_data.metadata["Celery worker"].value for e in in_worker} == {node}
+        assert all(e.pid in worker_pids for e in events if e.event_type == dg.DagsterEventType.STEP_SUCCESS)
+        assert "execute_plan" in log.read_text(errors="replace")  # the worker's own log shows the tasks
+
+        # scenes, tiles and masks materialized for exactly that partition, by the worker, into the store.
+        for asset in ASSETS:
+            materializations = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+                                and e.asset_key == dg.AssetKey(asset)]
+            assert len(materializations) == 1 and materializations[0].pid in worker_pids
+            assert materializations[0].partition == str(key)
+            assert instance.get_materialized_partitions(dg.AssetKey(asset)) == {str(key)}
+            path = Path(materializations[0].step_materialization_data.materialization.metadata["path"].value)
+            assert path.is_file() and path.is_relative_to(tmp_path / "store" / asset / f"region={REGION}" / f"date={DATE}")
+        checks = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert len(checks) == 3 and all(e.event_specific_data.passed for e in checks)
+        print(f"\ncelery run {result.run_id}: {len(step_keys)} steps on {node} "
+              f"(pids {sorted(set(starts.values()))}, launcher {os.getpid()}), {time.monotonic() - started:.1f} s")
+    finally:
+        instance.dispose()
+        stop_worker(worker)
+    assert worker.poll() is not None and not worker_group_pids(worker)

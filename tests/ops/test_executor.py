@@ -1,0 +1,110 @@
+"""The code location's default executor (geoseg_assets/executors.py): every asset job runs its steps in their
+own processes, forked from a forkserver that has the code location imported (geoseg_assets/forkserver_preload.py),
+and a run's config can still ask for `in_process`, another start method or other preload modules.
+
+The runs execute in a fresh interpreter, as a run worker does (`execute_job` of the reconstructable job on a
+real SQLite instance): a forkserver is per process and keeps the environment it started with, so it must not
+outlive one test.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geoseg_assets.executors import default_executor, forkserver_unless_set
+from tests.support.paths import REPO
+
+
+RUN = r"""
+import json, multiprocessing.forkserver as fs, os, sys
+import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from geoseg_assets.partitions import partition_key
+from resources.synthetic_source import SyntheticSource
+
+data, home, run_config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+SyntheticSource(cache_dir=f"{data}/landing", regions=["alpha"], dates=["2024-06-15"], width=128, height=128).fetch(
+    "alpha", "2024-06-15")
+recon = ReconstructableRepository.for_module("geoseg_assets.definitions", "defs", os.getcwd()).get_reconstructable_job(
+    "imagery_job")
+with dg.instance_for_test(temp_dir=home) as instance:
+    instance.add_dynamic_partitions("region", ["alpha"])
+    result = dg.execute_job(recon, instance=instance, run_config=run_config,
+                            tags={"dagster/partition": str(partition_key("alpha", "2024-06-15"))})
+    events = [r.dagster_event for r in instance.all_logs(result.run_id) if r.dagster_event]
+    run_pid = next(e.pid for e in events if e.event_type == dg.DagsterEventType.RUN_START)
+    steps = {e.step_key: e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
+    server = fs._forkserver._forkserver_pid
+    # What the forkserver was asked to preload (its command line) and what it has loaded (its memory map: rasterio's
+    # and GDAL's libraries are only there once the code location was imported).
+    cmdline = open(f"/proc/{server}/cmdline").read().replace("\0", " ") if server else ""
+    maps = open(f"/proc/{server}/maps").read() if server else ""
+    print(json.dumps({"success": result.success, "run_pid": run_pid, "steps": steps, "forkserver": server is not None,
+                      "forkserver_cmdline": cmdline, "forkserver_has_rasterio": "/rasterio/" in maps}))
+"""
+
+
+def _run(tmp_path: Path, run_config: dict) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "GEOSEG_DATA_DIR": str(tmp_path / "data"), "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "data"), str(home), json.dumps(run_config)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result["success"]
+    assert set(result["steps"]) == {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
+                                    "masks_label_geometries_valid"}
+    return result
+
+
+def test_every_asset_job_uses_the_default_executor():
+    from geoseg_assets.definitions import defs
+
+    jobs = [defs.resolve_implicit_global_asset_job_def(), *(defs.resolve_job_def(name) for name in (
+        "imagery_job", "dataset_job", "training_job", "retraining_job", "prediction_job", "monitoring_job"))]
+    assert all(job.executor_def is default_executor for job in jobs), {j.name: j.executor_def.name for j in jobs}
+    assert defs.resolve_job_def("celery_imagery_job").executor_def is not default_executor  # its own executor
+
+
+PRELOAD = {"forkserver": {"preload_modules": ["geoseg_assets.forkserver_preload"]}}
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"multiprocess": {}}, {"multiprocess": {"start_method": PRELOAD}}),
+    ({"multiprocess": None}, {"multiprocess": {"start_method": PRELOAD}}),
+    ({"multiprocess": {"max_concurrent": 1}}, {"multiprocess": {"start_method": PRELOAD, "max_concurrent": 1}}),
+    ({"multiprocess": {"start_method": {"forkserver": {}}}}, {"multiprocess": {"start_method": PRELOAD}}),
+    ({"multiprocess": {"start_method": {"forkserver": {"preload_modules": ["dagster"]}}}},
+     {"multiprocess": {"start_method": {"forkserver": {"preload_modules": ["dagster"]}}}}),
+    ({"multiprocess": {"start_method": {"spawn": {}}}}, {"multiprocess": {"start_method": {"spawn": {}}}}),
+    ({"in_process": {}}, {"in_process": {}}),
+])
+def test_forkserver_fills_in_only_what_the_run_leaves_open(config, expected):
+    assert forkserver_unless_set(config) == expected
+
+
+def test_default_run_forks_each_step_from_a_forkserver(tmp_path):
+    result = _run(tmp_path, {})
+    pids = result["steps"].values()
+    assert result["forkserver"], "no forkserver was started: steps were spawned"
+    assert result["run_pid"] not in pids and len(set(pids)) == len(result["steps"]), result  # a process per step
+    # The steps were forked from a server that had the code location loaded, so none of them imported it again
+    # (dagster 1.13.27 preloads nothing when the run config names no modules).
+    assert "geoseg_assets.forkserver_preload" in result["forkserver_cmdline"], result["forkserver_cmdline"]
+    assert result["forkserver_has_rasterio"], "the forkserver did not import the code location"
+
+
+def test_run_config_in_process_keeps_every_step_in_the_run_process(tmp_path):
+    result = _run(tmp_path, {"execution": {"config": {"in_process": {}}}})
+    assert set(result["steps"].values()) == {result["run_pid"]} and not result["forkserver"], result
+
+
+def test_run_config_can_ask_for_spawn(tmp_path):
+    result = _run(tmp_path, {"execution": {"config": {"multiprocess": {"start_method": {"spawn": {}}}}}})
+    assert not result["forkserver"] and result["run_pid"] not in result["steps"].values(), result

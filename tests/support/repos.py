@@ -1,0 +1,67 @@
+"""Throwaway git repositories laid out like geoseg's (a git-ignored data root, dvc.yaml) and file digests."""
+
+import hashlib
+import json
+import subprocess
+
+import numpy as np
+
+
+DATASET = "data/store/dataset"
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+DVC_YAML = """stages:
+  dataset:
+    cmd: python -c "print('built by the pipeline')"
+    deps:
+      - data/store/tiles
+    outs:
+      - data/store/dataset
+"""
+
+
+def new_git_repo(path):
+    """A git repo laid out like geoseg's: ignored data root, a dvc.yaml with the dataset stage."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q")
+    git(path, "config", "user.name", "geoseg tests")
+    git(path, "config", "user.email", "tests@geoseg.invalid")
+    (path / ".gitignore").write_text("/data/\n")  # the data root is git-ignored, like the real repo
+    (path / "dvc.yaml").write_text(DVC_YAML)
+    (path / "data" / "store" / "tiles").mkdir(parents=True)
+    (path / "data" / "store" / "tiles" / "tiles.parquet").write_bytes(b"tiles")
+    git(path, "add", ".gitignore", "dvc.yaml")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
+def write_npy_dataset(folder, seed=0):
+    """A small dataset folder of random arrays and a manifest: DVC versions bytes, whatever they hold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.save(folder / "images.npy", rng.integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8))
+    np.save(folder / "masks.npy", rng.integers(0, 5, size=(4, 32, 32), dtype=np.uint8))
+    (folder / "manifest.json").write_text(json.dumps({"tiles": 4, "seed": seed}))
+
+
+def digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_dataset_code(repo, source) -> None:
+    """Copy into `repo` the code files the dvc.yaml `dataset` stage depends on (its deps outside the data root), so
+    `dvc commit dataset` finds every dependency it hashes."""
+    import shutil
+
+    import yaml
+
+    stage = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]["dataset"]
+    for dep in stage["deps"]:
+        if not dep.startswith("data/"):
+            (repo / dep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / dep, repo / dep)
