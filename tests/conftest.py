@@ -3,6 +3,7 @@ DVC-tracked repository. Helpers the tests import live in tests/support/."""
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from resources.data_store import DataStore
@@ -50,7 +51,16 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
 def project(tmp_path_factory):
     """A git repo with this project's dvc.yaml, 2 synthetic regions x 2 dates with labels and masks (one per
     module that asks: its tests build datasets and train models on it in their own order)."""
-    return make_project(tmp_path_factory.mktemp("project"))
+    project = make_project(tmp_path_factory.mktemp("project"))
+    yield project
+    project[2].dispose()  # the ephemeral instance's temp folder, now rather than when the garbage collector runs
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance, disposed (its temp folder removed) when the test ends."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
 
 
 @pytest.fixture

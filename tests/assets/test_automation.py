@@ -14,8 +14,7 @@ def requested(result, key):
     return sorted(str(k) for k in result.get_requested_partitions(key))
 
 
-def test_update_of_an_old_date_propagates_to_tiles_of_that_partition_only(synthetic_source, store):
-    instance = dg.DagsterInstance.ephemeral()
+def test_update_of_an_old_date_propagates_to_tiles_of_that_partition_only(instance, synthetic_source, store):
     resources = {"data_store": store, "scene_source": synthetic_source}
     defs = build_defs(with_test_resources(resources))
     for date in (OLD, NEW):
@@ -29,13 +28,12 @@ def test_update_of_an_old_date_propagates_to_tiles_of_that_partition_only(synthe
     assert requested(second, dg.AssetKey("tiles")) == [str(partition_key("alpha", OLD))]
 
 
-def test_failed_blocking_scene_check_holds_tiles_back(synthetic_source, store, monkeypatch):
+def test_failed_blocking_scene_check_holds_tiles_back(instance, synthetic_source, store, monkeypatch):
     """A scene COG that fails its integrity check stops `tiles` in the same run and in automation."""
     import rasterio
 
     from geoseg_assets.assets import scenes as scenes_module
 
-    instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": synthetic_source}
     defs = build_defs(with_test_resources(resources))
     assert materialize_partition(instance, resources, "alpha", OLD).success
@@ -64,9 +62,8 @@ def test_failed_blocking_scene_check_holds_tiles_back(synthetic_source, store, m
     assert requested(second, dg.AssetKey("tiles")) == []
 
 
-def test_model_quality_report_waits_for_a_champion(synthetic_source, store):
+def test_model_quality_report_waits_for_a_champion(instance, synthetic_source, store):
     """New masks or predictions alone do not request the model quality report; with a champion they do."""
-    instance = dg.DagsterInstance.ephemeral()
     defs = build_defs(with_test_resources({"data_store": store, "scene_source": synthetic_source}))
     report = dg.AssetKey("model_quality_report")
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)

@@ -32,8 +32,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_scene_fails_run_and_keeps_previous_cog(case, landing, landing_source, store):
-    instance = dg.DagsterInstance.ephemeral()
+def test_bad_scene_fails_run_and_keeps_previous_cog(instance, case, landing, landing_source, store):
     resources = {"data_store": store, "scene_source": landing_source}
     folder = landing / DIMS["region"] / DIMS["date"]
     write_tif(folder / "scene.tif", random_scene(seed=1))
@@ -58,8 +57,7 @@ def test_bad_scene_fails_run_and_keeps_previous_cog(case, landing, landing_sourc
 
 
 @pytest.mark.parametrize("hostile", ["../x", "..", "a..b"])
-def test_hostile_partition_key_fails_with_the_rule_and_writes_nothing(hostile, landing_source, store, tmp_path):
-    instance = dg.DagsterInstance.ephemeral()
+def test_hostile_partition_key_fails_with_the_rule_and_writes_nothing(instance, hostile, landing_source, store, tmp_path):
     resources = {"data_store": store, "scene_source": landing_source}
     result = materialize_partition(instance, resources, hostile, "2024-06-15", raise_on_error=False)
     assert not result.success

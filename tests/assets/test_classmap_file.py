@@ -42,14 +42,13 @@ def write_labels(path) -> str:
     return str(path)
 
 
-def test_region_class_map_file_is_used_by_import_masks_dataset_training_and_predictions(tmp_path, landing,
+def test_region_class_map_file_is_used_by_import_masks_dataset_training_and_predictions(instance, tmp_path, landing,
                                                                                        landing_source, store):
     write_tif(landing / REGION / DATE / "scene.tif", random_scene(height=512, width=512))
     region_file = landing / REGION / "classes.json"
     region_file.write_text(json.dumps(DELTA_CLASSES))
     resources = with_test_resources({"data_store": store, "scene_source": landing_source,
                                      "class_map": ClassMapResource(folder=str(landing))})
-    instance = dg.DagsterInstance.ephemeral()
     assert materialize_partition(instance, resources, REGION, DATE).success
 
     # Import through the launchpad job: run config names the file and region only, never classes.

@@ -54,16 +54,15 @@ def http_server():
     server.server_close()
 
 
-def labelled_alpha(tmp_path, synthetic_source, store):
+def labelled_alpha(instance, tmp_path, synthetic_source, store):
     """A GeoPackage label store holding region alpha's truth, with alpha's first scene materialized."""
     from resources.geopackage_labels import GeoPackageLabelStore
 
     label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
     resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
-    instance = dg.DagsterInstance.ephemeral()
     assert materialize_partition(instance, resources, "alpha", "2024-04-15").success
     import_truth("alpha", synthetic_source, resources)
-    return instance, resources, label_store
+    return resources, label_store
 
 
 def vrt_xml(source: str, width=400, height=300, bands=4) -> str:
@@ -115,9 +114,8 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_a_hostile_landing_file_is_skipped_by_the_tick_refused_by_the_run_and_changes_nothing(
+def test_a_hostile_landing_file_is_skipped_by_the_tick_refused_by_the_run_and_changes_nothing(instance, 
         case, landing, landing_source, store, tmp_path, http_server, capfd):
-    instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": landing_source}
     folder = landing / BAD["region"] / BAD["date"]
     write_tif(folder / "scene.tif", random_scene(seed=1))
@@ -184,11 +182,10 @@ def test_a_stac_item_pointing_at_a_vrt_is_skipped_naming_the_item(tmp_path, http
     assert http_server.requests == []
 
 
-def test_a_failure_after_the_first_file_of_a_multi_file_output_keeps_every_earlier_file(
+def test_a_failure_after_the_first_file_of_a_multi_file_output_keeps_every_earlier_file(instance, 
         landing, landing_source, store):
     """`tiles` writes a table and its preview; when the second cannot be published (its path became a
     folder), the table already renamed gets its earlier bytes back and the run fails naming the path."""
-    instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": landing_source}
     write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
     assert materialize_partition(instance, resources, **BAD).success
@@ -232,8 +229,7 @@ def _sparse_giant(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("make,expected", [(_distant_mosaic, "mosaicking/reprojecting 2 file(s) gives a 60064 x 60064 px grid"),
                                            (_sparse_giant, "is 100000 x 100000 px")], ids=["distant_mosaic", "sparse_giant"])
-def test_an_oversized_output_grid_is_refused_before_any_pixel_is_read(make, expected, landing, landing_source, store):
-    instance = dg.DagsterInstance.ephemeral()
+def test_an_oversized_output_grid_is_refused_before_any_pixel_is_read(instance, make, expected, landing, landing_source, store):
     resources = {"data_store": store, "scene_source": landing_source}
     folder = landing / BAD["region"] / BAD["date"]
     write_tif(folder / "scene.tif", random_scene(seed=1))
@@ -266,7 +262,7 @@ def _overwritten_pages(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_truncated_store, _overwritten_pages], ids=["truncated", "overwritten_pages"])
-def test_an_import_into_a_damaged_geopackage_is_refused_and_keeps_the_file(damage, tmp_path, synthetic_source, store):
+def test_an_import_into_a_damaged_geopackage_is_refused_and_keeps_the_file(instance, damage, tmp_path, synthetic_source, store):
     """replace=True into a damaged store used to report success and write a store holding only that region."""
     from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
     from geoseg_assets.definitions import build_defs
@@ -274,7 +270,6 @@ def test_an_import_into_a_damaged_geopackage_is_refused_and_keeps_the_file(damag
 
     label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
     resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
-    instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):
         assert materialize_partition(instance, resources, region, "2024-04-15").success
         import_truth(region, synthetic_source, resources)
@@ -309,8 +304,7 @@ REGION_JSON = {
 
 
 @pytest.mark.parametrize("case", sorted(REGION_JSON))
-def test_a_malformed_region_json_fails_the_run_naming_the_file_and_the_fix(case, landing, landing_source, store):
-    instance = dg.DagsterInstance.ephemeral()
+def test_a_malformed_region_json_fails_the_run_naming_the_file_and_the_fix(instance, case, landing, landing_source, store):
     resources = {"data_store": store, "scene_source": landing_source}
     write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
     write_tif(landing / GOOD["region"] / GOOD["date"] / "scene.tif", random_scene(seed=2))
@@ -330,8 +324,7 @@ def test_a_malformed_region_json_fails_the_run_naming_the_file_and_the_fix(case,
     assert materialize_partition(instance, resources, **GOOD).success  # another region is not affected
 
 
-def test_infinite_values_in_a_float_scene_are_refused_naming_the_band(landing, landing_source, store):
-    instance = dg.DagsterInstance.ephemeral()
+def test_infinite_values_in_a_float_scene_are_refused_naming_the_band(instance, landing, landing_source, store):
     resources = {"data_store": store, "scene_source": landing_source}
     (landing / BAD["region"]).mkdir()
     (landing / BAD["region"] / "region.json").write_text('{"band_names": ["B", "G", "R", "N"], "dtype": "float32"}')
@@ -357,12 +350,12 @@ def test_infinite_values_in_a_float_scene_are_refused_naming_the_band(landing, l
     (("2024/06/01", None), "valid_from '2024/06/01' is not a date written YYYY-MM-DD"),
     ((None, "20240601"), "valid_to '20240601' is not a date written YYYY-MM-DD"),
 ], ids=["from_after_to", "slashes", "compact"])
-def test_an_impossible_label_validity_window_is_refused_and_the_store_is_unchanged(dates, expected, tmp_path,
+def test_an_impossible_label_validity_window_is_refused_and_the_store_is_unchanged(instance, dates, expected, tmp_path,
                                                                                    synthetic_source, store):
     from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
     from geoseg_assets.definitions import build_defs
 
-    instance, resources, label_store = labelled_alpha(tmp_path, synthetic_source, store)
+    resources, label_store = labelled_alpha(instance, tmp_path, synthetic_source, store)
     before = sha256_file(label_store.path)
     config = ImportLabelsConfig(path=str(synthetic_source.labels_path("alpha")), region="alpha",
                                 class_column="class_name", valid_from=dates[0], valid_to=dates[1])
@@ -389,8 +382,7 @@ def test_overlapping_labels_of_different_classes_are_imported_with_a_warning_say
     assert f"the later feature wins (here {names[1]!r})" in report.overlap_note
 
 
-def test_identical_scenes_landed_under_two_dates_both_run_with_a_warning_naming_them(landing, landing_source, capfd):
-    instance = dg.DagsterInstance.ephemeral()
+def test_identical_scenes_landed_under_two_dates_both_run_with_a_warning_naming_them(instance, landing, landing_source, capfd):
     first = write_tif(landing / "alpha" / "2024-06-15" / "scene.tif", random_scene(seed=1))
     copy = landing / "alpha" / "2024-07-15" / "scene.tif"
     copy.parent.mkdir(parents=True)
@@ -405,11 +397,10 @@ def test_identical_scenes_landed_under_two_dates_both_run_with_a_warning_naming_
     assert "2024-08-15" not in log.split("identical bytes")[1].split("\n")[0]
 
 
-def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_and_fresh_ones_are_kept(landing, landing_source, store):
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_and_fresh_ones_are_kept(instance, landing, landing_source, store):
     import os
     import time
 
-    instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": landing_source}
     write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
     assert materialize_partition(instance, resources, **BAD).success
@@ -430,7 +421,7 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_and_fresh_ones_a
     assert live.exists()
 
 
-def test_a_stale_partition_is_left_out_of_the_dataset_by_name_and_the_others_build(tmp_path):
+def test_a_stale_partition_is_left_out_of_the_dataset_by_name_and_the_others_build(instance, tmp_path):
     """alpha's scene is replaced after its mask was made (the mask now describes other pixels): the dataset
     leaves alpha out with a warning naming it and the fix, records it in the metadata, and builds from beta."""
     import json
@@ -447,7 +438,6 @@ def test_a_stale_partition_is_left_out_of_the_dataset_by_name_and_the_others_bui
     store = DataStore(root=str(tmp_path / "store"))
     resources = with_test_resources({"data_store": store, "scene_source": source(0.0),
                                      "label_store": GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))})
-    instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):
         assert materialize_partition(instance, resources, region, "2024-04-15").success
         import_truth(region, resources["scene_source"], resources)
@@ -483,11 +473,10 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_a_full_disk_says_no_space_left_on_device_and_keeps_the_earlier_outputs(small_disk, landing, landing_source):
+def test_a_full_disk_says_no_space_left_on_device_and_keeps_the_earlier_outputs(instance, small_disk, landing, landing_source):
     from resources.data_store import DataStore
 
     store = DataStore(root=str(small_disk / "store"))
-    instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": landing_source}
     write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(height=64, width=64, seed=1))
     assert materialize_partition(instance, resources, **BAD).success
@@ -551,9 +540,8 @@ def _folder_named_tif(folder: Path) -> Path:
 
 @pytest.mark.parametrize("make,what", [(_broken_link, "a broken link"), (_named_pipe, "a pipe, socket or device"),
                                        (_folder_named_tif, "a folder")], ids=["broken_link", "named_pipe", "folder"])
-def test_an_unreadable_landing_entry_is_skipped_by_name_and_the_good_scenes_of_the_tick_run(make, what, landing,
+def test_an_unreadable_landing_entry_is_skipped_by_name_and_the_good_scenes_of_the_tick_run(instance, make, what, landing,
                                                                                             landing_source, capfd):
-    instance = dg.DagsterInstance.ephemeral()
     folder = landing / BAD["region"] / BAD["date"]
     folder.mkdir(parents=True)
     bad = make(folder)
@@ -564,12 +552,11 @@ def test_an_unreadable_landing_entry_is_skipped_by_name_and_the_good_scenes_of_t
     assert f"{bad}: is not a regular file ({what}). Fix: replace it by the GeoTIFF file itself" in log
 
 
-def test_a_file_that_changes_while_the_tick_reads_it_is_skipped_and_picked_up_once_settled(landing, landing_source):
+def test_a_file_that_changes_while_the_tick_reads_it_is_skipped_and_picked_up_once_settled(instance, landing, landing_source):
     """A copy in progress: the tick hashes a file that keeps growing; it is skipped with the reason, the other
     scene is requested, and the next tick after the copy ends requests it."""
     import threading
 
-    instance = dg.DagsterInstance.ephemeral()
     growing = write_tif(landing / BAD["region"] / BAD["date"] / "scene.tif", random_scene(seed=1))
     with open(growing, "ab") as fh:
         fh.write(b"\0" * (96 << 20))  # ~100 MB to hash: the writer below appends while it is read
@@ -595,11 +582,10 @@ def test_a_file_that_changes_while_the_tick_reads_it_is_skipped_and_picked_up_on
                                                                         (GOOD["region"], GOOD["date"])}
 
 
-def test_one_tick_with_a_future_date_an_unreadable_file_and_a_vrt_still_requests_every_good_scene(
+def test_one_tick_with_a_future_date_an_unreadable_file_and_a_vrt_still_requests_every_good_scene(instance, 
         landing, landing_source, http_server, capfd):
     import datetime as dt
 
-    instance = dg.DagsterInstance.ephemeral()
     future = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=30)).isoformat()
     write_tif(landing / "alpha" / future / "scene.tif", random_scene(seed=1))
     (landing / "alpha" / "2024-05-01").mkdir(parents=True)
@@ -617,10 +603,9 @@ def test_one_tick_with_a_future_date_an_unreadable_file_and_a_vrt_still_requests
 
 
 @pytest.mark.parametrize("sidecar", ["scene.tif.ovr", "scene.tif.msk"])
-def test_a_vrt_sidecar_next_to_a_good_geotiff_is_never_followed(sidecar, landing, landing_source, store, http_server):
+def test_a_vrt_sidecar_next_to_a_good_geotiff_is_never_followed(instance, sidecar, landing, landing_source, store, http_server):
     """GDAL looks for external overviews (`.ovr`) and masks (`.msk`) next to a file and opens them with any
     driver: a VRT there made it request URLs while the COG was written. Landed files are read without sidecars."""
-    instance = dg.DagsterInstance.ephemeral()
     resources = {"data_store": store, "scene_source": landing_source}
     folder = landing / BAD["region"] / BAD["date"]
     write_tif(folder / "scene.tif", random_scene(height=1024, width=1024, seed=1))
@@ -642,12 +627,12 @@ def _ogr_vrt_labels(path: Path, server) -> None:
     ("labels.gpkg", _ogr_vrt_labels, "is not a .gpkg file"),
     ("labels.vrt", _ogr_vrt_labels, "has the suffix '.vrt'"),
 ], ids=["vrt_as_geojson", "vrt_as_gpkg", "vrt_suffix"])
-def test_a_label_file_that_is_an_ogr_vrt_is_refused_before_gdal_and_the_store_is_unchanged(
+def test_a_label_file_that_is_an_ogr_vrt_is_refused_before_gdal_and_the_store_is_unchanged(instance, 
         name, make, expected, tmp_path, synthetic_source, store, http_server):
     from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job
     from geoseg_assets.definitions import build_defs
 
-    instance, resources, label_store = labelled_alpha(tmp_path, synthetic_source, store)
+    resources, label_store = labelled_alpha(instance, tmp_path, synthetic_source, store)
     before = sha256_file(label_store.path)
     hostile = tmp_path / "incoming" / name
     hostile.parent.mkdir()

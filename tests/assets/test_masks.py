@@ -15,18 +15,17 @@ from tests.support.pipeline import import_truth, materialize_partition, with_tes
 DATES = ["2024-04-15", "2024-06-15"]
 
 
-def setup(tmp_path, synthetic_source, store):
+def setup(instance, tmp_path, synthetic_source, store):
     label_store = GeoPackageLabelStore(path=str(tmp_path / "labels.gpkg"))
     resources = with_test_resources({"data_store": store, "scene_source": synthetic_source, "label_store": label_store})
-    instance = dg.DagsterInstance.ephemeral()
     for region in ("alpha", "beta"):
         for date in DATES:
             assert materialize_partition(instance, resources, region, date).success
-    return instance, resources, label_store
+    return resources, label_store
 
 
-def test_mask_equals_the_ground_truth_on_the_scene_grid(tmp_path, synthetic_source, store):
-    instance, resources, _ = setup(tmp_path, synthetic_source, store)
+def test_mask_equals_the_ground_truth_on_the_scene_grid(instance, tmp_path, synthetic_source, store):
+    resources, _ = setup(instance, tmp_path, synthetic_source, store)
     report = import_truth("alpha", synthetic_source, resources)
     assert report.features > 10 and set(report.class_counts) == set(synthetic.CLASSES)
     result = materialize_partition(instance, resources, "alpha", DATES[0])
@@ -48,8 +47,8 @@ def test_mask_equals_the_ground_truth_on_the_scene_grid(tmp_path, synthetic_sour
     assert meta["overlay"].value.startswith("![mask over quicklook](data:image/png;base64,")
 
 
-def test_label_change_in_one_region_reruns_only_its_masks(tmp_path, synthetic_source, store):
-    instance, resources, label_store = setup(tmp_path, synthetic_source, store)
+def test_label_change_in_one_region_reruns_only_its_masks(instance, tmp_path, synthetic_source, store):
+    resources, label_store = setup(instance, tmp_path, synthetic_source, store)
     import_truth("alpha", synthetic_source, resources)
     import_truth("beta", synthetic_source, resources)
 
@@ -66,10 +65,10 @@ def test_label_change_in_one_region_reruns_only_its_masks(tmp_path, synthetic_so
     assert sorted(str(r.partition_key) for r in changed.run_requests) == [f"{d}|beta" for d in DATES]
 
 
-def test_switching_the_sensor_on_over_up_to_date_masks_runs_nothing(tmp_path, synthetic_source, store):
+def test_switching_the_sensor_on_over_up_to_date_masks_runs_nothing(instance, tmp_path, synthetic_source, store):
     """A sensor switched on late (empty cursor) compares with what each mask was made from: masks built
     from the current labels are not re-run, masks of a region edited since are."""
-    instance, resources, label_store = setup(tmp_path, synthetic_source, store)
+    resources, label_store = setup(instance, tmp_path, synthetic_source, store)
     import_truth("alpha", synthetic_source, resources)
     import_truth("beta", synthetic_source, resources)
     for region in ("alpha", "beta"):
@@ -85,8 +84,8 @@ def test_switching_the_sensor_on_over_up_to_date_masks_runs_nothing(tmp_path, sy
         assert label_change_sensor(ctx).run_requests == []
 
 
-def test_import_labels_job_refuses_a_region_without_scenes(tmp_path, synthetic_source, store):
-    instance, resources, label_store = setup(tmp_path, synthetic_source, store)
+def test_import_labels_job_refuses_a_region_without_scenes(instance, tmp_path, synthetic_source, store):
+    resources, label_store = setup(instance, tmp_path, synthetic_source, store)
     from geoseg_assets.definitions import build_defs
 
     job = build_defs(resources).resolve_job_def(import_labels_job.name)

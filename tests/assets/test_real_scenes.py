@@ -37,9 +37,8 @@ def real_resources(tmp_path, landing):
 
 
 @pytest.mark.parametrize("region", sorted(REAL))
-def test_real_scene_and_tiles_match_rasterio(region, real_resources):
+def test_real_scene_and_tiles_match_rasterio(instance, region, real_resources):
     src_path, bands, dtype, date = REAL[region]
-    instance = dg.DagsterInstance.ephemeral()
     result = materialize_partition(instance, real_resources, region, date)
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -81,9 +80,8 @@ def test_real_scene_and_tiles_match_rasterio(region, real_resources):
     assert summary["band_names"] == bands
 
 
-def test_geographic_scene_is_tiled_in_degrees_or_reprojected(real_resources):
+def test_geographic_scene_is_tiled_in_degrees_or_reprojected(instance, real_resources):
     """pucallpa is EPSG:4326: by default tiles are in degrees; with a target CRS it is reprojected to UTM."""
-    instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("region", ["pucallpa"])
     from geoseg_assets.definitions import build_defs
     from geoseg_assets.partitions import partition_key

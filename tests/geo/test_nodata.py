@@ -67,10 +67,10 @@ def scene_metadata(result) -> dict:
     return {k: v.value for k, v in result.asset_materializations_for_node("scenes")[0].metadata.items()}
 
 
-def test_zero_fill_edges_without_nodata_become_nodata_and_pure_fill_tiles_are_dropped(landing, landing_source, store):
+def test_zero_fill_edges_without_nodata_become_nodata_and_pure_fill_tiles_are_dropped(instance, landing, landing_source, store):
     data, fill, block = zero_fill_scene()
     write_tif(landing / "alpha" / DATE / "scene.tif", data, nodata=None)
-    result = materialize_partition(dg.DagsterInstance.ephemeral(), {"data_store": store, "scene_source": landing_source},
+    result = materialize_partition(instance, {"data_store": store, "scene_source": landing_source},
                                    "alpha", DATE)
     assert result.success
     meta = scene_metadata(result)
@@ -140,13 +140,13 @@ def test_scene_without_fill_records_none(tmp_path):
         assert out.nodata is None and out.read_masks().all()
 
 
-def test_region_json_nodata_is_used_and_overrides_the_file(landing, landing_source, store):
+def test_region_json_nodata_is_used_and_overrides_the_file(instance, landing, landing_source, store):
     data, _, _ = zero_fill_scene(seed=3)
     data[0, 10:20, 600:610] = 65535  # the file's (wrong) nodata value appears as data
     write_tif(landing / "alpha" / DATE / "scene.tif", data, nodata=65535)
     sidecar = landing / "alpha" / "region.json"
     sidecar.write_text(json.dumps({"band_names": BANDS, "dtype": "uint16", "nodata": 0}))
-    result = materialize_partition(dg.DagsterInstance.ephemeral(), {"data_store": store, "scene_source": landing_source},
+    result = materialize_partition(instance, {"data_store": store, "scene_source": landing_source},
                                    "alpha", DATE)
     assert result.success
     meta = scene_metadata(result)
@@ -162,9 +162,8 @@ def test_region_json_nodata_is_used_and_overrides_the_file(landing, landing_sour
         assert src.nodata == 0
 
 
-def test_bad_region_json_nodata_fails_naming_the_file_and_keeps_the_earlier_cog(landing, landing_source, store):
+def test_bad_region_json_nodata_fails_naming_the_file_and_keeps_the_earlier_cog(instance, landing, landing_source, store):
     resources = {"data_store": store, "scene_source": landing_source}
-    instance = dg.DagsterInstance.ephemeral()
     write_tif(landing / "alpha" / DATE / "scene.tif", random_scene(height=256, width=256), nodata=0)
     assert materialize_partition(instance, resources, "alpha", DATE).success
     cog = store.path("scenes", {"region": "alpha", "date": DATE}, "scene.tif")
@@ -249,14 +248,14 @@ def test_internal_mask_band_is_honoured(tmp_path):
         assert out.nodata == 0 and not out.read()[:, invalid].any()  # masked pixels hold nodata, not the cloud
 
 
-def test_alpha_band_is_dropped_and_honoured(landing, store):
+def test_alpha_band_is_dropped_and_honoured(instance, landing, store):
     rgb = random_scene(bands=3, height=H, width=W, seed=5, dtype="uint8")
     alpha = np.where(footprint_fill(), 0, 255).astype(np.uint8)
     alpha[200:260, 500:560] = 0  # transparent inside too
     write_tif(landing / "rgba" / DATE / "scene.tif", np.concatenate([rgb, alpha[None]]), nodata=None,
               photometric="RGB", alpha="YES")
     source = LandingFolderSource(root=str(landing), region_specs={"rgba": RegionSpec(band_names=["R", "G", "B"], dtype="uint8")})
-    result = materialize_partition(dg.DagsterInstance.ephemeral(), {"data_store": store, "scene_source": source},
+    result = materialize_partition(instance, {"data_store": store, "scene_source": source},
                                    "rgba", DATE)
     assert result.success
     assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()}["scene_integrity"]
@@ -311,12 +310,12 @@ def test_real_landsat_fill_is_detected_when_the_file_declares_no_nodata(landsat_
     assert summary.nodata_fraction == pytest.approx(declared_invalid.mean(), abs=0.005)
 
 
-def test_real_landsat_with_its_declared_nodata_is_unchanged(landing, store):
+def test_real_landsat_with_its_declared_nodata_is_unchanged(instance, landing, store):
     land_dir = landing / "landsatrgb" / "2013-05-01"
     land_dir.mkdir(parents=True)
     (land_dir / "RGB.byte.tif").write_bytes(RGB_BYTE.read_bytes())
     source = LandingFolderSource(root=str(landing), region_specs={"landsatrgb": RegionSpec(band_names=["R", "G", "B"], dtype="uint8")})
-    result = materialize_partition(dg.DagsterInstance.ephemeral(), {"data_store": store, "scene_source": source},
+    result = materialize_partition(instance, {"data_store": store, "scene_source": source},
                                    "landsatrgb", "2013-05-01")
     assert result.success
     meta = scene_metadata(result)

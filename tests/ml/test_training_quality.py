@@ -23,7 +23,6 @@ def demo_project(tmp_path_factory):
 
     import dagster as dg
 
-    from geoseg_assets.assets.masks import import_region_labels
     from geoseg_assets.definitions import REPO_ROOT
     from resources.class_map import ClassMapResource
     from resources.compute import ComputeDevice
@@ -55,7 +54,14 @@ def demo_project(tmp_path_factory):
         "compute": ComputeDevice(device="cpu"),
         "drift_policy": DriftPolicy(),
     }
-    instance = dg.DagsterInstance.ephemeral()
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield make_demo_partitions(instance, synthetic, resources, repo, tmp)
+
+
+def make_demo_partitions(instance, synthetic, resources, repo, tmp):
+    """The demo's partitions on `instance`: every scene, tiles and masks, with the labels imported."""
+    from geoseg_assets.assets.masks import import_region_labels
+
     for region in synthetic.regions:
         for i, date in enumerate(synthetic.dates):
             assert materialize_partition(instance, resources, region, date).success

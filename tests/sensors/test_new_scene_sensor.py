@@ -16,8 +16,7 @@ from tests.support.rasters import random_scene, write_tif
 from tests.support.sensors import tick
 
 
-def test_new_same_and_replaced_files(landing, landing_source):
-    instance = dg.DagsterInstance.ephemeral()
+def test_new_same_and_replaced_files(instance, landing, landing_source):
     path = write_tif(landing / "alpha" / "2024-06-15" / "scene.tif", random_scene(seed=1))
 
     first = tick(instance, landing_source, None)
@@ -43,8 +42,7 @@ def test_new_same_and_replaced_files(landing, landing_source):
     assert sorted(instance.get_dynamic_partitions("region")) == ["alpha", "beta"]
 
 
-def test_hostile_folder_names_never_become_partitions(landing, landing_source):
-    instance = dg.DagsterInstance.ephemeral()
+def test_hostile_folder_names_never_become_partitions(instance, landing, landing_source):
     write_tif(landing / "..evil" / "2024-06-15" / "scene.tif", random_scene())
     write_tif(landing / "alpha" / "1971-12-31" / "scene.tif", random_scene())  # before the first date partition
     result = tick(instance, landing_source, None)
@@ -52,11 +50,10 @@ def test_hostile_folder_names_never_become_partitions(landing, landing_source):
     assert instance.get_dynamic_partitions("region") == []
 
 
-def test_a_1985_scene_lands_while_future_and_misnamed_dates_are_skipped_in_the_same_tick(landing, landing_source,
+def test_a_1985_scene_lands_while_future_and_misnamed_dates_are_skipped_in_the_same_tick(instance, landing, landing_source,
                                                                                         tmp_path, capfd):
     """Archive dates from 1972 on run; a future date folder or one that is no YYYY-MM-DD date is skipped with a
     message naming the file and the fix, and never stops the other scenes of the tick."""
-    instance = dg.DagsterInstance.ephemeral()
     # A real Landsat scene (SWIR1, NIR, R, G like Landsat 5 TM) filed under a 1985 acquisition date.
     land(landing, "pucallpa", "1985-07-01", DATA / "landsat_drift/pucallpa_2010.tif")
     (landing / "pucallpa" / REGION_SPEC_FILE).write_text(json.dumps({"band_names": ["SWIR1", "NIR", "R", "G"],
