@@ -6,12 +6,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
+import pytest
 
 from geoseg_assets.sensors.failures import run_failure_notifier
 from resources.mlflow_tracking import CHAMPION
 from resources.notifier import Notifier
 from tests.support.project import build, train_and_evaluate
 from tests.support.repos import git
+
+pytestmark = pytest.mark.slow(minutes=1.5)  # wall time alone on 2 cores: started first (tests/conftest.py)
 
 
 def test_training_records_lineage_and_promotes_only_past_the_floor(project):

@@ -4,6 +4,7 @@ outputs are georeferenced and described, and a new champion makes every predicti
 import json
 
 import dagster as dg
+import pytest
 import geopandas as gpd
 import rasterio
 
@@ -12,6 +13,8 @@ from geoseg_assets.partitions import partition_key
 from resources.mlflow_tracking import CHAMPION
 from tests.support.runs import step_spans
 from tests.support.project import DATES, build, train_and_evaluate
+
+pytestmark = pytest.mark.slow(minutes=2)  # wall time alone on 2 cores: started first (tests/conftest.py)
 
 PARTITIONS = sorted(str(partition_key(r, d)) for r in ("alpha", "beta") for d in DATES)
 PREDICTIONS = dg.AssetKey("predictions")

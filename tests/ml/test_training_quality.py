@@ -12,6 +12,8 @@ from tests.support.pipeline import materialize_partition
 from tests.support.project import build
 from tests.support.repos import copy_dataset_code
 
+pytestmark = pytest.mark.slow(minutes=4)  # wall time alone on 2 cores: started first (tests/conftest.py)
+
 DEMO_DATASET_VERSION = "04071365c17454e8d8d6be42cffdfa8d.dir"  # what `make demo` pins in dvc.lock
 
 
@@ -84,7 +86,6 @@ def demo_champion(demo_project):
     return meta, job.execute_in_process(instance=instance, raise_on_error=False)
 
 
-@pytest.mark.slow
 def test_demo_dataset_trains_to_val_miou_0_88_on_cpu(demo_champion):
     """The floor leaves room for the CPU: the same seed and data follow a different float path on another
     processor's kernels (best val mIoU 0.904 on an earlier machine, 0.8919 on this one for this code and for
@@ -108,7 +109,6 @@ def seam_distance(length: int, config) -> np.ndarray:
     return np.abs(pos[:, None] - seams[None]).min(axis=1) if seams.size else np.full(length, np.inf)
 
 
-@pytest.mark.slow
 def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_project, demo_champion):
     """The demo champion (the module's one training run) predicts demo scenes through
     `prediction_job` twice, with the default blended windows (256 px, overlap 64) and with plain tiling (overlap 0),

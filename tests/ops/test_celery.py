@@ -24,6 +24,8 @@ from tests.support.paths import REPO
 from tests.support.pipeline import with_test_resources
 from tests.support.postgres import PG, throwaway_database
 
+pytestmark = pytest.mark.slow(minutes=0.5)  # wall time alone on 2 cores: started first (tests/conftest.py)
+
 VENV_BIN = Path(sys.executable).parent
 # A Redis database of its own, flushed before and after, so stale tasks of other runs never interfere.
 BROKER = os.environ.get("GEOSEG_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/5")
@@ -127,7 +129,6 @@ def redis_broker():
         client.close()
 
 
-@pytest.mark.slow
 @pytest.mark.postgres
 # dagster_celery re-creates its task object for every submitted step; celery 5.7 warns each time.
 @pytest.mark.filterwarnings("ignore:Task name 'execute_plan' is already registered")

@@ -36,7 +36,7 @@ from tests.support.daemon import (
 from tests.support.paths import REPO
 from tests.support.project import QUICK
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow(minutes=6), pytest.mark.postgres]
 
 DRIFT_DATES = ["2024-07-01", "2024-07-15"]  # landed 50 % brighter than the training data: a re-calibrated sensor
 

@@ -42,7 +42,7 @@ from tests.support.daemon import (
 from tests.support.paths import REPO
 from tests.support.processes import group_alive, stop_group
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow(minutes=5), pytest.mark.postgres]
 
 KILL_DATE = "2024-08-15"
 

@@ -37,7 +37,7 @@ from tests.support.daemon import (
     wait_for_new,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow(minutes=3), pytest.mark.postgres]
 
 SENSOR_DATE = "2024-06-15"
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from geoseg_assets.assets.models import dataset_record
 from geoseg_assets.definitions import build_defs
@@ -21,6 +22,8 @@ from tests.support.paths import REPO
 from tests.support.pipeline import materialize_partition
 from tests.support.project import DATES, QUICK, build
 from tests.support.repos import DATASET, digests, git
+
+pytestmark = pytest.mark.slow(minutes=1)  # wall time alone on 2 cores: started first (tests/conftest.py)
 
 TINY = {**QUICK, "epochs": 1, "max_steps_per_epoch": 1, "crop": 64, "patience": None}
 DVC_ENV = {"DVC_NO_ANALYTICS": "1"}

@@ -35,7 +35,7 @@ AUTOMATION_SENSOR = "geoseg_automation_sensor"
 STARTUP_TIMEOUT = 120
 BACKFILL_TIMEOUT = 8 * 60
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow(minutes=3), pytest.mark.postgres]
 
 
 # --------------------------------------------------------------------------------------------- helpers
