@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -201,15 +200,9 @@ def run_pipeline(case: Case, labels, work: Path, budget: dict) -> dict:
     from resources.landing_source import REGION_SPEC_FILE, LandingFolderSource
     from resources.mlflow_tracking import MlflowTracking
     from resources.notifier import Notifier
-    from tests.support.repos import copy_dataset_code
+    from tests.support.repos import new_project_repo
 
-    repo = work / "repo"
-    repo.mkdir()
-    for args in (["init", "-q"], ["config", "user.name", "bench"], ["config", "user.email", "bench@geoseg.invalid"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    (repo / ".gitignore").write_text("/data/\n")
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    copy_dataset_code(repo, REPO)  # the stage's code dependencies
+    repo = new_project_repo(work / "repo")
     landing = work / "landing"
     region = case.name.replace("_", "-")
     (landing / region / DATE).mkdir(parents=True)

@@ -5,6 +5,7 @@ The table name goes into SQL text, so it is checked against `SQL_IDENTIFIER` and
 
 import hashlib
 import re
+from contextlib import contextmanager
 
 import geopandas as gpd
 import pandas as pd
@@ -46,17 +47,18 @@ class PostgisLabelStore(LabelStore):
                              "no reserved word; e.g. labels or geoseg_labels")
         return value
 
+    @contextmanager
     def _connect(self):
+        """A connection holding one transaction (committed when the block ends cleanly, rolled back otherwise), closed
+        afterwards: psycopg2's own `with conn` ends the transaction but leaves the connection open."""
         import psycopg2
 
-        return psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname)
-
-    def _engine(self):
-        from sqlalchemy import create_engine
-        from sqlalchemy.engine import URL
-
-        return create_engine(URL.create("postgresql+psycopg2", username=self.user, password=self.password or None,
-                                        host=self.host, port=self.port, database=self.dbname))
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname)
+        try:
+            with conn:
+                yield conn
+        finally:
+            conn.close()
 
     def ensure_schema(self) -> None:
         """Create the PostGIS extension, the table and its indexes if missing (idempotent), once per store
@@ -144,23 +146,19 @@ class PostgisLabelStore(LabelStore):
             raise LabelError(region, f"labels are in a CRS without an EPSG code ({rows.crs})",
                              "PostGIS stores labels by SRID: reproject the scenes of this region to an EPSG CRS")
         self.ensure_schema()
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:  # one transaction: all rows or none
-                if replace:
-                    cur.execute(f"DELETE FROM {self.table} WHERE region = %s", (region,))
-                target = self._srid(cur, region) or epsg
-                values = [
-                    (region, int(r.class_id), r.class_name, r.status, r.source, r.annotator, r.updated_at,
-                     r.valid_from, r.valid_to, shapely.to_wkb(r.geometry))
-                    for r in rows.itertuples(index=False)
-                ]
-                execute_values(
-                    cur,
-                    f"INSERT INTO {self.table} (region, class_id, class_name, status, source, annotator, updated_at, "
-                    f"valid_from, valid_to, geom) VALUES %s",
-                    values,
-                    template=f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, ST_Transform(ST_GeomFromWKB(%s, {epsg}), {target}))",
-                )
-        finally:
-            conn.close()
+        with self._connect() as conn, conn.cursor() as cur:  # one transaction: all rows or none
+            if replace:
+                cur.execute(f"DELETE FROM {self.table} WHERE region = %s", (region,))
+            target = self._srid(cur, region) or epsg
+            values = [
+                (region, int(r.class_id), r.class_name, r.status, r.source, r.annotator, r.updated_at,
+                 r.valid_from, r.valid_to, shapely.to_wkb(r.geometry))
+                for r in rows.itertuples(index=False)
+            ]
+            execute_values(
+                cur,
+                f"INSERT INTO {self.table} (region, class_id, class_name, status, source, annotator, updated_at, "
+                f"valid_from, valid_to, geom) VALUES %s",
+                values,
+                template=f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, ST_Transform(ST_GeomFromWKB(%s, {epsg}), {target}))",
+            )

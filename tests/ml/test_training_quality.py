@@ -10,7 +10,7 @@ from geoseg_assets.demo import stage_landing
 from resources.label_store import ImportOptions
 from tests.support.pipeline import materialize_partition
 from tests.support.project import build
-from tests.support.repos import copy_dataset_code
+from tests.support.repos import new_project_repo
 
 pytestmark = pytest.mark.slow(minutes=4)  # wall time alone on 2 cores: started first (tests/conftest.py)
 
@@ -20,12 +20,8 @@ DEMO_DATASET_VERSION = "04071365c17454e8d8d6be42cffdfa8d.dir"  # what `make demo
 @pytest.fixture(scope="module")
 def demo_project(tmp_path_factory):
     """The demo's scenes, labels, masks and dataset in a throwaway git repo."""
-    import shutil
-    import subprocess
-
     import dagster as dg
 
-    from geoseg_assets.definitions import REPO_ROOT
     from resources.class_map import ClassMapResource
     from resources.compute import ComputeDevice
     from resources.data_store import DataStore
@@ -37,13 +33,7 @@ def demo_project(tmp_path_factory):
     from resources.notifier import Notifier
 
     tmp = tmp_path_factory.mktemp("demo")
-    repo = tmp / "repo"
-    repo.mkdir()
-    for args in (["init", "-q"], ["config", "user.name", "t"], ["config", "user.email", "t@geoseg.invalid"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    (repo / ".gitignore").write_text("/data/\n")
-    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    copy_dataset_code(repo, REPO_ROOT)  # the stage's code dependencies
+    repo = new_project_repo(tmp / "repo")
     synthetic = stage_landing(tmp / "landing")
     resources = {
         "data_store": DataStore(root=str(repo / "data" / "store")),

@@ -151,15 +151,16 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
 
 CODE_SERVER_KILL_DATE = "2024-10-15"
 
-# A run-monitoring pass every 5 s instead of the repo's 30 s in this test's copy of dagster.yaml, so that
+# A run-monitoring pass every second instead of the repo's 30 s in this test's copy of dagster.yaml, so that
 # monitoring looks at the run several times while its worker runs on without the code server; with 30 s it might
 # look once or never, and the test would not show that monitoring leaves it alone.
-CODE_SERVER_TEST_POLL_S = 5
+CODE_SERVER_TEST_POLL_S = 1
 
 # The run must outlive the kill by several passes. With steps forked from a preloaded forkserver, a 256² run ended
-# about 1 s after the kill (the worker was gone before the test looked, monitoring never checked it); a 4096² scene
-# keeps `scenes`, `tiles` and `masks` busy for several seconds more.
-CODE_SERVER_KILL_SIZE = 4096
+# about 1 s after the kill (the worker was gone before the test looked, monitoring never checked it); a 2048² scene
+# keeps `scenes`, `tiles` and `masks` busy for several seconds more (4096² did too, but its follow-up run, automation's
+# predictions and reports of 16.7 Mpx, cost minutes of CPU and showed nothing more).
+CODE_SERVER_KILL_SIZE = 2048
 
 def test_killing_the_code_server_mid_run_fails_no_run(ops):
     """SIGKILL of only the code server (`dagster api grpc`, the daemon's child) while a run executes: the run

@@ -15,10 +15,10 @@ import yaml
 
 from tests.support.paths import BIN, REPO
 from tests.support.pipeline import import_truth, materialize_partition
-from tests.support.project import QUICK
-from tests.support.repos import copy_dataset_code, git
 from tests.support.postgres import PG, throwaway_database
 from tests.support.processes import group_alive, start_group, stop_group, tail
+from tests.support.project import QUICK
+from tests.support.repos import new_project_repo
 
 REGION = "alpha"
 
@@ -107,12 +107,7 @@ class Ops:
         from resources.synthetic_source import SyntheticSource
 
         t0 = time.time()
-        git(self.tmp, "init", "-q")
-        (self.tmp / ".gitignore").write_text("/data/\n/dagster_home/\n/staging/\n/dvc-remote/\n*.log\n")
-        shutil.copy(REPO / "dvc.yaml", self.tmp / "dvc.yaml")
-        copy_dataset_code(self.tmp, REPO)
-        git(self.tmp, "add", "-A")
-        git(self.tmp, "-c", "user.name=geoseg tests", "-c", "user.email=tests@geoseg.invalid", "commit", "-qm", "init")
+        new_project_repo(self.tmp, ignore="/data/\n/dagster_home/\n/staging/\n/dvc-remote/\n*.log\n")
         source = SyntheticSource(cache_dir=str(self.staging), regions=[REGION], dates=[SETUP_DATE], width=1024,
                                  height=1024)
         resources = {**default_resources(self.data), "scene_source": source, "compute": ComputeDevice(device="cpu"),

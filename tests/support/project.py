@@ -2,7 +2,6 @@
 and the jobs the tests run on it: the training set, a quick model."""
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -17,9 +16,8 @@ from resources.geopackage_labels import GeoPackageLabelStore
 from resources.mlflow_tracking import MlflowTracking
 from resources.notifier import Notifier
 from resources.synthetic_source import SyntheticSource
-from tests.support.paths import REPO
 from tests.support.pipeline import import_truth, materialize_partition
-from tests.support.repos import copy_dataset_code, git
+from tests.support.repos import new_project_repo
 
 
 DATES = ["2024-04-15", "2024-06-15"]
@@ -28,16 +26,7 @@ DATES = ["2024-04-15", "2024-06-15"]
 def make_project(tmp: Path):
     """Under `tmp`: a git repo with this project's dvc.yaml, 2 synthetic regions x 2 dates with labels and masks;
     (repo, tmp, instance, resources)."""
-    repo = tmp / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    git(repo, "config", "user.name", "geoseg tests")
-    git(repo, "config", "user.email", "tests@geoseg.invalid")
-    (repo / ".gitignore").write_text("/data/\n")
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    copy_dataset_code(repo, REPO)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "init")
+    repo = new_project_repo(tmp / "repo")
     source = SyntheticSource(cache_dir=str(tmp / "landing"), regions=["alpha", "beta"], dates=DATES, width=1024,
                              height=1024, nodata_margin=0.05)
     resources = {

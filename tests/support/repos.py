@@ -2,9 +2,14 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
+import yaml
+
+from tests.support.paths import REPO
 
 
 DATASET = "data/store/dataset"
@@ -53,15 +58,21 @@ def digests(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def copy_dataset_code(repo, source) -> None:
-    """Copy into `repo` the code files the dvc.yaml `dataset` stage depends on (its deps outside the data root), so
-    `dvc commit dataset` finds every dependency it hashes."""
-    import shutil
-
-    import yaml
-
-    stage = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]["dataset"]
+def new_project_repo(repo: Path, ignore: str = "/data/\n") -> Path:
+    """`repo` as a committed git repository laid out like this one for the DVC dataset stage: `ignore` in its
+    .gitignore (the data root), this dvc.yaml and the code files its `dataset` stage depends on (its deps outside the
+    data root, so `dvc commit dataset` finds every dependency it hashes)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    git(repo, "init", "-q")
+    git(repo, "config", "user.name", "geoseg tests")
+    git(repo, "config", "user.email", "tests@geoseg.invalid")
+    (repo / ".gitignore").write_text(ignore)
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["dataset"]
     for dep in stage["deps"]:
         if not dep.startswith("data/"):
             (repo / dep).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source / dep, repo / dep)
+            shutil.copy(REPO / dep, repo / dep)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
