@@ -59,8 +59,11 @@ ui-prod: install
 services:
 	bash .ci/services.sh
 
+# Three xdist workers, whole modules each (module fixtures built once), the longest modules first (tests/conftest.py);
+# one BLAS/OpenMP thread per process, since three workers and their step processes already share two cores
+# (spinning OpenMP threads of oversubscribed processes burn the CPU the others need).
 test: install services
-	$(PY) -m pytest -ra --durations=25
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 3 --dist loadfile --no-loadscope-reorder -ra --durations=15
 
 bench: install
 	$(PY) benchmarks/bench_tiling.py
