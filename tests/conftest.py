@@ -74,14 +74,29 @@ def tracked(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest modules first. `make test` hands whole modules to pytest-xdist workers (`--dist loadfile`) in
-    collection order; a module that takes minutes must start at once, not when the short ones are done. A module's
-    weight is the `minutes` of its `slow` marker (its wall time alone on this 2-core machine); the order of the
-    tests inside a module is kept."""
+    """Long modules first, each with a short one behind it. `make test` hands whole modules to pytest-xdist workers
+    (`--dist loadfile`) in collection order, and a worker takes its next module as soon as fewer than 3 of its tests
+    are pending: behind a one-test module that takes minutes it holds the next module in reserve. That reserve is
+    a short module of several tests, so a long module goes to the first worker that is free, never waits behind
+    another long one. A module's weight is the `minutes` of its `slow` marker (its wall time alone on this 2-core
+    machine); the order of the tests inside a module is kept."""
     weight: dict[str, float] = {}
+    tests: dict[str, int] = {}
     for item in items:
         marker = item.get_closest_marker("slow")
         minutes = marker.kwargs.get("minutes", 1.0) if marker else 0.0
-        weight[item.module.__name__] = max(weight.get(item.module.__name__, 0.0), minutes)
-    order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-weight[item.module.__name__], order[id(item)]))
+        name = item.module.__name__
+        weight[name] = max(weight.get(name, 0.0), minutes)
+        tests[name] = tests.get(name, 0) + 1
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    modules = list(dict.fromkeys(item.module.__name__ for item in items))
+    long = sorted((m for m in modules if weight[m] > 0), key=lambda m: -weight[m])
+    reserves = [m for m in modules if weight[m] == 0 and tests[m] >= 3]
+    rest = [m for m in modules if weight[m] == 0 and tests[m] < 3]
+    order: list[str] = long[:workers] + reserves[:workers]
+    for i, module in enumerate(long[workers:]):
+        order += [module, *reserves[workers + i:workers + i + 1]]
+    order += reserves[workers + len(long[workers:]):] + rest
+    rank = {m: i for i, m in enumerate(order)}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank[item.module.__name__], position[id(item)]))

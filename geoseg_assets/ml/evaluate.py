@@ -9,6 +9,7 @@ import torch
 
 from ..geo.bands import band_position
 from .metrics import ConfusionAccumulator, confusion_matrix_png, per_tile_metrics, segmentation_metrics
+from .models import batch_on, on_device
 from .normalize import Normalizer
 from .plots import gallery_png
 from .shard_dataset import ShardDataset, load_manifest
@@ -38,13 +39,13 @@ def evaluate_split(net: torch.nn.Module, dataset_dir, split: str, indices, galle
     normalizer = Normalizer.from_manifest(manifest, indices)
     data = ShardDataset(dataset_dir, split, normalizer=normalizer, manifest=manifest)
     device = next(net.parameters()).device
-    net.eval()
+    net = on_device(net, device).eval()
     k = len(data.class_ids)
     acc = ConfusionAccumulator(list(range(k)), ignore_id=data.ignore_index)
     tiles, preds = [], []
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
-        x = torch.stack([im for im, _ in items]).to(device)
+        x = batch_on(torch.stack([im for im, _ in items]), device)
         y = torch.stack([m for _, m in items])
         p = net(x).argmax(1).cpu()
         acc.add(y, p)

@@ -28,6 +28,7 @@ import torch
 
 from ..geo.classmap import IGNORE_ID as NODATA_CLASS
 from ..geo.windows import axis_starts
+from .models import batch_on, on_device
 from .normalize import Normalizer
 
 BLEND_MODES = ("ramp", "hann", "center")
@@ -219,7 +220,7 @@ def predict_scene(
     import time
 
     device = torch.device(device)
-    net = net.to(device).eval()
+    net = on_device(net, device).eval()
     k = len(class_ids)
     grid = window_grid(width, height, config)
     size = config.window
@@ -253,7 +254,7 @@ def predict_scene(
             probs = None
             if forwardable:
                 t0 = time.perf_counter()
-                x = torch.stack([item[2] for item in forwardable]).to(device, non_blocking=True)
+                x = batch_on(torch.stack([item[2] for item in forwardable]), device, non_blocking=True)
                 with autocast:
                     logits = net(x)
                 probs = (torch.softmax(logits.float(), dim=1) * weight).cpu().numpy()

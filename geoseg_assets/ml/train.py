@@ -40,7 +40,7 @@ from .checkpoints import (
 from .data import make_loaders
 from .losses import SegmentationLoss, class_weights
 from .metrics import confusion_matrix, segmentation_metrics
-from .models import build_model
+from .models import batch_on, build_model, on_device
 from .options import CLASS_WEIGHTINGS, NORMS, ClassWeighting, Norm
 from .sampling import set_epoch
 
@@ -154,7 +154,7 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, class_names: Sequence
     cm = np.zeros((k, k), dtype=np.int64)
     total, count = 0.0, 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = batch_on(x, device), y.to(device)
         with torch.autocast(device.type, enabled=use_amp):
             logits = model(x)
         total += float(loss_fn(logits, y)) * x.shape[0]
@@ -190,7 +190,8 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
             raise ValueError(f"the val split of {dataset_dir} holds no tile: early stopping and best.pt need one")
         model = build_model(config.architecture, config.encoder, info.in_channels, info.num_classes,
                             encoder_weights=config.encoder_weights, weights_path=config.weights_path,
-                            **model_kwargs(config)).to(device)
+                            **model_kwargs(config))
+        model = on_device(model, device)
         weights = (None if config.class_weighting == "none" else
                    class_weights(info.train_class_pixels, config.class_weighting, config.class_weight_cap))
         loss_fn = SegmentationLoss(weights, config.dice_weight).to(device)
@@ -236,7 +237,7 @@ def train(config: TrainConfig, dataset_dir: str | os.PathLike,
                 if step >= steps:
                     break
                 done += 1
-                x, y = x.to(device), y.to(device)
+                x, y = batch_on(x, device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, enabled=use_amp):
                     loss = loss_fn(model(x), y)

@@ -563,9 +563,9 @@ def test_a_file_that_changes_while_the_tick_reads_it_is_skipped_and_picked_up_on
     write_tif(landing / GOOD["region"] / GOOD["date"] / "scene.tif", random_scene(seed=2))
     stop = threading.Event()
 
-    def keep_appending():
+    def keep_appending():  # like a copy under way: a few MB/s, so the file stays ~100 MB (unbounded, it grew to GBs)
         with open(growing, "ab") as fh:
-            while not stop.is_set():
+            while not stop.wait(0.001):
                 fh.write(b"\0" * 4096)
                 fh.flush()
 

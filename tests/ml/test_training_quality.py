@@ -85,6 +85,7 @@ def test_demo_dataset_trains_to_val_miou_0_88_on_cpu(demo_champion):
     assert result.success, result.get_step_failure_events()
     model = result.asset_materializations_for_node("model")[0].metadata
     evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
+    print(f"demo champion: best val mIoU {model['best_val_miou'].value:.4f}, test mIoU {evaluation['test_miou'].value:.4f}")
     assert model["best_val_miou"].value >= 0.88
     assert evaluation["test_miou"].value >= 0.85 and evaluation["promoted"].value is True
 
