@@ -1,6 +1,7 @@
 """Shared fixtures: data stores, landing folders, sources, a SQLite DAGSTER_HOME, the module-wide project and a
 DVC-tracked repository. Helpers the tests import live in tests/support/."""
 
+from itertools import islice
 from pathlib import Path
 
 import dagster as dg
@@ -93,10 +94,11 @@ def pytest_collection_modifyitems(config, items):
     long = sorted((m for m in modules if weight[m] > 0), key=lambda m: -weight[m])
     reserves = [m for m in modules if weight[m] == 0 and tests[m] >= 3]
     rest = [m for m in modules if weight[m] == 0 and tests[m] < 3]
-    order: list[str] = long[:workers] + reserves[:workers]
-    for i, module in enumerate(long[workers:]):
-        order += [module, *reserves[workers + i:workers + i + 1]]
-    order += reserves[workers + len(long[workers:]):] + rest
+    spare = iter(reserves)
+    order = long[:workers] + list(islice(spare, workers))
+    for module in long[workers:]:
+        order += [module, *islice(spare, 1)]
+    order += [*spare, *rest]
     rank = {m: i for i, m in enumerate(order)}
     position = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (rank[item.module.__name__], position[id(item)]))
