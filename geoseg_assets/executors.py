@@ -12,6 +12,10 @@ this 2-core machine, idle, one scenes + tiles run (4 steps), STEP_WORKER_STARTIN
 step before; now 3.8-4.5 s for the first (the forkserver boots and preloads) and 0.45-0.5 s for each later one.
 benchmarks/bench_backfill.py prints the per-step start cost under load (variant `forkserver_bare` is the old way).
 
+A run of ONE step (a single-partition `prediction_job`, `model_quality_report` after each champion or mask) runs that
+step in the run worker itself: it has nothing to run beside, and the forkserver's boot was most of its start-up
+(about 2 s of CPU and 4 s of wall time per run; a backfill of single-asset partitions paid it once per partition).
+
 `execution: {config: {in_process: {}}}` in a run's config still runs the whole run in one process;
 `multiprocess: {start_method: {spawn: {}}}` restores spawning, and a run config that sets its own
 `forkserver: {preload_modules: [...]}` keeps it.
@@ -35,9 +39,51 @@ def forkserver_unless_set(config: dict) -> dict:
     return {"multiprocess": {**multiprocess, "start_method": start_method}}
 
 
-default_executor = dg.multi_or_in_process_executor.configured(
-    forkserver_unless_set,
+class OneStepInProcessExecutor(dg.Executor):
+    """The multiprocess executor for a plan of several steps; the in-process one, same retries, for a plan of one."""
+
+    def __init__(self, multiprocess: dg.Executor, in_process: dg.Executor):
+        self.multiprocess, self.in_process = multiprocess, in_process
+
+    @property
+    def retries(self):
+        return self.multiprocess.retries
+
+    @property
+    def step_dependency_config(self):
+        return self.multiprocess.step_dependency_config
+
+    def execute(self, plan_context, execution_plan):
+        one_step = len(execution_plan.step_keys_to_execute) == 1
+        return (self.in_process if one_step else self.multiprocess).execute(plan_context, execution_plan)
+
+
+IN_PROCESS_KEYS = ("retries", "step_dependency_config")  # what the in-process config shares with multiprocess's
+
+
+def _dagster_executor(init_context: dg.InitExecutorContext, config: dict) -> dg.Executor:
+    """Dagster's multi_or_in_process executor for `config` (already complete: defaults filled in by the schema)."""
+    return dg.multi_or_in_process_executor.executor_creation_fn(dg.InitExecutorContext(
+        job=init_context.job, executor_def=dg.multi_or_in_process_executor, executor_config=config,
+        instance=init_context.instance))
+
+
+def _requirements(config: dict) -> list:
+    return dg.multiple_process_executor_requirements() if "multiprocess" in config else []
+
+
+@dg.executor(
+    name="geoseg_executor",
     config_schema=dg.multi_or_in_process_executor.config_schema.as_field(),
-    description="multiprocess (forkserver start method: step processes forked from a server that has the code "
-    "location imported and its repository built) unless the run config asks for in_process or another start method",
+    requirements=_requirements,
 )
+def default_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
+    """multiprocess (forkserver start method: step processes forked from a server that has the code location
+    imported and its repository built; a plan of one step in the run's process) unless the run config asks for
+    in_process or another start method."""
+    config = forkserver_unless_set(dict(init_context.executor_config))
+    executor = _dagster_executor(init_context, config)
+    if "multiprocess" not in config:
+        return executor
+    in_process = {"in_process": {k: v for k, v in config["multiprocess"].items() if k in IN_PROCESS_KEYS}}
+    return OneStepInProcessExecutor(executor, _dagster_executor(init_context, in_process))

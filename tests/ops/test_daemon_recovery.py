@@ -156,11 +156,13 @@ CODE_SERVER_KILL_DATE = "2024-10-15"
 # look once or never, and the test would not show that monitoring leaves it alone.
 CODE_SERVER_TEST_POLL_S = 1
 
-# The run must outlive the kill by several passes. With steps forked from a preloaded forkserver, a 256² run ended
-# about 1 s after the kill (the worker was gone before the test looked, monitoring never checked it); a 2048² scene
-# keeps `scenes`, `tiles` and `masks` busy for several seconds more (4096² did too, but its follow-up run, automation's
-# predictions and reports of 16.7 Mpx, cost minutes of CPU and showed nothing more).
-CODE_SERVER_KILL_SIZE = 2048
+# Monitoring passes the run must get, its worker alive without a code server, before it may go on. It is held by
+# the model_compute pool set to 0 slots (`dagster instance concurrency set`, as an operator pauses inference): its
+# `predictions` step waits for a slot, the worker idle, however fast or loaded the machine. Sizing a scene so that
+# the run outlived the kill did not hold: 256² ended 1 s after it, and automation's follow-up of a 2048² scene took
+# over 300 s of a loaded 2-core CI machine.
+HELD_PASSES = 3
+
 
 def test_killing_the_code_server_mid_run_fails_no_run(ops):
     """SIGKILL of only the code server (`dagster api grpc`, the daemon's child) while a run executes: the run
@@ -170,11 +172,16 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
     from dagster import DagsterEventType, DagsterRunStatus
 
     from geoseg_assets.partitions import partition_key
+    from geoseg_assets.pools import MODEL_COMPUTE_POOL
 
     instance, partition = ops.instance, str(partition_key(REGION, CODE_SERVER_KILL_DATE))
     t_start = time.time()
+    # The run queue holds a run whose every first step waits for a pool slot, unless `op_granularity_run_buffer`
+    # lets that many runs start and wait at the pool instead.
+    pools = {**ops.config["concurrency"]["pools"], "op_granularity_run_buffer": 1}
     config = {**ops.config, "run_monitoring": {**ops.config["run_monitoring"],
-                                               "poll_interval_seconds": CODE_SERVER_TEST_POLL_S}}
+                                               "poll_interval_seconds": CODE_SERVER_TEST_POLL_S},
+              "concurrency": {**ops.config["concurrency"], "pools": pools}}
     wait_until_quiet(ops)  # restart the daemon between runs, not during one (it would kill it)
     stop_group(ops.daemon)
     (ops.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -185,31 +192,51 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
             instance.stop_sensor(state.instigator_origin_id, state.selector_id, None)
         if REGION not in instance.get_dynamic_partitions("region"):
             instance.add_dynamic_partitions("region", [REGION])
+        imagery_id = launch_imagery_run(ops, CODE_SERVER_KILL_DATE)  # the partition's scene, tiles and masks
+        wait_until_quiet(ops)  # and automation's follow-up of them
+        assert instance.get_run_by_id(imagery_id).status == DagsterRunStatus.SUCCESS, describe_runs(instance)
         before = {r.run_id for r in all_runs(instance)}
-        run_id = launch_imagery_run(ops, CODE_SERVER_KILL_DATE, size=CODE_SERVER_KILL_SIZE)
-        print(f"\nimagery_job {run_id[:8]} submitted for {partition} in {time.time() - t_start:.1f} s")
-        run, worker = wait_for_a_step(ops, run_id)
 
-        # The code server that launched the run: the daemon's `dagster api grpc` child listening where the run's
-        # `.dagster/grpc_info` tag says.
-        server = json.loads(run.tags[".dagster/grpc_info"])
-        listen = ["--socket", server["socket"]] if "socket" in server else ["--port", str(server["port"])]
-        servers = [pid for pid, argv in group_processes(ops.daemon.pid).items()
-                   if "api" in argv and "grpc" in argv and any(argv[i:i + 2] == listen for i in range(len(argv)))]
-        print(f"code server(s) of run {run_id[:8]} ({server}): {servers}, worker pid {worker}, processes:\n"
-              + describe_group(ops.daemon.pid))
-        assert len(servers) == 1, servers
-        assert parent_pid(worker) == servers[0], "the run worker is not the code server's child"
-        log = ops.daemon_logs[-1]
-        offset = len(log.read_bytes())
-        t_kill = time.time()
-        os.kill(servers[0], signal.SIGKILL)
-        while Path(f"/proc/{servers[0]}").exists() and time.time() - t_kill < 30:
-            time.sleep(0.1)
-        time.sleep(1)
-        alive = Path(f"/proc/{worker}").exists()
-        print(f"SIGKILL to code server {servers[0]}: worker {worker} "
-              f"{f'alive, parent now {parent_pid(worker)}' if alive else 'gone'}")
+        ops.cli("instance", "concurrency", "set", MODEL_COMPUTE_POOL, "0")
+        try:
+            ops.cli("job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", "prediction_job",
+                    "--tags", json.dumps({"dagster/partition": partition}))
+            (run_id,) = {r.run_id for r in all_runs(instance, job_name="prediction_job") if r.run_id not in before}
+            print(f"\nprediction_job {run_id[:8]} submitted for {partition} in {time.time() - t_start:.1f} s")
+            run, worker = wait_for_a_step(ops, run_id, pool=MODEL_COMPUTE_POOL)
+
+            # The code server that launched the run: the daemon's `dagster api grpc` child listening where the
+            # run's `.dagster/grpc_info` tag says.
+            server = json.loads(run.tags[".dagster/grpc_info"])
+            listen = ["--socket", server["socket"]] if "socket" in server else ["--port", str(server["port"])]
+            servers = [pid for pid, argv in group_processes(ops.daemon.pid).items()
+                       if "api" in argv and "grpc" in argv and any(argv[i:i + 2] == listen for i in range(len(argv)))]
+            print(f"code server(s) of run {run_id[:8]} ({server}): {servers}, worker pid {worker}, processes:\n"
+                  + describe_group(ops.daemon.pid))
+            assert len(servers) == 1, servers
+            assert parent_pid(worker) == servers[0], "the run worker is not the code server's child"
+            log = ops.daemon_logs[-1]
+            offset = len(log.read_bytes())
+            t_kill = time.time()
+            os.kill(servers[0], signal.SIGKILL)
+            while Path(f"/proc/{servers[0]}").exists() and time.time() - t_kill < 30:
+                time.sleep(0.1)
+
+            # Monitoring looks at the held run HELD_PASSES times with its code server gone; the run stays STARTED.
+            while (checks := log.read_bytes()[offset:].decode(errors="replace").count(f"Checking run {run_id}")) \
+                    < HELD_PASSES:
+                ops.check_daemon()
+                assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED, (
+                    f"run ended while its step waited for a slot:\n{describe_runs(instance)}\n{ops.tail()}")
+                assert time.time() - t_kill < RECOVERY_TIMEOUT, f"monitoring checked the run {checks} times\n{ops.tail()}"
+                time.sleep(0.5)
+            held = instance.get_run_by_id(run_id).status
+            alive = Path(f"/proc/{worker}").exists()
+            print(f"SIGKILL to code server {servers[0]}: {checks} monitoring passes in {time.time() - t_kill:.1f} s, "
+                  f"run {held.value}, worker {worker} {f'alive, parent now {parent_pid(worker)}' if alive else 'gone'}")
+        finally:
+            ops.cli("instance", "concurrency", "set", MODEL_COMPUTE_POOL, "1")  # dagster.yaml's default_limit
+        t_release = time.time()
 
         last = None
         while not instance.get_run_by_id(run_id).is_finished:
@@ -217,8 +244,8 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
             state = (instance.get_run_by_id(run_id).status.value, Path(f"/proc/{worker}").exists())
             if state != last:
                 last = state
-                print(f"  {time.time() - t_kill:6.1f} s after the kill: run {state[0]}, worker alive {state[1]}")
-            assert time.time() - t_kill < RECOVERY_TIMEOUT, f"run not ended:\n{describe_runs(instance)}\n{ops.tail()}"
+                print(f"  {time.time() - t_release:6.1f} s after the slot: run {state[0]}, worker alive {state[1]}")
+            assert time.time() - t_release < RECOVERY_TIMEOUT, f"run not ended:\n{describe_runs(instance)}\n{ops.tail()}"
             time.sleep(0.5)
         t_end = time.time()
         time.sleep(CODE_SERVER_TEST_POLL_S + 2)  # a monitoring pass after the end, should one still act on it
@@ -235,16 +262,15 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
     print(f"run {run_id[:8]} {run.status.value} {t_end - t_kill:.1f} s after the code server's kill; run monitoring "
           f"checked it {checks} times meanwhile (every {CODE_SERVER_TEST_POLL_S} s), verdicts {verdicts}, "
           f"failures {failures}, retries {retries}")
-    assert alive, f"the run worker {worker} died with its code server"
+    assert held == DagsterRunStatus.STARTED and alive, f"the run worker {worker} died with its code server"
     assert run.status == DagsterRunStatus.SUCCESS, (run.status, failures, describe_runs(instance))
     assert not failures and not retries and not verdicts, (failures, retries, verdicts)
-    assert checks >= 1, f"run monitoring looked at the run {checks} times after the kill:\n{after_kill[-3000:]}"
-    for asset in ("scenes", "tiles", "masks"):
-        record = latest_materialization(instance, asset, partition)
-        assert record is not None and record.run_id == run_id, (asset, record)
+    record = latest_materialization(instance, "predictions", partition)
+    assert record is not None and record.run_id == run_id, record
 
     # The daemon carries on without the code server it had: its workspace refresh (every 60 s) starts a new one,
-    # through which automation launches the partition's follow-up run (reports, predictions), and nothing is lost.
+    # through which automation launches the partition's follow-up run (the prediction drift report), and nothing
+    # is lost.
     while not (follow_ups := [r for r in all_runs(instance) if r.run_id not in before and r.run_id != run_id
                               and r.tags.get("dagster/sensor_name") == AUTOMATION_SENSOR
                               and r.tags.get("dagster/partition") == partition and r.is_finished]):

@@ -1,6 +1,7 @@
 """The code location's default executor (geoseg_assets/executors.py): every asset job runs its steps in their
 own processes, forked from a forkserver that has the code location imported (geoseg_assets/forkserver_preload.py),
-and a run's config can still ask for `in_process`, another start method or other preload modules.
+except a run of one step, which runs it in the run process; a run's config can still ask for `in_process`, another
+start method or other preload modules.
 
 The runs execute in a fresh interpreter, as a run worker does (`execute_job` of the reconstructable job on a
 real SQLite instance): a forkserver is per process and keeps the environment it started with, so it must not
@@ -26,11 +27,13 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from geoseg_assets.partitions import partition_key
 from resources.synthetic_source import SyntheticSource
 
-data, home, run_config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+data, home, run_config, assets = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 SyntheticSource(cache_dir=f"{data}/landing", regions=["alpha"], dates=["2024-06-15"], width=128, height=128).fetch(
     "alpha", "2024-06-15")
 recon = ReconstructableRepository.for_module("geoseg_assets.definitions", "defs", os.getcwd()).get_reconstructable_job(
     "imagery_job")
+if assets:  # these assets alone, without their checks
+    recon = recon.get_subset(asset_selection={dg.AssetKey(a) for a in assets}, asset_check_selection=set())
 with dg.instance_for_test(temp_dir=home) as instance:
     instance.add_dynamic_partitions("region", ["alpha"])
     result = dg.execute_job(recon, instance=instance, run_config=run_config,
@@ -48,18 +51,22 @@ with dg.instance_for_test(temp_dir=home) as instance:
 """
 
 
-def _run(tmp_path: Path, run_config: dict) -> dict:
+IMAGERY_STEPS = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
+                 "masks_label_geometries_valid"}
+
+
+def _run(tmp_path: Path, run_config: dict, assets: tuple[str, ...] = ()) -> dict:
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "GEOSEG_DATA_DIR": str(tmp_path / "data"), "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "data"), str(home), json.dumps(run_config)],
+    out = subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "data"), str(home), json.dumps(run_config),
+                          json.dumps(list(assets))],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)
     assert result["success"]
-    assert set(result["steps"]) == {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_sanity", "masks",
-                                    "masks_label_geometries_valid"}
+    assert set(result["steps"]) == (set(assets) or IMAGERY_STEPS)
     return result
 
 
@@ -98,6 +105,12 @@ def test_default_run_forks_each_step_from_a_forkserver(tmp_path):
     # (dagster 1.13.27 preloads nothing when the run config names no modules).
     assert "geoseg_assets.forkserver_preload" in result["forkserver_cmdline"], result["forkserver_cmdline"]
     assert result["forkserver_has_rasterio"], "the forkserver did not import the code location"
+
+
+def test_a_run_of_one_step_runs_it_in_the_run_process_without_a_forkserver(tmp_path):
+    """Nothing to run beside it: the step runs in the run worker, which has the code location loaded already."""
+    result = _run(tmp_path, {}, assets=("scenes",))
+    assert result["steps"] == {"scenes": result["run_pid"]} and not result["forkserver"], result
 
 
 def test_run_config_in_process_keeps_every_step_in_the_run_process(tmp_path):

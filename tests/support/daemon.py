@@ -35,9 +35,9 @@ AUTOMATION_SENSOR = "geoseg_automation_sensor"
 SENSOR_TIMEOUT = 10 * 60
 
 # The code location's sensor intervals (GEOSEG_SENSOR_INTERVALS): seconds instead of the deployment's 30-300 s, so
-# the tests wait for work, not for ticks. Automation every 20 s, not less: each of its ticks evaluates every asset's
-# condition over region x 19,000+ dates, about 2 s of CPU, so at 10 s each daemon took a fifth of a core.
-INTERVALS = {"new_scene_sensor": 5, "label_change_sensor": 5, "drift_sensor": 10, "geoseg_automation_sensor": 20}
+# the tests wait for work, not for ticks. An automation tick costs a few hundredths of a second of CPU since
+# FOLLOW_UPSTREAM stopped scanning every region x date for missing partitions (geoseg_assets/partitions.py).
+INTERVALS = {"new_scene_sensor": 5, "label_change_sensor": 5, "drift_sensor": 10, "geoseg_automation_sensor": 10}
 
 RECOVERY_TIMEOUT = 5 * 60
 
@@ -192,8 +192,9 @@ def sensor_state(instance, name: str):
     return states[0] if states else None
 
 def sensor_ticks(instance, name: str):
+    """The sensor's ticks, newest first; none before the daemon's first evaluation of it stored its state."""
     state = sensor_state(instance, name)
-    return instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    return instance.get_ticks(state.instigator_origin_id, state.selector_id) if state is not None else []
 
 def wait_all_finished(ops: Ops, t0: float, timeout: float) -> None:
     """Poll until every run of the instance has ended, at most `timeout` seconds after `t0`."""
@@ -253,9 +254,10 @@ def launch_imagery_run(ops, date: str, size: int = 256) -> str:
                  if r.run_id not in before and "dagster/sensor_name" not in r.tags}
     return run_id
 
-def wait_for_a_step(ops, run_id: str):
-    """Wait until the run executes (a step started); the run and the pid its worker recorded ("Started process for
-    run (pid: N)." from the process the code server spawned), which must be alive then."""
+def wait_for_a_step(ops, run_id: str, pool: str | None = None):
+    """Wait until the run executes (a step started or, with `pool`, a step of it waits for a slot of that pool);
+    the run and the pid its worker recorded ("Started process for run (pid: N)." from the process the code server
+    spawned), which must be alive then."""
     from dagster import DagsterEventType, DagsterRunStatus
 
     deadline = time.time() + 180
@@ -263,7 +265,9 @@ def wait_for_a_step(ops, run_id: str):
         ops.check_daemon()
         run = ops.instance.get_run_by_id(run_id)
         assert not run.is_finished, f"run ended before it could be killed: {run.status}"
-        if run.status == DagsterRunStatus.STARTED and ops.instance.all_logs(run_id, of_type=DagsterEventType.STEP_START):
+        executing = (ops.instance.all_logs(run_id, of_type=DagsterEventType.STEP_START) if pool is None
+                     else run_id in ops.instance.event_log_storage.get_concurrency_info(pool).pending_run_ids)
+        if run.status == DagsterRunStatus.STARTED and executing:
             break
         assert time.time() < deadline, f"run still {run.status.value} after 180 s:\n{ops.tail()}"
         time.sleep(0.2)
