@@ -2,6 +2,7 @@
 outputs are georeferenced and described, and a new champion makes every prediction stale."""
 
 import json
+import shutil
 
 import dagster as dg
 import pytest
@@ -11,6 +12,7 @@ import rasterio
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
 from resources.mlflow_tracking import CHAMPION
+from tests.support.postgres import PG, throwaway_database
 from tests.support.runs import step_spans
 from tests.support.project import DATES, build, train_and_evaluate
 
@@ -248,16 +250,13 @@ def test_outputs_are_published_together_or_not_at_all(project):
     assert json.loads((folder / "prediction.json").read_text())["inference"]["overlap"] == 0
 
 
-def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_pool(project, tmp_path):
-    """Two run processes started together on one SQLite instance with the repo's pool limit: their `predictions`
-    steps, each a network over a whole scene, never overlap; the second waits for the slot instead of sharing
-    the CPU."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
+@pytest.mark.postgres
+def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_pool(project, tmp_path, monkeypatch):
+    """Two run processes started together on the production instance (the repo's dagster.yaml, a throwaway
+    PostgreSQL database): their `predictions` steps, each a network over a whole scene, never overlap; the second
+    waits for the slot instead of sharing the CPU. Not on SQLite: Dagster claims a slot there with a read then a
+    write, which two processes can interleave (both steps started within 6 ms, once in a full suite); PostgreSQL
+    locks the slot's row (`SELECT ... FOR UPDATE SKIP LOCKED`)."""
     from geoseg_assets.definitions import REPO_ROOT
     from geoseg_assets.pools import MODEL_COMPUTE_POOL
 
@@ -268,13 +267,37 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
         assert train_and_evaluate(project, min_miou=0.0, epochs=1, max_steps_per_epoch=1, lr=1e-7, seed=3).success
     job = build_defs(resources).resolve_job_def("prediction_job")
     assert job.graph.node_named("predictions").definition.pool == MODEL_COMPUTE_POOL
-    pools = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())["concurrency"]["pools"]
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"concurrency": {"pools": pools}, "telemetry": {"enabled": False}}))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("region", ["alpha", "beta"])
-    # Each process: the prediction job with the project's store, registry and CPU, on the instance of DAGSTER_HOME.
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with throwaway_database() as db:
+        env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
+               "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        with dg.DagsterInstance.from_config(str(home)) as instance:  # the schema, before the two processes start
+            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            instance.add_dynamic_partitions("region", ["alpha", "beta"])
+        runs = _predict_in_two_processes_at_once(resources, ("alpha", "beta"), DATES[0])
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            spans = [span[:2] for span in step_spans(instance, runs, {"predictions"})]
+            assert instance.event_log_storage.get_concurrency_info(MODEL_COMPUTE_POOL).slot_count == 1
+    first, second = sorted(spans)
+    print(f"predictions steps: {first[1] - first[0]:.1f} s, then {second[1] - second[0]:.1f} s starting "
+          f"{second[0] - first[1]:.2f} s after the first ended")
+    assert first[1] <= second[0], spans  # one network at a time
+
+
+def _predict_in_two_processes_at_once(resources, regions, date) -> list[str]:
+    """`prediction_job` of each region's partition, each in its own process on the instance of DAGSTER_HOME (this
+    process's environment), started together; the ids of the two successful runs."""
+    import os
+    import subprocess
+    import sys
+
+    from geoseg_assets.definitions import REPO_ROOT
+
+    tracking = resources["mlflow_tracking"]
     code = (
         "import sys, dagster as dg\n"
         "from geoseg_assets.definitions import build_defs\n"
@@ -292,16 +315,10 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
         "print('RUN', run.run_id, run.success)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, resources["data_store"].root, tracking.tracking_uri,
-                               tracking.artifact_location, region, DATES[0]], cwd=REPO_ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**os.environ, "DAGSTER_HOME": str(home)}) for region in ("alpha", "beta")]
+                               tracking.artifact_location, region, date], cwd=REPO_ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+             for region in regions]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     runs = [line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RUN ")]
     assert len(runs) == 2 and all(ok == "True" for _, ok in runs), "\n".join(o[-3000:] for o in outputs)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        spans = [span[:2] for span in step_spans(instance, [run_id for run_id, _ in runs], {"predictions"})]
-        assert instance.event_log_storage.get_concurrency_info(MODEL_COMPUTE_POOL).slot_count == 1
-    first, second = sorted(spans)
-    print(f"predictions steps: {first[1] - first[0]:.1f} s, then {second[1] - second[0]:.1f} s starting "
-          f"{second[0] - first[1]:.2f} s after the first ended")
-    assert first[1] <= second[0], spans  # one network at a time
+    return [run_id for run_id, _ in runs]
