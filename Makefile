@@ -71,6 +71,7 @@ bench: install
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_backfill.py
+	$(PY) benchmarks/bench_automation.py
 
 lock: install
 	$(PY) -m pip freeze --exclude-editable > requirements.lock

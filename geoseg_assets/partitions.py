@@ -32,12 +32,13 @@ def partition_dims(context) -> dict[str, str]:
 
 # Re-run a partition when its upstream partition changes, for ANY date (eager() alone only acts on the latest time
 # window, so a replaced scene of an old date would never propagate), and only once the upstream's blocking checks have
-# passed. Both are asserted in tests/assets/test_automation.py. This is eager() without its two time/missing triggers:
-# its `newly_missing()` asks, every tick, which of ALL region x date partitions (20k dates since 1972 per region) are
-# missing and stores that set in the cursor: 1.3 s of CPU per tick with 2 regions, 8 s with 10, growing with each
-# region and day. Triggered by dependency updates only, a tick costs 0.04 s (2 regions) to 0.1 s (10), measured with
-# `dg.evaluate_automation_conditions` on an empty instance. What eager() did beyond that, re-materialize a wiped
-# partition or fill a newly added asset for every existing date by itself, is left to the user's explicit backfill.
+# passed. Both are asserted in tests/assets/test_automation.py. This is eager() without its latest-window filter and
+# without its `newly_missing()` trigger, which asks every tick which of ALL region x date partitions (20k dates since
+# 1972 per region) are missing and stores that set in the cursor: 1.3 s of CPU per tick with 2 regions, 8 s with 10,
+# growing with each region and day. Triggered by dependency updates only, a tick costs 0.04 s (2 regions) to 0.1 s
+# (10), measured with `dg.evaluate_automation_conditions` on an empty instance (once, on its second tick, it serializes
+# the full partition set: 4 s with 10 regions). What eager() did beyond that, re-materialize a wiped partition or fill
+# a newly added asset for every existing date by itself, is left to the user's explicit backfill.
 FOLLOW_UPSTREAM = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()
     & ~dg.AutomationCondition.any_deps_missing()
