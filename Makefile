@@ -51,6 +51,7 @@ ui-prod: install
 	  PGPASSWORD="$$DAGSTER_PG_PASSWORD" psql -h "$$DAGSTER_PG_HOST" -p "$$DAGSTER_PG_PORT" -U "$$DAGSTER_PG_USER" -d postgres \
 	  -qc "CREATE DATABASE \"$$DAGSTER_PG_DB\""
 	$(VENV)/bin/dagster instance migrate
+	$(PY) -m geoseg_assets.pools
 	trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT INT TERM; \
 	$(VENV)/bin/dagster-daemon run -w workspace.yaml & \
 	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p $${GEOSEG_UI_PORT:-3000} -w workspace.yaml & \

@@ -94,3 +94,22 @@ def test_postgres_instance_records_runs_and_materializations(tmp_path, postgres_
         assert cur.fetchone()[0] == 12  # scenes, tiles, masks x 4 partitions
         cur.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = 'region' ORDER BY partition")
         assert [r[0] for r in cur.fetchall()] == REGIONS
+
+
+@pytest.mark.postgres
+def test_the_pool_is_created_before_any_run_claims_it(postgres_home):
+    """`python -m geoseg_assets.pools` (what `make ui-prod` runs after `dagster instance migrate`) creates the
+    model_compute pool at the instance's default limit, so no two first claims race to create it."""
+    import subprocess
+    import sys
+
+    from geoseg_assets.pools import MODEL_COMPUTE_POOL
+
+    subprocess.run([sys.executable, "-m", "geoseg_assets.pools"], cwd=REPO, check=True, timeout=120)
+    instance = dg.DagsterInstance.get()
+    try:
+        limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+        assert limits == {MODEL_COMPUTE_POOL: 1}, limits  # dagster.yaml's default_limit
+        assert instance.event_log_storage.get_concurrency_info(MODEL_COMPUTE_POOL).slot_count == 1
+    finally:
+        instance.dispose()

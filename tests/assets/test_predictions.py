@@ -256,9 +256,10 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
     PostgreSQL database): their `predictions` steps, each a network over a whole scene, never overlap; the second
     waits for the slot instead of sharing the CPU. Not on SQLite: Dagster claims a slot there with a read then a
     write, which two processes can interleave (both steps started within 6 ms, once in a full suite); PostgreSQL
-    locks the slot's row (`SELECT ... FOR UPDATE SKIP LOCKED`)."""
+    locks the slot's row (`SELECT ... FOR UPDATE SKIP LOCKED`). The pool's limit row is created first, as
+    `make ui-prod` does (geoseg_assets/pools.py)."""
     from geoseg_assets.definitions import REPO_ROOT
-    from geoseg_assets.pools import MODEL_COMPUTE_POOL
+    from geoseg_assets.pools import MODEL_COMPUTE_POOL, create_pools
 
     _, _, _, resources = project
     tracking = resources["mlflow_tracking"]
@@ -277,6 +278,7 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
             monkeypatch.setenv(var, value)
         with dg.DagsterInstance.from_config(str(home)) as instance:  # the schema, before the two processes start
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            create_pools(instance)  # as `make ui-prod` does: two first claims at once would race to create the pool
             instance.add_dynamic_partitions("region", ["alpha", "beta"])
         runs = _predict_in_two_processes_at_once(resources, ("alpha", "beta"), DATES[0])
         with dg.DagsterInstance.from_config(str(home)) as instance:

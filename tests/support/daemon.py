@@ -149,6 +149,8 @@ def running_ops(tmp: Path):
     daemon; the daemon's process group is stopped and the instance disposed afterwards."""
     from dagster import DagsterInstance
 
+    from geoseg_assets.pools import create_pools
+
     started = time.time()
     with throwaway_database() as db, pytest.MonkeyPatch.context() as mp:
         ops = Ops(tmp, db)
@@ -156,6 +158,7 @@ def running_ops(tmp: Path):
             mp.setenv(var, value)
         ops.cli("instance", "migrate")  # the schema, before the daemon's threads race to create it
         ops.instance = DagsterInstance.from_config(str(ops.home))
+        create_pools(ops.instance)  # as `make ui-prod` does: before two runs race to create the pool
         print(f"\nschema created in {time.time() - started:.1f} s")
         try:
             ops.train_champion()
