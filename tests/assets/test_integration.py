@@ -14,7 +14,7 @@ from resources.data_store import DataStore
 from resources.synthetic_source import SyntheticSource
 from tests.support.paths import REPO
 from tests.support.pipeline import with_test_resources
-from tests.support.postgres import PG, throwaway_database
+from tests.support.postgres import PG, dagster_pg_env, throwaway_database
 
 REGIONS, DATES = ["alpha", "beta"], ["2024-04-15", "2024-06-15"]
 
@@ -69,8 +69,7 @@ def postgres_home(tmp_path, monkeypatch):
         home = tmp_path / "pg_home"
         home.mkdir()
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        for var, value in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
-                           "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}.items():
+        for var, value in {"DAGSTER_HOME": str(home), **dagster_pg_env(db)}.items():
             monkeypatch.setenv(var, value)
         yield db
 

@@ -12,7 +12,7 @@ import rasterio
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
 from resources.mlflow_tracking import CHAMPION
-from tests.support.postgres import PG, throwaway_database
+from tests.support.postgres import dagster_pg_env, throwaway_database
 from tests.support.runs import step_spans
 from tests.support.project import DATES, build, train_and_evaluate
 
@@ -272,9 +272,7 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     with throwaway_database() as db:
-        env = {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
-               "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
-        for var, value in env.items():
+        for var, value in {"DAGSTER_HOME": str(home), **dagster_pg_env(db)}.items():
             monkeypatch.setenv(var, value)
         with dg.DagsterInstance.from_config(str(home)) as instance:  # the schema, before the two processes start
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.support.paths import BIN, REPO
-from tests.support.postgres import PG, throwaway_database
+from tests.support.postgres import PG, dagster_pg_env, throwaway_database
 from tests.support.processes import group_alive, start_group, stop_group, tail
 
 
@@ -236,8 +236,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
         home.mkdir()
         (home / "dagster.yaml").write_text(yaml.safe_dump(_production_instance_yaml(), sort_keys=False))
         good_copy = _land_scenes(data / "landing")
-        pg_env = {"DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]), "DAGSTER_PG_USER": PG["user"],
-                  "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
+        pg_env = dagster_pg_env(db)
         for var, value in pg_env.items():
             monkeypatch.setenv(var, value)
         env = {**os.environ, **pg_env, "DAGSTER_HOME": str(home), "GEOSEG_DATA_DIR": str(data),

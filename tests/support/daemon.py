@@ -15,7 +15,7 @@ import yaml
 
 from tests.support.paths import BIN, REPO
 from tests.support.pipeline import import_truth, materialize_partition
-from tests.support.postgres import PG, throwaway_database
+from tests.support.postgres import dagster_pg_env, throwaway_database
 from tests.support.processes import group_alive, start_group, stop_group, tail
 from tests.support.project import QUICK
 from tests.support.repos import new_project_repo
@@ -67,8 +67,7 @@ class Ops:
         # The repo's dagster.yaml unchanged: storage from DAGSTER_PG_* (pointed at the throwaway DB).
         shutil.copy(REPO / "dagster.yaml", self.home / "dagster.yaml")
         self.config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-        self.pg_env = {"DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]),
-                       "DAGSTER_PG_USER": PG["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
+        self.pg_env = dagster_pg_env(db)
         # The code location the daemon serves keeps its data under `<tmp>/data` and versions datasets in the
         # throwaway git repository `<tmp>` (train_champion makes it), never in this checkout's dvc.lock.
         self.env = {**os.environ, **self.pg_env, "DAGSTER_HOME": str(self.home), "GEOSEG_DATA_DIR": str(self.data),

@@ -21,3 +21,9 @@ def throwaway_database():
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def dagster_pg_env(db: str) -> dict[str, str]:
+    """The DAGSTER_PG_* variables the repo's dagster.yaml reads, pointing its storage at database `db` here."""
+    return {"DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]), "DAGSTER_PG_USER": PG["user"],
+            "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
