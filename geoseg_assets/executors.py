@@ -72,18 +72,22 @@ def _requirements(config: dict) -> list:
     return dg.multiple_process_executor_requirements() if "multiprocess" in config else []
 
 
-@dg.executor(
-    name="geoseg_executor",
-    config_schema=dg.multi_or_in_process_executor.config_schema.as_field(),
-    requirements=_requirements,
-)
-def default_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
-    """multiprocess (forkserver start method: step processes forked from a server that has the code location
-    imported and its repository built; a plan of one step in the run's process) unless the run config asks for
-    in_process or another start method."""
+def _create(init_context: dg.InitExecutorContext) -> dg.Executor:
+    """Dagster's executor for the run's config with the forkserver filled in; a plan of one step in process."""
     config = forkserver_unless_set(dict(init_context.executor_config))
     executor = _dagster_executor(init_context, config)
     if "multiprocess" not in config:
         return executor
     in_process = {"in_process": {k: v for k, v in config["multiprocess"].items() if k in IN_PROCESS_KEYS}}
     return OneStepInProcessExecutor(executor, _dagster_executor(init_context, in_process))
+
+
+default_executor = dg.ExecutorDefinition(
+    name="geoseg_executor",
+    config_schema=dg.multi_or_in_process_executor.config_schema.as_field(),
+    requirements=_requirements,
+    executor_creation_fn=_create,
+    description="multiprocess (forkserver start method: step processes forked from a server that has the code "
+    "location imported and its repository built; a run of one step runs it in the run process) unless the run "
+    "config asks for in_process or another start method",
+)
