@@ -20,6 +20,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT_DIR = "model"
 PREPROCESSING_FILE = "preprocessing.json"  # run artifact: bands, normalization, indices, classes, training grid
+ONNX_DIR, ONNX_FILE = "onnx", "model.onnx"  # run artifact: the ONNX export of the logged weights (optional)
 SHA_TAG = "geoseg.weights_sha256"  # model-version tag: digest of the weights-only model folder
 
 
@@ -159,6 +160,16 @@ class MlflowTracking(ConfigurableResource):
             except (MlflowException, OSError, ValueError) as exc:
                 raise Failure(f"MLflow run {run_id}: its artifact {path} cannot be read from the artifact store ({exc}); "
                               "restore the run's artifacts, or re-run training_job", allow_retries=False) from exc
+
+    def optional_artifact(self, run_id: str, path: str, dst_dir: str) -> Path | None:
+        """A run's artifact downloaded into `dst_dir`, or None when the run has no such file (an optional
+        artifact: the caller has a way without it)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return Path(self.client().download_artifacts(run_id, path, dst_dir))
+        except (MlflowException, OSError):
+            return None
 
     def register(self, artifact_uri: str, run_id: str, sha256: str, alias: str = CHALLENGER) -> str:
         """Register the logged model folder as a new version recording its checksum (`SHA_TAG`), and point

@@ -15,7 +15,15 @@ from geoseg_assets.assets.datasets import DVC_STAGE, REPRODUCE, dataset
 from resources.catalog import DATASET, MODELS, SCENE_RECORD
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
-from resources.mlflow_tracking import CHALLENGER, CHAMPION, PREPROCESSING_FILE, MlflowTracking, load_registered
+from resources.mlflow_tracking import (
+    CHALLENGER,
+    CHAMPION,
+    ONNX_DIR,
+    ONNX_FILE,
+    PREPROCESSING_FILE,
+    MlflowTracking,
+    load_registered,
+)
 # Defaults chosen by benchmarks/bench_model_quality.py (README "Model quality against a plain script").
 ENCODER_DEPTH = 3
 CLASS_WEIGHTING = "inverse_sqrt"  # measured: demo val mIoU 0.904 vs 0.895 with none; SpaceNet bottom band alone 0.535 vs 0.546 (one seed)
@@ -84,9 +92,6 @@ def checkpoint_key(config: ModelConfig, dataset_version: str, run_id: str) -> st
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-ONNX_TOLERANCE = 1e-3
-
-
 def dataset_record(context, dvc: DvcStore):
     """The git record of the dataset version in dvc.lock. A version without one (built by `dvc repro`, or before
     records existed) is recorded now, so every model can be traced back to restorable bytes."""
@@ -126,10 +131,11 @@ def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataSto
     import tempfile
 
     from geoseg_assets.ml.onnx_export import export_onnx, onnx_max_abs_diff
+    from geoseg_assets.ml.runtimes import ONNX_TOLERANCE
 
     with tempfile.TemporaryDirectory(dir=data_store.tmp_dir()) as tmp:
         try:
-            path = export_onnx(net, channels, tuple(tile_shape), f"{tmp}/model.onnx")
+            path = export_onnx(net, channels, tuple(tile_shape), f"{tmp}/{ONNX_FILE}")
             batch = np.random.default_rng(0).standard_normal((2, channels, *tile_shape)).astype(np.float32)
             diff = onnx_max_abs_diff(net, path, batch)
         except Exception as exc:  # noqa: BLE001 (an optional artefact must not fail a finished training)
@@ -138,7 +144,7 @@ def log_onnx_export(context, net, channels: int, tile_shape, data_store: DataSto
         if diff > ONNX_TOLERANCE:
             context.log.warning(f"ONNX Runtime differs from torch by {diff:.2e} (> {ONNX_TOLERANCE}): not logged")
             return None
-        mlflow_tracking.log_artifact(run_id, str(path), artifact_path="onnx")
+        mlflow_tracking.log_artifact(run_id, str(path), artifact_path=ONNX_DIR)
         mlflow_tracking.log_metrics(run_id, {"onnx_max_abs_diff": diff})
     return diff
 

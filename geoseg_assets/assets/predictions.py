@@ -2,6 +2,7 @@
 table, optional probability COG) and its polygons (GeoPackage), recomputed when the champion changes."""
 
 import json
+import tempfile
 import time
 from functools import partial
 
@@ -13,6 +14,7 @@ from geoseg_assets.assets.masks import resolve_class_map
 from geoseg_assets.assets.models import CHAMPION_ASSET
 from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
 from geoseg_assets.markdown import markdown_table
+from geoseg_assets.ml.runtimes import Runtime
 from geoseg_assets.pools import MODEL_COMPUTE_POOL
 from geoseg_assets.geo.classmap import IGNORE_ID, ClassDef, ClassMap
 from geoseg_assets.geo.errors import SceneError
@@ -30,7 +32,7 @@ from resources.catalog import (
 from resources.class_map import ClassMapResource
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
-from resources.mlflow_tracking import CHAMPION, PREPROCESSING_FILE, MlflowTracking, load_registered
+from resources.mlflow_tracking import CHAMPION, ONNX_DIR, ONNX_FILE, PREPROCESSING_FILE, MlflowTracking, load_registered
 
 CLASSES_FILE = PREDICTED_CLASSES.name  # benchmarks/bench_model_quality.py imports it from here
 
@@ -38,10 +40,14 @@ CLASSES_FILE = PREDICTED_CLASSES.name  # benchmarks/bench_model_quality.py impor
 class PredictionConfig(dg.Config):
     """Sliding-window geometry, blending and vector output."""
 
-    window: int = Field(default=256, description="Window side in pixels (a multiple of 32).")
+    window: int = Field(default=768, description="Largest window side in pixels (a multiple of 32): each axis is cut "
+                        "into the fewest equal windows no wider. Larger windows forward fewer overlap pixels.")
     overlap: int = Field(default=64, description="Pixels shared by neighbouring windows (a multiple of 4, <= window/2).")
     blend: str = Field(default="ramp", description="ramp, hann or center (centre cropping).")
-    batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
+    batch_size: int | None = Field(default=None, gt=0, description="Windows per forward pass (None: about one "
+                                   "megapixel of windows, at least one).")
+    runtime: Runtime = Field(default="auto", description="auto (ONNX Runtime on CPU when the champion has a verified "
+                             "ONNX export, else torch), torch or onnxruntime.")
     reader_threads: int = Field(default=2, gt=0, description="Threads reading windows ahead of the network.")
     write_probabilities: bool = Field(default=False, description="Also write a per-class probability COG (uint8, 0..250).")
     vectorize: bool = Field(default=True, description="Write the class map as polygons to a GeoPackage.")
@@ -75,6 +81,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
     from geoseg_assets.geo.vectorize import vectorize_classes
     from geoseg_assets.ml.normalize import Normalizer
     from geoseg_assets.ml.inference import InferenceConfig, predict_scene
+    from geoseg_assets.ml.runtimes import choose_network
 
     dims, scene_path, scene = upstream_scene(context, data_store)
     champion = mlflow_tracking.alias_version(CHAMPION)
@@ -95,9 +102,16 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
     except ValueError as exc:
         raise dg.Failure(f"invalid prediction config: {exc}", allow_retries=False) from exc
     device = compute.torch_device()
+    with tempfile.TemporaryDirectory(dir=data_store.tmp_dir()) as tmp:  # the session holds the graph once built
+        onnx_path = (mlflow_tracking.optional_artifact(champion.run_id, f"{ONNX_DIR}/{ONNX_FILE}", tmp)
+                     if device.type == "cpu" and config.runtime != "torch" else None)
+        try:
+            network = choose_network(net, device, config.runtime, normalizer.in_channels, onnx_path)
+        except ValueError as exc:
+            raise dg.Failure(f"{mlflow_tracking.model_name} v{champion.version}: {exc}", allow_retries=False) from exc
     paths = {output: data_store.file(output, dims) for output in
              (PREDICTED_CLASSES, PREDICTED_PROBABILITIES, PREDICTED_POLYGONS, PREDICTION_OVERLAY, PREDICTION_RECORD)}
-    predict = partial(predict_scene, net, normalizer, [c.id for c in classes.classes], config=inference,
+    predict = partial(predict_scene, network.network, normalizer, [c.id for c in classes.classes], config=inference,
                       device=device, log=context.log.info)
     # The class COG, probabilities, polygons, overlay and record replace the earlier ones together, or none does:
     # a failure after the class COG (vectorizing, the preview, a blocked target) leaves the partition's earlier
@@ -132,7 +146,8 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
             "area_km2": area_km2, "share": share, "valid_pixels": result.valid_pixels,
             "nodata_pixels": result.nodata_pixels, "windows": result.windows_total,
             "windows_forwarded": result.windows_forwarded, "notes": result.notes, "inference": config.model_dump(),
-            "device": str(device), "seconds": round(seconds, 3), "polygons": vectors.features if vectors else None,
+            "device": str(device), "runtime": network.reason, "window_shape": list(result.window_shape),
+            "seconds": round(seconds, 3), "polygons": vectors.features if vectors else None,
         }
         outputs.write_bytes(paths[PREDICTION_RECORD], json.dumps(record, indent=2).encode())
     megapixels = scene["width"] * scene["height"] / 1e6
@@ -155,6 +170,8 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         "nodata_pixels": result.nodata_pixels,
         "windows_forwarded": f"{result.windows_forwarded}/{result.windows_total}",
         "device": str(device),
+        "runtime": network.reason,
+        "window_px": f"{result.window_shape[0]} x {result.window_shape[1]}",
         "seconds": dg.MetadataValue.float(round(seconds, 2)),
         "megapixels_per_second": dg.MetadataValue.float(round(megapixels / seconds, 3) if seconds else 0.0),
         "overlay": md.image(png, "prediction over imagery"),

@@ -75,10 +75,11 @@ def test_the_champion_predicts_and_a_new_champion_makes_predictions_stale(projec
     record = json.loads(store.path("predictions", {"region": "alpha", "date": DATES[1]}, "prediction.json").read_text())
     assert record["model_version"] == first and record["windows_forwarded"] <= record["windows"]
     assert rasterio.open(meta["probabilities_path"].value).count == 6
+    assert meta["runtime"].value == "torch (the model has no ONNX export)" and meta["window_px"].value == "576 x 576"
 
     # A better challenger is promoted: champion_model moves and every prediction is stale again.
     settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after_first.cursor)
-    better = train_and_evaluate(project, min_miou=0.0, epochs=3, max_steps_per_epoch=6, seed=3)
+    better = train_and_evaluate(project, min_miou=0.0, epochs=3, max_steps_per_epoch=6, seed=3, export_onnx=True)
     assert better.success
     evaluation = better.asset_materializations_for_node("model_evaluation")[0].metadata
     assert evaluation["promoted"].value is True, evaluation["promotion_reason"].value
@@ -87,8 +88,17 @@ def test_the_champion_predicts_and_a_new_champion_makes_predictions_stale(projec
     stale = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
     assert requested(stale) == PARTITIONS
     rerun = predict(project, "alpha", DATES[1])
-    assert rerun.asset_materializations_for_node("predictions")[0].metadata["model_version"].value == second
+    rerun_meta = rerun.asset_materializations_for_node("predictions")[0].metadata
+    assert rerun_meta["model_version"].value == second
     assert not store.path("predictions", {"region": "alpha", "date": DATES[1]}, "probabilities.tif").exists()
+    # The new champion has an ONNX export: on the CPU, ONNX Runtime predicts, after checking the export against
+    # the registered weights; the torch runtime, asked for, draws the same map.
+    assert rerun_meta["runtime"].value.startswith("onnxruntime (max |logit difference| to torch")
+    with rasterio.open(classes) as out:
+        by_onnx = out.read(1)
+    assert predict(project, "alpha", DATES[1], runtime="torch").success
+    with rasterio.open(classes) as out:
+        assert (out.read(1) == by_onnx).mean() > 0.999
 
     # A challenger that is not promoted leaves predictions alone.
     calm = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=stale.cursor)

@@ -2,60 +2,16 @@
 
 import numpy as np
 import pytest
-import torch
 
-from geoseg_assets.ml.normalize import Normalizer
 from geoseg_assets.ml.inference import (
     NODATA_CLASS,
     InferenceConfig,
+    axis_windows,
     blend_profile,
     predict_scene,
     window_grid,
 )
-
-BANDS = ("B", "G", "R", "NIR")
-CLASS_IDS = (1, 2, 3, 4, 5, 6)
-
-
-def small_rf_net(seed: int = 0) -> torch.nn.Module:
-    """Three 3x3 convolutions: receptive-field radius 3 px, far below a quarter of the overlap."""
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, len(CLASS_IDS), 3, padding=1),
-    ).eval()
-
-
-def array_scene(height: int, width: int, seed: int = 1, nodata_cols: int = 0):
-    rng = np.random.default_rng(seed)
-    image = rng.integers(1, 4000, size=(4, height, width)).astype(np.uint16)
-    image[:, :, :nodata_cols] = 0
-    valid = (image != 0).all(axis=0)
-
-    def read(col, row, w, h):
-        data = image[:, row:row + h, col:col + w].copy()
-        return data, (data != 0).all(axis=0)
-
-    return image, valid, read
-
-
-class Collector:
-    """A row sink that assembles the scene and records the row blocks it was given."""
-
-    def __init__(self, height, width, k=len(CLASS_IDS)):
-        self.classes = np.full((height, width), 77, dtype=np.uint8)
-        self.probs = np.full((k, height, width), np.nan, dtype=np.float32)
-        self.blocks = []
-
-    def __call__(self, row, classes, probs):
-        self.blocks.append((row, classes.shape[0]))
-        self.classes[row:row + classes.shape[0]] = classes
-        if probs is not None:
-            self.probs[:, row:row + classes.shape[0]] = probs
-
-
-NORMALIZER = Normalizer(BANDS, (2000.0,) * 4, (1000.0,) * 4)
+from tests.support.inference import CLASS_IDS, NORMALIZER, Collector, array_scene, small_rf_net
 
 
 def run(read, height, width, config, net=None, probs=True):
@@ -146,15 +102,49 @@ def test_scenes_smaller_than_a_window_are_reflect_padded():
 
 def test_the_grid_covers_every_pixel_including_borders():
     config = InferenceConfig(window=64, overlap=32)
-    grid = window_grid(250, 130, config)
+    rows, cols = window_grid(250, 130, config)
     covered = np.zeros((130, 250), dtype=int)
-    for col, row in grid:
-        covered[max(row, 0):max(row + 64, 0), max(col, 0):max(col + 64, 0)] += 1
+    for row in rows.starts:
+        for col in cols.starts:
+            covered[max(row, 0):max(row + rows.size, 0), max(col, 0):max(col + cols.size, 0)] += 1
     assert covered.min() >= 1
-    assert min(c for c, _ in grid) == -config.pad and min(r for _, r in grid) == -config.pad
+    assert cols.starts[0] == rows.starts[0] == -config.pad
+    assert cols.starts[-1] + cols.size >= 250 + config.pad and rows.starts[-1] + rows.size >= 130 + config.pad
 
 
-@pytest.mark.parametrize("bad", [dict(window=100), dict(overlap=200), dict(overlap=6), dict(blend="max"),
+@pytest.mark.parametrize("length", [1, 23, 200, 1000, 1024, 2048, 3808, 8192])
+@pytest.mark.parametrize("window,overlap", [(1024, 64), (512, 64), (256, 64), (64, 16), (96, 0)])
+def test_each_axis_gets_the_fewest_equal_windows_that_cover_it(length, window, overlap):
+    """Equal windows (a multiple of 32, at most `window`), every neighbour overlapping by exactly `overlap`
+    (what the blend profiles assume), covering [-pad, length + pad); none could be dropped, and none is
+    wider than it must be by 32 px or more."""
+    config = InferenceConfig(window=window, overlap=overlap)
+    axis = axis_windows(length, config)
+    reach = length + 2 * config.pad
+    assert axis.size % 32 == 0 and axis.size <= window
+    assert all(b - a == axis.size - overlap for a, b in zip(axis.starts, axis.starts[1:]))
+    assert axis.starts[0] == -config.pad and axis.starts[-1] + axis.size >= length + config.pad
+    n = len(axis.starts)
+    assert n == 1 or (n - 1) * (window - overlap) + overlap < reach  # one window fewer could not cover it
+    assert n * (axis.size - 32) - (n - 1) * overlap < reach  # 32 px narrower windows could not either
+
+
+def test_the_demo_scene_takes_two_windows_per_axis_and_forwards_27_percent_more_than_its_area():
+    """The default grid on a 1024² scene: 2 x 2 windows of 576², 1.27x the scene's pixels forwarded, where
+    256² windows with overlap 64 forwarded 6 x 6 x 256² = 2.25x."""
+    rows, cols = window_grid(1024, 1024, InferenceConfig())
+    assert rows == cols and rows.size == 576 and len(rows.starts) == 2 and rows.seams == [512.0]
+    assert len(rows.starts) ** 2 * rows.size ** 2 / 1024 ** 2 == pytest.approx(1.2656, abs=1e-4)
+
+
+def test_batches_hold_about_a_megapixel_unless_a_size_is_given():
+    assert InferenceConfig().windows_per_batch(256, 256) == 16
+    assert InferenceConfig().windows_per_batch(1024, 1024) == 1
+    assert InferenceConfig().windows_per_batch(2048, 2048) == 1
+    assert InferenceConfig(batch_size=3).windows_per_batch(1024, 1024) == 3
+
+
+@pytest.mark.parametrize("bad", [dict(window=100), dict(window=256, overlap=200), dict(overlap=6), dict(blend="max"),
                                  dict(batch_size=0)])
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):

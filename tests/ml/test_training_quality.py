@@ -92,24 +92,25 @@ def test_demo_dataset_trains_to_val_miou_0_88_on_cpu(demo_champion):
 
 def seam_distance(length: int, config) -> np.ndarray:
     """Per pixel along one axis: distance to the nearest seam, the middle of two windows' overlap."""
-    from geoseg_assets.ml.inference import window_starts
+    from geoseg_assets.ml.inference import axis_windows
 
-    starts = window_starts(length, config.window, config.stride, config.pad)
-    seams = np.array([(a + config.window + b) / 2 for a, b in zip(starts, starts[1:])])
+    seams = np.array(axis_windows(length, config).seams)
     pos = np.arange(length) + 0.5
     return np.abs(pos[:, None] - seams[None]).min(axis=1) if seams.size else np.full(length, np.inf)
 
 
 def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_project, demo_champion):
     """The demo champion (the module's one training run) predicts demo scenes through
-    `prediction_job` twice, with the default blended windows (256 px, overlap 64) and with plain tiling (overlap 0),
-    whose seams lie elsewhere. Compared on the same pixels, so that only the window position differs:
+    `prediction_job` twice, with the default blended windows (2 x 2 of 576 px on these 1024² scenes, overlap 64,
+    seams at 512) and with plain tiling (3 x 3 windows of 352 px, overlap 0, seams at 352 and 704), whose seams lie
+    elsewhere. Compared on the same pixels, so that only the window position differs:
     - at the blended grid's seams (away from plain tiling's), blending scores within 1 mIoU point of plain
       tiling, for which those pixels are window interiors: blending adds no seam of its own;
     - plain tiling's seams (away from the blended grid's) are reported, not asserted: the champion trained on whole
-      tiles lost 1.2 points there (0.8718 plain / 0.8834 blended), but since training crops span tile borders the
-      champion shows no such seam (within 16 px 0.8723 plain / 0.8748 blended; within 4 px 0.8587 / 0.8547;
-      blended seams 0.9201 blended / 0.9202 plain), so a control "plain tiling is worse at its seams" no longer holds.
+      tiles lost 1.2 points there (0.8718 plain / 0.8834 blended, 256 px windows both), but since training crops span
+      tile borders the champion shows no such seam (within 16 px 0.8723 plain / 0.8748 blended; within 4 px
+      0.8587 / 0.8547; blended seams 0.9201 blended / 0.9202 plain), so a control "plain tiling is worse at its
+      seams" no longer holds.
     Predicted water polygons lie on the true lakes."""
     import geopandas as gpd
     import rasterio
@@ -124,7 +125,7 @@ def test_trained_champion_predicts_without_seams_and_in_the_right_place(demo_pro
     assert demo_champion[1].success and resources["mlflow_tracking"].alias_version("champion") is not None
     job = build_defs(resources).resolve_job_def("prediction_job")
     store = resources["data_store"]
-    grids = {"plain": InferenceConfig(overlap=0), "blended": InferenceConfig()}  # blended = the asset's defaults
+    grids = {"plain": InferenceConfig(window=384, overlap=0), "blended": InferenceConfig()}  # blended: the asset's defaults
     class_ids, names = list(synthetic.CLASSES.values()), list(synthetic.CLASSES)
     # confusion matrices by (pixel set, grid that predicted it)
     cms = {(where, grid): 0 for where in ("blended seams", "plain seams") for grid in grids}
