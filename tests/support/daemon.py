@@ -238,9 +238,26 @@ def next_tick(ops: Ops, sensor: str, after: float, timeout: float = 120):
     return done[-1]  # ticks come newest first
 
 def describe_runs(instance) -> str:
+    """One line per run (oldest first), with why it failed for a failed run."""
     return "\n".join(f"  {r.run_id[:8]} {r.job_name} {r.status.value} assets={sorted(k.to_user_string() for k in r.asset_selection or [])} "
                      f"partition={r.tags.get('dagster/partition')} sensor={r.tags.get('dagster/sensor_name')} "
-                     f"parent={(r.parent_run_id or '')[:8]}" for r in reversed(all_runs(instance)))
+                     f"parent={(r.parent_run_id or '')[:8]}" + (f"\n    {run_failure_reason(instance, r.run_id)}" if
+                                                                 r.status.value == "FAILURE" else "")
+                     for r in reversed(all_runs(instance)))
+
+
+def run_failure_reason(instance, run_id: str) -> str:
+    """The messages of a run's step and run failure events (the first 500 characters of each)."""
+    from dagster import DagsterEventType
+
+    events = [*instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE),
+              *instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)]
+
+    def why(entry) -> str:
+        error = getattr(entry.dagster_event.event_specific_data, "error", None)
+        return (error.message if error is not None else entry.dagster_event.message or "").strip()[:500]
+
+    return " | ".join(f"{e.step_key or 'run'}: {why(e)}" for e in events) or "no failure event"
 
 def launch_imagery_run(ops, date: str, size: int = 256) -> str:
     """Land a `size`² scene for `date` and submit imagery_job for it to the run queue; the new run's id."""
