@@ -14,7 +14,7 @@ from geoseg_assets.assets.masks import resolve_class_map
 from geoseg_assets.assets.models import CHAMPION_ASSET
 from geoseg_assets.assets.scenes import fail_on_bad_input, scenes, upstream_scene
 from geoseg_assets.markdown import markdown_table
-from geoseg_assets.ml.runtimes import Runtime
+from geoseg_assets.ml.options import Runtime
 from geoseg_assets.pools import MODEL_COMPUTE_POOL
 from geoseg_assets.geo.classmap import IGNORE_ID, ClassDef, ClassMap
 from geoseg_assets.geo.errors import SceneError

@@ -1,9 +1,9 @@
 """The network behind sliding-window inference: class probabilities of a batch of prepared windows, run by
 torch or by ONNX Runtime.
 
-On CPU, ONNX Runtime runs the exported graph of the same weights about 1.45x faster than eager torch
-(Unet-resnet18, this 2-core machine: 2.6 vs 1.8 MP/s; benchmarks/bench_inference.py): it folds batch norms
-into convolutions and fuses activations. Training logs that export (`onnx/model.onnx`, dynamic batch,
+On CPU, ONNX Runtime runs the exported graph of the same weights about 1.3x faster than eager torch
+(the default Unet-resnet18 on this 2-core machine, once per pixel: 2.25 vs 1.73 MP/s in
+benchmarks/bench_inference.py): it folds batch norms into convolutions and fuses activations. Training logs that export (`onnx/model.onnx`, dynamic batch,
 height and width) after checking it against torch; `onnx_network` checks it again against the weights
 being served before trusting it, so a stale or foreign file falls back to torch instead of predicting.
 """
@@ -13,15 +13,14 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from .models import batch_on, on_device
 from .onnx_export import INPUT_NAME, OUTPUT_NAME
-
-Runtime = Literal["auto", "torch", "onnxruntime"]
+from .options import Runtime
 ONNX_TOLERANCE = 1e-3  # largest |logit difference| accepted between ONNX Runtime and torch on the same input
 
 
