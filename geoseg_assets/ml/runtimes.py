@@ -3,9 +3,10 @@ torch or by ONNX Runtime.
 
 On CPU, ONNX Runtime runs the exported graph of the same weights about 1.3x faster than eager torch
 (the default Unet-resnet18 on this 2-core machine, once per pixel: 2.25 vs 1.73 MP/s in
-benchmarks/bench_inference.py): it folds batch norms into convolutions and fuses activations. Training logs that export (`onnx/model.onnx`, dynamic batch,
-height and width) after checking it against torch; `onnx_network` checks it again against the weights
-being served before trusting it, so a stale or foreign file falls back to torch instead of predicting.
+benchmarks/bench_inference.py): it folds batch norms into convolutions and fuses activations. Training
+logs that export (`onnx/model.onnx`, dynamic batch, height and width) after checking it against torch;
+`onnx_network` checks it again against the weights being served before trusting it, so a stale or
+foreign file falls back to torch instead of predicting.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from .models import batch_on, on_device
 from .onnx_export import INPUT_NAME, OUTPUT_NAME
 from .options import Runtime
+
 ONNX_TOLERANCE = 1e-3  # largest |logit difference| accepted between ONNX Runtime and torch on the same input
 
 
