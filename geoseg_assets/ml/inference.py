@@ -72,6 +72,7 @@ class InferenceConfig:
         return self.overlap // 2
 
     def windows_per_batch(self, height: int, width: int) -> int:
+        """Windows of height x width per forward: `batch_size`, or as many as fit in BATCH_PIXELS (at least one)."""
         return self.batch_size or max(1, BATCH_PIXELS // (height * width))
 
 
