@@ -7,7 +7,7 @@ DATA ?= $(CURDIR)/data
 export GEOSEG_DATA_DIR := $(DATA)
 export DAGSTER_HOME := $(DATA)/dagster_home
 
-.PHONY: install demo test ui ui-prod bench services clean lock
+.PHONY: install demo test ui check ui-prod bench services clean lock
 
 # torch/torchvision go in first as the matched pair that lies on this machine's disk; then the
 # project with every dependency pinned by requirements.lock (regenerate it with `make lock`). pip compiles the
@@ -34,8 +34,14 @@ $(DAGSTER_HOME)/dagster.yaml: Makefile
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m geoseg_assets.demo
 
+# `dg dev` / `dg check defs` (dagster-dg-cli) read [tool.dg] in pyproject.toml: the same code location as
+# workspace.yaml, in this virtualenv (VIRTUAL_ENV says so: dg warns when the active env is not the project's).
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(DG) dev -h 127.0.0.1 -p 3000
+
+check: install $(DAGSTER_HOME)/dagster.yaml
+	$(DG) check defs
 
 # Production-like UI: webserver + daemon on the dagster-postgres instance of dagster.yaml (queued runs,
 # concurrency limits, run retries and monitoring), both stopped together by Ctrl-C.

@@ -9,32 +9,48 @@ of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
 4. `dataset_job` builds the spatially split training set and versions it with DVC (commit to
    dvc.lock + push to the local remote `data/dvc-remote`, recorded in git as
    `refs/geoseg/datasets/<md5>`);
-5. `training_job` trains a Unet on CPU (about 4-5 minutes), logs it to the local MLflow store,
+5. `training_job` trains a Unet on CPU (2-3 minutes on 2 cores), logs it to the local MLflow store,
    evaluates it on the test split and promotes it to `champion` if it passes the gate;
 6. the new champion makes every `predictions` partition stale (with the daemon, the automation
    sensor requests them); the demo runs `prediction_job` per partition (class COG, polygons).
    Partitions the champion cannot predict (the real Landsat pair: other bands, dtype and CRS) are
-   reported with the integrity problem, not run;
+   skipped by the asset with the integrity problem recorded, and their runs succeed;
 7. `monitoring_job` writes the data quality, data drift and prediction drift reports of every
    partition (HTML + JSON), and `model_quality_report` the champion's history and live quality.
-It prints where the outputs are and how to open the UI.
+Every run is made against the code location of `workspace.yaml` (`WorkspaceRuns`), so the UI lists it on its job's
+page and can re-execute it; the two sensors' cursors and ticks are stored, so switching them on later requests
+nothing the demo did. It prints one line per run and where the outputs are; Dagster's log lines go to
+`<data>/demo.log` and to each run's log in the UI.
 """
 
+import argparse
 import json
+import os
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME  # the UI's "Materialize" job
 
 from geoseg_assets.definitions import REPO_ROOT, default_data_dir, defs
 from geoseg_assets.assets.monitoring import model_quality_report
 from geoseg_assets.partitions import region_date_partitions, region_partitions
 from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, masks
 from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
+from geoseg_assets.workspace_runs import WorkspaceRuns, workspace_runs
+from resources.catalog import PREDICTED_CLASSES
 from resources.landing_source import REGION_SPEC_FILE
 from resources.synthetic_source import SyntheticSource
+
+LOCATION = "geoseg"  # the code location's name in workspace.yaml
+# The demo's runs are small: each runs in its run process (no step processes to start), 80 s less than the
+# default multiprocess executor on 2 cores. A re-execution from the UI keeps this config.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 REAL_SCENES = {  # region -> {date: bundled file}
     "pucallpa": {
@@ -60,127 +76,187 @@ def stage_landing(landing: Path) -> SyntheticSource:
     return synthetic
 
 
-def run_requests(job, instance, requests, what: str, asset_selection=None) -> list:
-    """Execute each run request in-process (recorded in the instance); return the failed keys."""
-    failures = []
-    for request in requests:
-        run = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags,
-                                     asset_selection=asset_selection, raise_on_error=False)
-        print(f"  {'ok' if run.success else 'FAILED':6} {what:16} {request.partition_key}  run {run.run_id[:8]}")
-        if not run.success:
-            failures.append(request.partition_key)
-    return failures
+class DemoRuns:
+    """The demo's runs: made against the workspace (re-executable from the UI, listed on their job's page),
+    executed here, one line printed per run (Dagster's own log lines go to each run's log and to demo.log)."""
+
+    def __init__(self, runs: WorkspaceRuns):
+        self.runs = runs
+        self.failed: list[str] = []
+
+    def run(self, job_name: str, what: str, label: str = "", run_config: dict | None = None,
+            progress: str | None = None, **kwargs) -> dg.DagsterRun:
+        """Make and execute one run; print its outcome, and meanwhile the run's log messages that start with
+        `progress` (e.g. the training epochs)."""
+        started = time.time()
+        run = self.runs.create_run(job_name, run_config={**IN_PROCESS, **(run_config or {})}, **kwargs)
+        if progress is None:
+            run = self.runs.execute(run)
+        else:
+            with self.printing_messages(run.run_id, progress):
+                run = self.runs.execute(run)
+        status = "ok" if run.is_success else "FAILED"
+        detail = self.outcome(run)
+        print(f"  {status:6} {what:18} {label:22} {time.time() - started:5.1f}s  run {run.run_id[:8]}"
+              f"{'  ' + detail if detail else ''}", flush=True)
+        if not run.is_success:
+            self.failed.append(f"{what} {label}".strip())
+        return run
+
+    @contextmanager
+    def printing_messages(self, run_id: str, prefix: str, every_s: float = 2.0) -> Iterator[None]:
+        """While the block runs, print the run's log messages that start with `prefix` as they are stored."""
+        done, printed = threading.Event(), 0
+
+        def watch() -> None:
+            nonlocal printed
+            while True:
+                stop = done.wait(every_s)
+                messages = [e.user_message for e in self.runs.instance.all_logs(run_id)
+                            if not e.is_dagster_event and e.user_message.startswith(prefix)]
+                for message in messages[printed:]:  # the first few figures: the run's log has them all
+                    print(f"         {', '.join(message.split(', ')[:4])}", flush=True)
+                printed = len(messages)
+                if stop:
+                    return
+
+        watcher = threading.Thread(target=watch, name="demo-progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join(timeout=30)
+
+    def run_sensor_requests(self, sensor_name: str, result: dg.SensorResult, job_name: str, what: str,
+                            asset_selection=None) -> None:
+        """One run per request of a sensor evaluated here, tagged and recorded as the daemon would."""
+        started = time.time()
+        ids = [self.run(job_name, what, str(r.partition_key), partition_key=r.partition_key,
+                        tags=self.runs.sensor_run_tags(sensor_name, r), asset_selection=asset_selection).run_id
+               for r in result.run_requests or []]
+        self.runs.record_sensor_tick(sensor_name, started, result, ids)
+
+    def outcome(self, run: dg.DagsterRun) -> str:
+        """Why a run failed (first step failure), or what a successful run skipped and why."""
+        instance = self.runs.instance
+        if not run.is_success:
+            for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+                error = record.event_log_entry.dagster_event.step_failure_data.error
+                return (error.message if error else "").strip().splitlines()[0][:160]
+            return "see the run in the UI"
+        for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records:
+            observation = record.event_log_entry.asset_observation
+            if "skipped" in observation.metadata:
+                issue = observation.metadata["integrity_issues"].value[0]
+                return f"skipped: [{issue['check']}] {issue['problem']}"[:140]
+        return ""
+
+    def materialization(self, run: dg.DagsterRun, asset: str) -> dict:
+        """The metadata values of `asset`'s materialization in `run` ({} if none)."""
+        records = self.runs.instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        for record in records:
+            materialization = record.event_log_entry.asset_materialization
+            if materialization.asset_key == dg.AssetKey(asset):
+                return {k: v.value for k, v in materialization.metadata.items()}
+        return {}
 
 
-def predict_partitions(instance, resources, keys) -> list:
-    """Run `prediction_job` for each partition (what automation requests once a new champion lands),
-    skipping partitions the champion cannot predict (integrity issues, e.g. another sensor's bands);
-    return the failed keys."""
-    from geoseg_assets.monitoring.integrity import input_integrity
-    from resources.mlflow_tracking import CHAMPION, PREPROCESSING_FILE
-
-    tracking = resources["mlflow_tracking"]
-    champion = tracking.alias_version(CHAMPION)
-    if champion is None:
-        print(f"  skip   {'predictions':16} no champion")
-        return []
-    preprocessing = tracking.read_json_artifact(champion.run_id, PREPROCESSING_FILE)
-    job = defs.resolve_job_def("prediction_job")
-    failures = []
-    for key in keys:
-        scene = resources["data_store"].scene_record(key.keys_by_dimension)
-        issues = [i for i in input_integrity(scene, preprocessing) if i.blocking]
-        if issues:  # the asset would refuse it with this message: say so instead of failing the demo
-            print(f"  skip   {'predictions':16} {key}  [{issues[0].check}] {issues[0].problem}")
-            continue
-        failures += run_requests(job, instance, [dg.RunRequest(partition_key=key)], "predictions")
-    return failures
+@contextmanager
+def dagster_logs_to(log_file: Path) -> Iterator[None]:
+    """Send everything written to stderr (Dagster's console log of every run and step process) to `log_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_file, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
-def report_partitions(instance, resources, keys) -> list:
-    """Data quality and drift reports of every partition (prediction drift where there are predictions),
-    then the model quality report; return what failed."""
-    from resources.catalog import PREDICTED_CLASSES
-
-    job = defs.resolve_job_def("monitoring_job")
-    failures = []
-    for key in keys:
-        selection = [dg.AssetKey("data_quality_report"), dg.AssetKey("data_drift_report")]
-        if resources["data_store"].exists(PREDICTED_CLASSES, key.keys_by_dimension):
-            selection.append(dg.AssetKey("prediction_drift_report"))
-        failures += run_requests(job, instance, [dg.RunRequest(partition_key=key)],
-                                 f"{len(selection)} reports", asset_selection=selection)
-    quality = dg.materialize([model_quality_report], instance=instance, resources=resources, raise_on_error=False)
-    if quality.success:
-        meta = quality.asset_materializations_for_node("model_quality_report")[0].metadata
-        print(f"  ok     {'model quality':16} champion v{meta['champion_version'].value}, live mIoU "
-              f"{meta['live_miou'].value} on labelled partitions  run {quality.run_id[:8]}")
-    else:
-        print(f"  FAILED {'model quality':16} run {quality.run_id[:8]}")
-        failures.append("model_quality_report")
-    return failures
-
-
-def main() -> int:
-    data_dir = default_data_dir()
-    landing = data_dir / "landing"
-    started = time.time()
-    synthetic = stage_landing(landing)
-
-    instance = dg.DagsterInstance.get()
-    resources = defs.resources
+def run_pipeline(demo: DemoRuns, synthetic: SyntheticSource, training_config: dict) -> dict:
+    """Sensors, labels, dataset, training (`training_config`: op name -> config over its defaults), predictions and
+    reports, as in the module docstring."""
+    instance, resources = demo.runs.instance, defs.resources
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         scene_tick = new_scene_sensor(context)
     for request in scene_tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(region_partitions.name, list(request.partition_keys))
-    job = defs.resolve_job_def("imagery_job")
-    failures = run_requests(job, instance, scene_tick.run_requests, "scenes+tiles+masks")
+    demo.run_sensor_requests(new_scene_sensor.name, scene_tick, "imagery_job", "scenes+tiles+masks")
 
-    importer = defs.resolve_job_def(import_labels_job.name)
     for region in synthetic.regions:
         config = ImportLabelsConfig(path=str(synthetic.labels_path(region)), region=region, class_column="class_name",
                                     source="synthetic", annotator="geoseg.synthetic", replace=True)
-        run = importer.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={"import_labels": config}),
-                                          raise_on_error=False)
-        print(f"  {'ok' if run.success else 'FAILED':6} {'import labels':16} {region}  run {run.run_id[:8]}")
-        if not run.success:
-            failures.append(region)
+        demo.run(import_labels_job.name, "import labels", region,
+                 run_config={"ops": {"import_labels": {"config": config.model_dump()}}})
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         label_tick = label_change_sensor(context)
-    failures += run_requests(job, instance, label_tick.run_requests, "masks", asset_selection=[masks.key])
+    demo.run_sensor_requests(label_change_sensor.name, label_tick, "imagery_job", "masks", asset_selection=[masks.key])
 
-    built = defs.resolve_job_def("dataset_job").execute_in_process(instance=instance, raise_on_error=False)
-    version = "-"
-    if built.success:
-        meta = built.asset_materializations_for_node("dataset")[0].metadata
-        version = meta["dataset_version"].value
-        print(f"  ok     {'dataset':16} train/val/test {meta['tiles_train'].value}/{meta['tiles_val'].value}/"
-              f"{meta['tiles_test'].value} tiles, DVC version {version}  run {built.run_id[:8]}")
-    else:
-        print(f"  FAILED {'dataset':16} run {built.run_id[:8]}")
-        failures.append("dataset")
-
-    trained = defs.resolve_job_def("training_job").execute_in_process(instance=instance, raise_on_error=False)
-    if trained.success:
-        model_meta = trained.asset_materializations_for_node("model")[0].metadata
-        evaluation = trained.asset_materializations_for_node("model_evaluation")[0].metadata
-        print(f"  ok     {'model':16} v{model_meta['model_version'].value}: best val mIoU "
-              f"{model_meta['best_val_miou'].value:.3f}, test mIoU {evaluation['test_miou'].value:.3f} (present "
-              f"classes; all classes {evaluation['test_miou_all_classes'].value:.3f}), "
-              f"{'promoted to champion' if evaluation['promoted'].value else 'not promoted'} "
-              f"({evaluation['promotion_reason'].value})  run {trained.run_id[:8]}")
-    else:
-        print(f"  FAILED {'model':16} run {trained.run_id[:8]}")
-        failures.append("model")
+    built = demo.run("dataset_job", "dataset")
+    meta = demo.materialization(built, "dataset")
+    version = meta.get("dataset_version", "-")
+    if meta:
+        print(f"         train/val/test {meta['tiles_train']}/{meta['tiles_val']}/{meta['tiles_test']} tiles, "
+              f"DVC version {version}")
+    print("  training on CPU (2-3 minutes on 2 cores):", flush=True)
+    ops_config = {op: {"config": config} for op, config in training_config.items()}
+    trained = demo.run("training_job", "model", run_config={"ops": ops_config} if ops_config else None,
+                       progress="epoch ")
+    model_meta, evaluation = demo.materialization(trained, "model"), demo.materialization(trained, "model_evaluation")
+    if model_meta and evaluation:
+        print(f"         v{model_meta['model_version']}: best val mIoU {model_meta['best_val_miou']:.3f}, test mIoU "
+              f"{evaluation['test_miou']:.3f} (present classes; all classes "
+              f"{evaluation['test_miou_all_classes']:.3f}), "
+              f"{'promoted to champion' if evaluation['promoted'] else 'not promoted'} "
+              f"({evaluation['promotion_reason']})")
 
     partitions = sorted(instance.get_materialized_partitions(dg.AssetKey("scenes")), key=str)
-    keys = [region_date_partitions.get_partition_key_from_str(str(k)) for k in partitions]
-    failures += predict_partitions(instance, resources, keys)
-    failures += report_partitions(instance, resources, keys)
+    for key in partitions:
+        demo.run("prediction_job", "predictions", str(key), partition_key=key)
+    for key in partitions:
+        dims = region_date_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
+        selection = [dg.AssetKey("data_quality_report"), dg.AssetKey("data_drift_report")]
+        if resources["data_store"].exists(PREDICTED_CLASSES, dims):
+            selection.append(dg.AssetKey("prediction_drift_report"))
+        demo.run("monitoring_job", f"{len(selection)} reports", str(key), partition_key=key, asset_selection=selection)
+    quality = demo.run(IMPLICIT_ASSET_JOB_NAME, "model quality", asset_selection=[model_quality_report.key])
+    quality_meta = demo.materialization(quality, "model_quality_report")
+    if quality_meta:
+        print(f"         champion v{quality_meta['champion_version']}, live mIoU {quality_meta['live_miou']} on "
+              "labelled partitions")
+    return {"partitions": len(scene_tick.run_requests), "mask_updates": len(label_tick.run_requests),
+            "dataset_version": version}
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the geoseg pipeline on demo scenes (see the module docstring).")
+    parser.add_argument("--training-config", type=json.loads, default={}, metavar="JSON",
+                        help="training_job's config over its defaults, by op, e.g. a quick run: "
+                        '\'{"model": {"epochs": 1, "max_steps_per_epoch": 2}, "model_evaluation": {"min_miou": 0}}\'')
+    args = parser.parse_args(argv)
+    data_dir = default_data_dir()
+    landing = data_dir / "landing"
+    log_file = data_dir / "demo.log"
+    started = time.time()
+    synthetic = stage_landing(landing)
+    instance = dg.DagsterInstance.get()
+    print(f"geoseg demo: Dagster's log lines of every run go to {log_file}", flush=True)
+    with dagster_logs_to(log_file), workspace_runs(instance, REPO_ROOT / "workspace.yaml", LOCATION, defs) as runs:
+        demo = DemoRuns(runs)
+        summary = run_pipeline(demo, synthetic, args.training_config)
+
+    resources = defs.resources
+    version = summary["dataset_version"]
     store = Path(resources["data_store"].root)
-    print(f"\nDemo finished in {time.time() - started:.0f}s: {len(scene_tick.run_requests)} partitions, "
-          f"{len(label_tick.run_requests)} mask updates, {len(failures)} failed.")
+    print(f"\nDemo finished in {time.time() - started:.0f}s: {summary['partitions']} partitions, "
+          f"{summary['mask_updates']} mask updates, {len(demo.failed)} failed{': ' if demo.failed else '.'}"
+          f"{', '.join(demo.failed)}")
     print(f"  landing folder : {landing}")
     print(f"  labels         : {resources['label_store'].path}")
     print(f"  outputs        : {store}  (scenes/, tiles/, masks/, predictions/, *_report/ by region=/date=; dataset/)")
@@ -189,9 +265,10 @@ def main() -> int:
           f"(`python -m geoseg_assets.reproduce --dataset {version}` restores it)")
     print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  "
           f"(`mlflow ui --backend-store-uri {resources['mlflow_tracking'].tracking_uri}`)")
-    print(f"  Dagster home   : {instance.root_directory}")
-    print("  open the UI    : make ui   -> http://127.0.0.1:3000")
-    return 1 if failures else 0
+    print(f"  Dagster home   : {instance.root_directory}  (Dagster's log: {log_file})")
+    print("  open the UI    : make ui   -> http://127.0.0.1:3000  (every run above can be opened and re-executed; "
+          "new_scene_sensor and label_change_sensor resume from the demo's cursors)")
+    return 1 if demo.failed else 0
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ from resources.data_store import check_partition_value
 
 
 class ClassSpec(Config):
-    name: str
-    id: int
-    color: list[int] = Field(default_factory=lambda: [128, 128, 128])
+    """One class of the class map."""
+
+    name: str = Field(description="Class name as labels and reports show it.")
+    id: int = Field(description="Pixel value in masks and predictions, 1..254 (0 is nodata, 255 ignore).")
+    color: list[int] = Field(default_factory=lambda: [128, 128, 128], description="RGB colour, 0..255 each, in previews and the class COG's colour table.")
 
 
 class ClassMapResource(ConfigurableResource):

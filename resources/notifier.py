@@ -14,7 +14,7 @@ class Notifier(ConfigurableResource):
     """Sends a short message per failure; a webhook that fails is logged, never raised."""
 
     webhook_url: str | None = Field(default=None, description="POST a JSON {text, ...} here (Slack/Teams-style).")
-    timeout_s: float = 5.0
+    timeout_s: float = Field(default=5.0, description="Seconds to wait for the webhook before logging it as failed.")
 
     def notify(self, text: str, **fields) -> bool:
         """Log the message and post it to the webhook if set; True when the webhook accepted it."""

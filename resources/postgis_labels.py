@@ -28,10 +28,10 @@ class PostgisLabelStore(LabelStore):
     """Labels in a PostGIS table (production default): one row per polygon, a GiST index on the
     geometry and a region index; every import or status change is one transaction."""
 
-    host: str = "127.0.0.1"
-    port: int = 5432
-    user: str = "postgres"
-    password: str = ""
+    host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
+    port: int = Field(default=5432, description="PostgreSQL port.")
+    user: str = Field(default="postgres", description="PostgreSQL role.")
+    password: str = Field(default="", description="Password of the role (from an EnvVar in production; the UI shows the variable, never the value).")
     dbname: str = Field(default="geoseg", description="Database holding the labels table (with the PostGIS extension).")
     table: str = Field(default="labels", description="Table name: a plain SQL identifier (a-z, 0-9, _; at most 53: 63 bytes minus the index suffix).")
     _schema_ready: bool = PrivateAttr(default=False)  # ensure_schema ran on this instance

@@ -46,8 +46,8 @@ class ScanResult:
 class RegionSpec(Config):
     """Product spec of one region's scenes when it differs from the source default."""
 
-    band_names: list[str]
-    dtype: str | None = None
+    band_names: list[str] = Field(description="Band names in file order, e.g. [\"SWIR1\", \"NIR\", \"R\", \"G\"].")
+    dtype: str | None = Field(default=None, description="Pixel type of the files (e.g. uint8); None: the file's own.")
     nodata: float | None = Field(
         default=None,
         description="Nodata value of the region's files: overrides the file's own and disables border-fill "

@@ -15,12 +15,12 @@ class SyntheticSource(SceneSource):
     under `cache_dir/<region>/<date>/scene.tif` (the landing-folder layout)."""
 
     cache_dir: str = Field(description="Where generated scenes and labels are written.")
-    regions: list[str] = Field(default=["alpha", "beta"])
-    dates: list[str] = Field(default=["2024-04-15", "2024-06-15", "2024-08-15"])
-    width: int = 1024
-    height: int = 1024
-    seed: int = 0
-    nodata_margin: float = 0.0
+    regions: list[str] = Field(default=["alpha", "beta"], description="Regions to generate.")
+    dates: list[str] = Field(default=["2024-04-15", "2024-06-15", "2024-08-15"], description="Acquisition dates to generate, YYYY-MM-DD.")
+    width: int = Field(default=1024, description="Scene width in pixels.")
+    height: int = Field(default=1024, description="Scene height in pixels.")
+    seed: int = Field(default=0, description="Random seed: the same seed gives the same scenes and labels.")
+    nodata_margin: float = Field(default=0.0, description="Share of the width left as nodata fill at the left edge (0 = none), like the fill of a real product.")
     brightness_shifts: dict[str, float] = Field(default_factory=dict, description="Per-date relative brightness shift.")
 
     def location(self) -> str:

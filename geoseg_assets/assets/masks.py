@@ -103,7 +103,7 @@ class ImportLabelsConfig(dg.Config):
     default_class: str | None = Field(default=None, description="Class of every feature when the file has no class column.")
     status: Status = Field(default="valid", description="unlabeled, test or valid (only valid trains).")
     source: Source = Field(default="manual", description="manual, osm, auto or synthetic.")
-    annotator: str | None = None
+    annotator: str | None = Field(default=None, description="Who drew the labels (a person or a tool), kept with each feature.")
     valid_from: str | None = Field(default=None, description="First date (YYYY-MM-DD) the labels describe.")
     valid_to: str | None = Field(default=None, description="Last date (YYYY-MM-DD) the labels describe.")
     replace: bool = Field(default=False, description="Replace the region's labels instead of adding to them.")

@@ -284,7 +284,7 @@ def model_quality_report(context: dg.AssetExecutionContext, data_store: DataStor
         "champion_version": str(champion.version),
         "versions": len(history),
         "champion_test_miou": next((h["test_miou"] for h in history if h["version"] == str(champion.version)), None),
-        "live_miou": dg.MetadataValue.float(float(live["miou"])) if live["partitions"] else "no labelled partition",
+        "live_miou": dg.MetadataValue.float(round(float(live["miou"]), 4)) if live["partitions"] else "no labelled partition",
         "live_partitions": dg.MetadataValue.md(live_table),
         "history": md.image(png, "mIoU per model version"),
         "report_html": md.path(html_path),

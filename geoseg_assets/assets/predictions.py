@@ -4,6 +4,7 @@ table, optional probability COG) and its polygons (GeoPackage), recomputed when 
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import partial
 
 import dagster as dg
@@ -73,10 +74,13 @@ def model_class_map(preprocessing: dict, colours: ClassMap) -> ClassMap:
     pool=MODEL_COMPUTE_POOL,
     description="The champion model's land-cover map of the whole scene: seamless sliding-window inference "
     "(blended overlaps, nodata kept), a class COG with the class colours, optional probabilities, and polygons. "
-    "Refuses scenes whose bands, dtype, grid or value scale differ from the champion's training data.",
+    "A scene whose bands, dtype, grid or value scale differ from the champion's training data (another product) is "
+    "skipped: the run succeeds, nothing is written, and an observation of the partition records why.",
+    output_required=False,
 )
 def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, data_store: DataStore,
-                mlflow_tracking: MlflowTracking, compute: ComputeDevice, class_map: ClassMapResource) -> dg.MaterializeResult:
+                mlflow_tracking: MlflowTracking, compute: ComputeDevice,
+                class_map: ClassMapResource) -> Iterator[dg.MaterializeResult]:
     from geoseg_assets.geo.prediction_io import class_areas, pixel_area_m2, predict_to_cogs
     from geoseg_assets.geo.vectorize import vectorize_classes
     from geoseg_assets.ml.normalize import Normalizer
@@ -89,10 +93,13 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         raise mlflow_tracking.no_alias_failure(CHAMPION, "run training_job so a model is promoted")
     preprocessing = mlflow_tracking.read_json_artifact(champion.run_id, PREPROCESSING_FILE)
     issues = [i for i in input_integrity(scene, preprocessing) if i.blocking]
-    if issues:
-        raise dg.Failure(description=describe(str(scene_path), issues), allow_retries=False, metadata={
-            "file": str(scene_path), "model_version": str(champion.version),
-            "integrity_issues": [i.to_dict() for i in issues]})
+    if issues:  # another product than the champion's: an expected skip with its reason, not a failed run
+        reason = describe(str(scene_path), issues)
+        context.log.warning(f"skipped: {reason}")
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata={
+            "skipped": reason, "file": md.path(scene_path), "model_version": str(champion.version),
+            "integrity_issues": [i.to_dict() for i in issues]}))
+        return
     net = load_registered(mlflow_tracking, str(champion.version))
     normalizer = Normalizer.from_dict(preprocessing)
     classes = model_class_map(preprocessing, resolve_class_map(class_map, dims["region"]))
@@ -184,7 +191,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         metadata["probabilities_path"] = md.path(paths[PREDICTED_PROBABILITIES])
     context.log.info(f"{dims['region']}/{dims['date']}: {megapixels:.2f} MP in {seconds:.1f}s with "
                      f"{mlflow_tracking.model_name} v{champion.version} on {device}")
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata=metadata,
         data_version=dg.DataVersion(f"{scene.get('fingerprint', '')[:16]}-v{champion.version}"),
     )

@@ -109,15 +109,17 @@ def test_the_champion_predicts_and_a_new_champion_makes_predictions_stale(projec
     assert requested(dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=calm.cursor)) == []
 
 
-def test_a_scene_that_does_not_match_the_training_data_is_refused(project):
-    """Integrity gate: a scene recorded with another band order (or count) fails with the file, the
-    problem and the fix, and writes nothing."""
-    _, _, _, resources = project
+def test_a_scene_that_does_not_match_the_training_data_is_skipped_with_the_reason(project):
+    """Integrity gate: a scene recorded with another band order (or count), i.e. another product than the champion's,
+    is an expected skip, not a red run: the run succeeds, nothing is materialized or written, and an observation of
+    the partition names the file, the problem and the fix."""
+    _, _, instance, resources = project
     if resources["mlflow_tracking"].alias_version(CHAMPION) is None:
         build(project)
         assert train_and_evaluate(project, min_miou=0.0).success
     store = resources["data_store"]
     dims = {"region": "beta", "date": DATES[0]}
+    key = str(partition_key(dims["region"], dims["date"]))
     record_path = store.path("scenes", dims, "scene.json")
     original = record_path.read_text()
     try:
@@ -126,12 +128,18 @@ def test_a_scene_that_does_not_match_the_training_data_is_refused(project):
             record["band_names"] = bands
             record_path.write_text(json.dumps(record))
             run = predict(project, **dims)
-            assert not run.success
-            failure = run.get_step_failure_events()[0].event_specific_data
-            message = str(failure.user_failure_data.description)
-            assert str(store.path("scenes", dims, "scene.tif")) in message and f"[{check}]" in message
-            assert "Fix:" in message
+            assert run.success
+            assert run.asset_materializations_for_node("predictions") == []
+            (observation,) = [e.asset_observation_data.asset_observation for e in run.all_events
+                              if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+            assert observation.asset_key == PREDICTIONS and observation.partition == key
+            reason = observation.metadata["skipped"].value
+            assert str(store.path("scenes", dims, "scene.tif")) in reason and f"[{check}]" in reason
+            assert "Fix:" in reason
+            assert observation.metadata["integrity_issues"].value[0]["check"] == check
             assert not store.path("predictions", dims, "classes.tif").exists()
+            record = instance.get_run_record_by_id(run.run_id)
+            assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
     finally:
         record_path.write_text(original)
 

@@ -10,13 +10,9 @@ materialized in PostgreSQL; the operator repairs the file and re-executes the ba
 failed" then launches nothing.
 """
 
-import json
 import os
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import yaml
 from tests.support.paths import BIN, REPO
 from tests.support.postgres import PG, dagster_pg_env, throwaway_database
 from tests.support.processes import group_alive, start_group, stop_group, tail
+from tests.support.webserver import GraphQL, free_port, wait_for_server
 
 
 REGIONS = ["alpha", "beta"]
@@ -32,47 +29,12 @@ DATES = ["2024-06-15", "2024-08-15"]
 BACKFILL_ASSETS = ["scenes", "tiles", "masks"]
 BROKEN = ("2024-08-15", "beta")  # (date, region) whose landed scene is truncated until the operator repairs it
 AUTOMATION_SENSOR = "geoseg_automation_sensor"
-STARTUP_TIMEOUT = 120
 BACKFILL_TIMEOUT = 8 * 60
 
 pytestmark = [pytest.mark.slow(minutes=3), pytest.mark.postgres]
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class GraphQL:
-    def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}/graphql"
-
-    def __call__(self, query: str, **variables) -> dict:
-        t0 = time.time()
-        try:
-            return self._post(query, variables)
-        finally:
-            if time.time() - t0 > 5:
-                print(f"  slow GraphQL call ({time.time() - t0:.1f} s): {' '.join(query.split())[:80]}")
-
-    def _post(self, query: str, variables: dict) -> dict:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            payload = json.loads(urllib.request.urlopen(request, timeout=60).read())
-        except urllib.error.HTTPError as exc:
-            # The webserver answers HTTP 500 when a result holds a PythonError; the JSON body is the answer.
-            body = exc.read().decode(errors="replace")
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                pytest.fail(f"GraphQL HTTP {exc.code}: {body[:3000]}\nquery: {query}")
-        assert not payload.get("errors"), f"{payload['errors']}\nquery: {query}"
-        return payload["data"]
-
 
 def _production_instance_yaml() -> dict:
     """The repo's dagster.yaml, unchanged (storage from DAGSTER_PG_*, queued runs, run retries), plus run
@@ -124,21 +86,6 @@ def _status_counts(backfill: dict) -> dict:
     return {"/".join(s["assetKey"]["path"]): (s["numPartitionsTargeted"], s["numPartitionsMaterialized"],
                                               s["numPartitionsFailed"])
             for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
-
-
-def _wait_for_server(port: int, procs: dict, logs: dict) -> None:
-    deadline = time.time() + STARTUP_TIMEOUT
-    while time.time() < deadline:
-        for name, proc in procs.items():
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(logs[name])}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"webserver did not answer /server_info within {STARTUP_TIMEOUT} s:\n{tail(logs['webserver'])}")
 
 
 def _days(start: str, end: str) -> list[str]:
@@ -241,7 +188,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
             monkeypatch.setenv(var, value)
         env = {**os.environ, **pg_env, "DAGSTER_HOME": str(home), "GEOSEG_DATA_DIR": str(data),
                "PYTHONUNBUFFERED": "1"}
-        port = _free_port()
+        port = free_port()
         logs = {"webserver": tmp_path / "webserver.log", "daemon": tmp_path / "daemon.log"}
         procs: dict[str, subprocess.Popen] = {}
         started = time.time()
@@ -255,7 +202,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
                                          "-w", str(REPO / "workspace.yaml")], env, logs["webserver"])
             procs["daemon"] = start_group([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
                                      env, logs["daemon"])
-            _wait_for_server(port, procs, logs)
+            wait_for_server(port, procs, logs)
             print(f"webserver + daemon up (/server_info answers) in {time.time() - started:.1f} s")
             gql = GraphQL(port)
 
