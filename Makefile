@@ -7,7 +7,7 @@ DATA ?= $(CURDIR)/data
 export GEOSEG_DATA_DIR := $(DATA)
 export DAGSTER_HOME := $(DATA)/dagster_home
 
-.PHONY: install demo test ui check ui-prod bench services clean lock
+.PHONY: install demo test ui check ui-prod bench browser services clean lock
 
 # torch/torchvision go in first as the matched pair that lies on this machine's disk; then the
 # project with every dependency pinned by requirements.lock (regenerate it with `make lock`). pip compiles the
@@ -37,8 +37,14 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 # `dg dev` / `dg check defs` (dagster-dg-cli) read [tool.dg] in pyproject.toml: the same code location as
 # workspace.yaml, in this virtualenv (VIRTUAL_ENV says so: dg warns when the active env is not the project's).
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg
+# The geoseg viewer (maps, legends, reports; asset metadata links to it, GEOSEG_VIEWER_URL says where) and the MLflow
+# UI of the embedded store (model metadata links to its runs) next to Dagster; Ctrl-C stops all three.
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(DG) dev -h 127.0.0.1 -p 3000
+	trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT INT TERM; \
+	$(PY) -m geoseg_assets.viewer --host 127.0.0.1 --port 3100 & \
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DATA)/mlflow/mlflow.db --host 127.0.0.1 --port 5000 --workers 1 & \
+	$(DG) dev -h 127.0.0.1 -p 3000 & \
+	wait
 
 check: install $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
@@ -65,13 +71,18 @@ ui-prod: install
 	$(VENV)/bin/dagster-webserver -h 127.0.0.1 -p $${GEOSEG_UI_PORT:-3000} -w workspace.yaml & \
 	wait
 
+# Debian's chromium for the browser tests (playwright drives it; no browser download works here).
+browser:
+	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium || \
+	  { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
 services:
 	bash .ci/services.sh
 
 # Three xdist workers, whole modules each (module fixtures built once), the longest modules first (tests/conftest.py);
 # one BLAS/OpenMP thread per process, since three workers and their step processes already share two cores
 # (spinning OpenMP threads of oversubscribed processes burn the CPU the others need).
-test: install services
+test: install services browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 3 --dist loadfile --no-loadscope-reorder -ra --durations=15
 
 bench: install

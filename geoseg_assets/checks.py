@@ -21,7 +21,7 @@ from resources.scene_sources import SceneSource
 MISSING_MANIFEST = "manifest.json is missing; materialize the dataset"
 
 # The checks of scenes, tiles and masks are partitioned like their assets (a preview API in dagster 1.13): each
-# partition gets its own result, so one bad scene blocks only its own tiles. Chosen knowingly (README, "Asset checks");
+# partition gets its own result, so one bad scene blocks only its own tiles. Chosen knowingly (README, install notes);
 # its PreviewWarning, printed by every process that loads the code location (50 times in an afternoon of `make ui`),
 # is silenced for exactly that message. Re-check on a Dagster upgrade.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec is currently in preview",

@@ -57,20 +57,31 @@ def default_dvc_repo() -> Path:
     return Path(os.environ.get("GEOSEG_DVC_REPO", REPO_ROOT)).resolve()
 
 
+MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where `make ui` serves the embedded MLflow store
+
+
+def default_viewer_url() -> str:
+    """Where the geoseg viewer serves the data store (asset metadata links there): $GEOSEG_VIEWER_URL, else
+    `make ui`'s http://127.0.0.1:3100."""
+    return os.environ.get("GEOSEG_VIEWER_URL", DataStore.model_fields["viewer_url"].default)
+
+
 def default_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """Embedded defaults: outputs under `<data>/store`, scenes landed under `<data>/landing`,
     labels in `<data>/labels.gpkg`, class maps from `<data>/landing/classes.json` and `<data>/landing/<region>/classes.json`
     when present (else the built-in classes), `dvc_repo` (this checkout by default)
     as the DVC repo with its default remote `<repo>/data/dvc-remote`, a local SQLite MLflow store under
-    `<data>/mlflow`, failure notices in the log only, networks on CUDA when present, else CPU."""
+    `<data>/mlflow` (its UI at MLFLOW_UI_URL when `make ui` runs), failure notices in the log only, networks on
+    CUDA when present, else CPU."""
     return {
-        "data_store": DataStore(root=str(data_dir / "store")),
+        "data_store": DataStore(root=str(data_dir / "store"), viewer_url=default_viewer_url()),
         "scene_source": LandingFolderSource(root=str(data_dir / "landing")),
         "label_store": GeoPackageLabelStore(path=str(data_dir / "labels.gpkg")),
         "class_map": ClassMapResource(folder=str(data_dir / "landing")),
         "dvc": DvcStore(repo_dir=str(dvc_repo)),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
-                                          artifact_location=str(data_dir / "mlflow" / "artifacts")),
+                                          artifact_location=str(data_dir / "mlflow" / "artifacts"),
+                                          ui_url=MLFLOW_UI_URL),
         "notifier": Notifier(),
         "compute": ComputeDevice(),
         "drift_policy": DriftPolicy(),

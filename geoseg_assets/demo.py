@@ -263,11 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote, "
           f"recorded as refs/geoseg/datasets/{version.removesuffix('.dir')} "
           f"(`python -m geoseg_assets.reproduce --dataset {version}` restores it)")
-    print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  "
-          f"(`mlflow ui --backend-store-uri {resources['mlflow_tracking'].tracking_uri}`)")
+    print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  (make ui serves it on "
+          f"{resources['mlflow_tracking'].ui_url or 'your MLflow server'})")
     print(f"  Dagster home   : {instance.root_directory}  (Dagster's log: {log_file})")
     print("  open the UI    : make ui   -> http://127.0.0.1:3000  (every run above can be opened and re-executed; "
           "new_scene_sensor and label_change_sensor resume from the demo's cursors)")
+    print(f"  viewer         : {resources['data_store'].viewer_url}  (make ui starts it: maps, legends, reports)")
     return 1 if demo.failed else 0
 
 

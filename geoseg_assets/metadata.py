@@ -6,6 +6,8 @@ import base64
 
 import dagster as dg
 
+from geoseg_assets.viewer.links import map_url, report_url
+
 
 def image(png: bytes, alt: str = "preview") -> dg.MetadataValue:
     """Inline PNG shown in the asset's metadata panel."""
@@ -14,3 +16,13 @@ def image(png: bytes, alt: str = "preview") -> dg.MetadataValue:
 
 def path(p) -> dg.MetadataValue:
     return dg.MetadataValue.path(str(p))
+
+
+def viewer_map(viewer_url: str, dims: dict) -> dg.MetadataValue:
+    """Link to the partition's map in the geoseg viewer (scene, mask, prediction, legend, reports)."""
+    return dg.MetadataValue.url(map_url(viewer_url, dims["region"], dims["date"]))
+
+
+def viewer_report(viewer_url: str, report: str, dims: dict | None = None) -> dg.MetadataValue:
+    """Link to a report page in the geoseg viewer (a browser cannot open the file path from the UI)."""
+    return dg.MetadataValue.url(report_url(viewer_url, report, *((dims["region"], dims["date"]) if dims else ())))

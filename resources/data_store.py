@@ -50,6 +50,8 @@ class DataStore(ConfigurableResource):
     """
 
     root: str = Field(description="Folder that holds every asset output.")
+    viewer_url: str = Field(default="http://127.0.0.1:3100", description="Base URL of the geoseg viewer serving "
+                            "this store (`make ui` starts it there): asset metadata links to its maps and reports.")
     stale_temp_seconds: int = Field(
         default=3600, gt=0,
         description="A temp file (dot-name) not modified for this long was left by a killed run: the next write "

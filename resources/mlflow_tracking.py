@@ -31,6 +31,17 @@ class MlflowTracking(ConfigurableResource):
     artifact_location: str | None = Field(default=None, description="Artifact root for a new experiment (local stores).")
     experiment: str = Field(default="geoseg", description="Experiment that holds the training runs.")
     model_name: str = Field(default="geoseg-segmenter", description="Registered model name.")
+    ui_url: str | None = Field(default=None, description="MLflow UI showing this store (`make ui` starts one at "
+                               "http://127.0.0.1:5000 for the embedded store); model metadata links to its run pages. "
+                               "None: the tracking URI when it is an http(s) server, else no link.")
+
+    def run_page(self, run_id: str) -> str | None:
+        """URL of the run's page in the MLflow UI (`ui_url`, else an http(s) tracking server), None without one."""
+        base = self.ui_url or (self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else None)
+        if base is None:
+            return None
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def client(self, create: bool = False):
         """An MlflowClient on the store. A local SQLite store that does not exist is created only when

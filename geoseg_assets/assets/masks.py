@@ -71,6 +71,7 @@ def masks(context: dg.AssetExecutionContext, data_store: DataStore, label_store:
             "scene_fingerprint": scene.get("fingerprint", ""),
             "overlay": md.image(png, "mask over quicklook"),
             "overlay_path": md.path(overlay_path),
+            "viewer": md.viewer_map(data_store.viewer_url, dims),
         },
         data_version=dg.DataVersion(f"{scene.get('fingerprint', '')[:16]}-{fingerprint[:16]}"),
     )

@@ -223,14 +223,16 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
                      if config.export_onnx else None)
         version = mlflow_tracking.register(model_uri, run_id, weights_sha, CHALLENGER)
     context.log.info(f"registered {mlflow_tracking.model_name} v{version} as {CHALLENGER} (best val mIoU {result.best_miou:.4f})")
+    run_page = mlflow_tracking.run_page(run_id)
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run_id,
+            **({"mlflow_run": dg.MetadataValue.url(run_page)} if run_page else {}),
             "mlflow_tracking_uri": mlflow_tracking.tracking_uri,
             "model_name": mlflow_tracking.model_name,
             "model_version": version,
             "weights_sha256": weights_sha,
-            "best_val_miou": dg.MetadataValue.float(float(result.best_miou)),
+            "best_val_miou": dg.MetadataValue.float(round(float(result.best_miou), 4)),
             "epochs_run": result.epochs_run,
             "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else "none",
             "dataset_version": dataset_version,
@@ -322,11 +324,11 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     yield dg.MaterializeResult(
         metadata={
             "model_version": str(challenger.version),
-            "test_miou": dg.MetadataValue.float(float(test_miou)),
-            "test_miou_all_classes": dg.MetadataValue.float(float(test_miou_all)),
+            "test_miou": dg.MetadataValue.float(round(float(test_miou), 4)),
+            "test_miou_all_classes": dg.MetadataValue.float(round(float(test_miou_all), 4)),
             "miou_classes": miou_note(report.metrics),
-            "test_fwiou": dg.MetadataValue.float(float(report.metrics["fwiou"])),
-            "test_pixel_accuracy": dg.MetadataValue.float(float(report.metrics["pixel_accuracy"])),
+            "test_fwiou": dg.MetadataValue.float(round(float(report.metrics["fwiou"]), 4)),
+            "test_pixel_accuracy": dg.MetadataValue.float(round(float(report.metrics["pixel_accuracy"]), 4)),
             "per_class": dg.MetadataValue.md(per_class_markdown(report.metrics)),
             "per_class_iou": {n: round(v["iou"], 4) for n, v in report.metrics["per_class"].items() if v["present"]},
             "champion_test_miou": round(champion_score, 4) if champion_score is not None else "none",
@@ -340,8 +342,8 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         },
         asset_key="model_evaluation",
     )
-    floor_meta = {"test_miou": float(test_miou), "min_miou": float(config.min_miou),
-                  "test_miou_all_classes": float(test_miou_all)}
+    floor_meta = {"test_miou": round(float(test_miou), 4), "min_miou": float(config.min_miou),
+                  "test_miou_all_classes": round(float(test_miou_all), 4)}
     yield dg.AssetCheckResult(asset_key="model_evaluation", check_name="min_test_miou", passed=bool(passes_floor),
                               description=floor.message, metadata=floor_meta)
     # A champion Dagster has not seen yet (a fresh instance, or an alias set in MLflow by hand) is announced too.
@@ -352,7 +354,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
             asset_key=CHAMPION_ASSET,
             metadata={"model_name": mlflow_tracking.model_name, "model_version": str(challenger.version),
                       "mlflow_run_id": challenger.run_id, "model_uri": mlflow_tracking.model_uri(CHAMPION),
-                      "test_miou": dg.MetadataValue.float(float(test_miou)),
+                      "test_miou": dg.MetadataValue.float(round(float(test_miou), 4)),
                       "previous_champion_test_miou": champion_score if champion_score is not None else "none"},
             data_version=dg.DataVersion(f"{mlflow_tracking.model_name}-v{challenger.version}"),
         )

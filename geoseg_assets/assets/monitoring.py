@@ -133,7 +133,8 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
     data_store.write_bytes(data_store.file(DATA_DRIFT_JSON, dims), json.dumps(record, indent=2).encode())
     context.log.info(f"{dims['region']}/{dims['date']}: drift share {result.drift_share:.2f} vs {against}")
     return dg.MaterializeResult(metadata={"reference": against, "in_training_set": in_training_set,
-                                          **_drift_metadata(result, png, html_path)})
+                                          **_drift_metadata(result, png, html_path),
+                                          "report": md.viewer_report(data_store.viewer_url, "data_drift", dims)})
 
 
 @dg.asset(
@@ -167,6 +168,7 @@ def prediction_drift_report(context: dg.AssetExecutionContext, data_store: DataS
     vs_training = class_share_drift(labels, current, names, html_path=str(html_path))
     png = drift_chart_png(vs_training, f"predicted class shares {dims['region']} {dims['date']} vs training labels")
     metadata = {**_drift_metadata(vs_training, png, html_path),
+                "report": md.viewer_report(data_store.viewer_url, "prediction_drift", dims),
                 "reference": f"labels of the training set ({'region ' + dims['region'] if regions else 'all regions'}, "
                              "all splits)",
                 "training_shares": vs_training.reference_shares, "predicted_shares": vs_training.current_shares}
@@ -230,6 +232,7 @@ def data_quality_report(context: dg.AssetExecutionContext, config: QualityConfig
         "warned_rules": [r.rule for r in report.rules if r.status == "warn"],
         "reference": "training set" if reference else "none (no training set with these bands)",
         "report_html": md.path(html_path),
+        "report": md.viewer_report(data_store.viewer_url, "data_quality", dims),
     })
     yield dg.AssetCheckResult(
         check_name="data_quality_passes", passed=not failed,
@@ -288,4 +291,5 @@ def model_quality_report(context: dg.AssetExecutionContext, data_store: DataStor
         "live_partitions": dg.MetadataValue.md(live_table),
         "history": md.image(png, "mIoU per model version"),
         "report_html": md.path(html_path),
+        "report": md.viewer_report(data_store.viewer_url, "model_quality"),
     })

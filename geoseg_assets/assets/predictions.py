@@ -183,6 +183,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         "megapixels_per_second": dg.MetadataValue.float(round(megapixels / seconds, 3) if seconds else 0.0),
         "overlay": md.image(png, "prediction over imagery"),
         "overlay_path": md.path(paths[PREDICTION_OVERLAY]),
+        "viewer": md.viewer_map(data_store.viewer_url, dims),
         "note": "; ".join(result.notes) if result.notes else "ok",
     }
     if vectors is not None:

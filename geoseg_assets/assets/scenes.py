@@ -109,6 +109,7 @@ def scenes(
             "nodata_fraction": dg.MetadataValue.float(round(summary.nodata_fraction, 6)),
             "quicklook": md.image(png, "quicklook"),
             "quicklook_path": md.path(quicklook_path),
+            "viewer": md.viewer_map(data_store.viewer_url, dims),
         },
         data_version=dg.DataVersion(ref.fingerprint),
     )

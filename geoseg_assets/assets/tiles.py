@@ -74,7 +74,7 @@ def tiles(context: dg.AssetExecutionContext, config: TilesConfig, data_store: Da
             "tile_size": config.tile_size,
             "overlap": config.overlap,
             "min_valid_fraction": config.min_valid_fraction,
-            "mean_valid_fraction": dg.MetadataValue.float(float(kept["valid_fraction"].mean()) if len(kept) else 0.0),
+            "mean_valid_fraction": dg.MetadataValue.float(round(float(kept["valid_fraction"].mean()), 4) if len(kept) else 0.0),
             "scene_crs": summary["crs"],
             "grid_preview": md.image(png, "tile grid"),
             "grid_preview_path": md.path(preview_path),

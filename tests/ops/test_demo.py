@@ -4,9 +4,12 @@ and its sensors resume where the demo stopped.
 The real demo (`python -m geoseg_assets.demo`, a quick training budget) runs on the embedded instance the Makefile
 writes (SQLite) in a throwaway git + DVC repository. Then `dg dev` (webserver + daemon, what `make ui` runs) serves it: switching
 `new_scene_sensor` on (the UI's `startSensor` mutation) beside the automation sensor (on by default) requests no
-run in two ticks of each, and "Re-execute" of a demo run (the UI's `launchPipelineReexecution`) runs it again and
-succeeds. Before, the demo's in-process runs had no code-location origin: re-execution raised a CheckError, and the
-sensor requested all 8 scenes again.
+run in two ticks of each. Then, in Debian's chromium driven by playwright, with the geoseg viewer started as
+`make ui` starts it: the prediction's "viewer" metadata link opens its map, whose scene and prediction tiles load
+(HTTP 200, PNG) and whose legend lists the classes; the data drift report opens from its "report" metadata link;
+and "Re-execute all" on a demo run's page in the Dagster UI runs it again, successfully. Before, the demo's
+in-process runs had no code-location origin: re-execution raised a CheckError, and the sensor requested all 8
+scenes again.
 """
 
 import json
@@ -29,16 +32,27 @@ TICK_SECONDS = 3
 LOCATION = {"repositoryName": "__repository__", "repositoryLocationName": "geoseg"}
 SENSORS = ("new_scene_sensor", "geoseg_automation_sensor")
 RUN_TIMEOUT = 180
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make browser`
 
 SENSOR_STATE = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { __typename
     ... on Sensor { sensorState { id status ticks(limit: 10) { status runIds timestamp } } } } }"""
 START_SENSOR = """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename
     ... on Sensor { sensorState { status } } ... on PythonError { message } } }"""
-REEXECUTE = """mutation($p: ReexecutionParams!) { launchPipelineReexecution(reexecutionParams: $p) { __typename
-    ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidStepError { invalidStepKey }
-    ... on RunConfigValidationInvalid { errors { message } } } }"""
+LATEST_METADATA = """query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) {
+    ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
+    metadataEntries { label ... on UrlMetadataEntry { url } } } } } }"""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["water", "forest", "cropland", "built_up", "road", "bare"]  # the built-in class map the demo uses
+PARTITION = "2024-04-15|alpha"
 RUN = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status parentRunId pipelineName
     tags { key value } } } }"""
+
+
+def _metadata_url(gql: GraphQL, asset: str, label: str) -> str:
+    """The URL of the `label` entry of the asset's latest materialization of PARTITION, as the UI shows it."""
+    (materialization,) = gql(LATEST_METADATA, key={"path": [asset]}, partition=PARTITION)["assetOrError"][
+        "assetMaterializations"]
+    return next(e["url"] for e in materialization["metadataEntries"] if e["label"] == label)
 
 
 def _ticks_since(gql: GraphQL, sensor: str, since: float) -> list[dict]:
@@ -49,11 +63,15 @@ def _ticks_since(gql: GraphQL, sensor: str, since: float) -> list[dict]:
 def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_the_ui(tmp_path):
     import dagster as dg
 
+    from playwright.sync_api import sync_playwright
+
     repo = new_project_repo(tmp_path, ignore="/data/\n/*.log\n")
     data, home = tmp_path / "data", tmp_path / "data" / "dagster_home"
     subprocess.run(["make", "-s", f"{home}/dagster.yaml", f"DATA={data}"], cwd=REPO, check=True)
+    port, viewer_port = free_port(), free_port()
+    viewer_url = f"http://127.0.0.1:{viewer_port}"
     env = {**os.environ, "DAGSTER_HOME": str(home), "GEOSEG_DATA_DIR": str(data), "GEOSEG_DVC_REPO": str(repo),
-           "PYTHONUNBUFFERED": "1",
+           "GEOSEG_VIEWER_URL": viewer_url, "PYTHONUNBUFFERED": "1",
            "GEOSEG_SENSOR_INTERVALS": ",".join(f"{name}={TICK_SECONDS}" for name in SENSORS)}
 
     t0 = time.time()
@@ -75,17 +93,20 @@ def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_
         scene_runs = [r for r in demo_runs if r.tags.get("dagster/sensor_name") == "new_scene_sensor"]
         assert len(scene_runs) == 8 and all(r.tags.get("dagster/run_key") for r in scene_runs)
         prediction = next(r for r in demo_runs if r.job_name == "prediction_job"
-                          and r.tags.get("dagster/partition") == "2024-04-15|alpha")
+                          and r.tags.get("dagster/partition") == PARTITION)
         materializations_before = len(instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions"),
-                                  asset_partitions=["2024-04-15|alpha"]), limit=100).records)
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions"), asset_partitions=[PARTITION]),
+            limit=100).records)
 
-    port = free_port()  # `make ui` is `dg dev` in the project's virtualenv
-    logs = {"dagster dev": tmp_path / "dg-dev.log"}
+    # What `make ui` starts: `dg dev` in the project's virtualenv and the viewer.
+    logs = {"dagster dev": tmp_path / "dg-dev.log", "viewer": tmp_path / "viewer.log"}
     procs = {"dagster dev": start_group([str(BIN / "dg"), "dev", "-h", "127.0.0.1", "-p", str(port)],
-                                        {**env, "VIRTUAL_ENV": str(BIN.parent)}, logs["dagster dev"])}
+                                        {**env, "VIRTUAL_ENV": str(BIN.parent)}, logs["dagster dev"]),
+             "viewer": start_group([sys.executable, "-m", "geoseg_assets.viewer", "--port", str(viewer_port)], env,
+                                   logs["viewer"])}
     try:
         wait_for_server(port, procs, logs)
+        wait_for_server(viewer_port, procs, logs, path="/")
         gql = GraphQL(port)
         started = gql(START_SENSOR, s={**LOCATION, "sensorName": "new_scene_sensor"})["startSensor"]
         assert started == {"__typename": "Sensor", "sensorState": {"status": "RUNNING"}}, started
@@ -103,11 +124,35 @@ def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert len(instance.get_runs()) == len(demo_runs)
 
-        # "Re-execute" of the demo's prediction run, as the run page's button does it.
-        launched = gql(REEXECUTE, p={"parentRunId": prediction.run_id, "strategy": "ALL_STEPS"})
-        launched = launched["launchPipelineReexecution"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
+        map_link = _metadata_url(gql, "predictions", "viewer")
+        assert map_link == f"{viewer_url}/map/alpha/2024-04-15"
+        report_link = _metadata_url(gql, "data_drift_report", "report")
+        assert report_link == f"{viewer_url}/reports/data_drift/alpha/2024-04-15"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            tiles: list = []
+            page.on("response", lambda r: tiles.append(r) if "/tiles/" in r.url else None)
+            assert page.goto(map_link).ok
+            page.wait_for_load_state("networkidle")
+            assert tiles and all(r.status in (200, 204) for r in tiles), [(r.url, r.status) for r in tiles]
+            for layer in ("scene", "prediction"):
+                bodies = [r.body() for r in tiles if f"/tiles/{layer}/alpha/2024-04-15/" in r.url and r.status == 200]
+                assert bodies and all(b.startswith(PNG_SIGNATURE) and len(b) > 100 for b in bodies), layer
+            legend = page.locator("#legend li").all_inner_texts()
+            assert [text.split(" (")[0] for text in legend] == CLASSES, legend
+            page.screenshot(path=str(tmp_path / "viewer.png"))
+
+            report = page.goto(report_link)
+            assert report.ok and report.headers["content-type"].startswith("text/html")
+            page.get_by_text("Dataset Drift").first.wait_for(timeout=60_000)  # the Evidently report rendered
+
+            # "Re-execute all" on the demo prediction run's page in the Dagster UI.
+            page.goto(f"http://127.0.0.1:{port}/runs/{prediction.run_id}")
+            page.locator("button", has_text="Re-execute all").first.click(timeout=60_000)
+            page.wait_for_url(lambda url: prediction.run_id not in url, timeout=60_000)
+            run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+            browser.close()
         deadline = time.time() + RUN_TIMEOUT
         while time.time() < deadline:
             run = gql(RUN, id=run_id)["runOrError"]
@@ -116,10 +161,10 @@ def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_
             time.sleep(1)
         assert run["status"] == "SUCCESS", f"{run}\n{tail(logs['dagster dev'])}"
         assert run["parentRunId"] == prediction.run_id and run["pipelineName"] == "prediction_job"
-        assert {"key": "dagster/partition", "value": "2024-04-15|alpha"} in run["tags"]
+        assert {"key": "dagster/partition", "value": PARTITION} in run["tags"]
         with dg.DagsterInstance.from_config(str(home)) as instance:
             after = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions"), asset_partitions=["2024-04-15|alpha"]),
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions"), asset_partitions=[PARTITION]),
                 limit=100).records
             assert len(after) == materializations_before + 1
             assert after[0].run_id == run_id

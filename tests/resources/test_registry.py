@@ -250,3 +250,15 @@ def test_a_read_only_mlflow_store_fails_before_training_naming_it(tmp_path):
         assert (folder / "mlflow.db").read_bytes() == before
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_run_page_links_to_the_mlflow_ui_when_there_is_one(tmp_path):
+    """Model metadata links to the run in the MLflow UI: `ui_url` (what `make ui` serves the embedded store at),
+    else an http(s) tracking server; a local store without a UI gets no link rather than a dead one."""
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = MlflowTracking(tracking_uri=store, artifact_location=str(tmp_path / "artifacts"))
+    run_id, _ = log_and_register(tracking, tiny_model(0), 0.8)
+    experiment_id = tracking.client().get_run(run_id).info.experiment_id
+    assert tracking.run_page(run_id) is None
+    with_ui = tracking.model_copy(update={"ui_url": "http://127.0.0.1:5000/"})
+    assert with_ui.run_page(run_id) == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"

@@ -48,18 +48,19 @@ class GraphQL:
         return payload["data"]
 
 
-def wait_for_server(port: int, procs: dict, logs: dict) -> None:
+def wait_for_server(port: int, procs: dict, logs: dict, path: str = "/server_info") -> None:
+    """Until http://127.0.0.1:<port><path> answers 200 (the Dagster webserver's /server_info by default); fails
+    with a process's log if one of `procs` exits first."""
     deadline = time.time() + STARTUP_TIMEOUT
     while time.time() < deadline:
         for name, proc in procs.items():
             assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{tail(logs[name])}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"webserver did not answer /server_info within {STARTUP_TIMEOUT} s:\n{tail(logs['webserver'])}")
-
-
+    pytest.fail(f"127.0.0.1:{port} did not answer {path} within {STARTUP_TIMEOUT} s:\n"
+                + "\n".join(f"{name}: {tail(log)}" for name, log in logs.items()))

@@ -1,0 +1,1 @@
+"""The geoseg viewer (`app.py`): a map of each partition's scene, mask and prediction, and its reports."""

@@ -1,0 +1,191 @@
+"""The geoseg viewer: a small FastAPI app over the data store, started by `make ui` next to Dagster.
+
+Per region and date a Leaflet map shows the scene (true or false colour), the label mask, the prediction, its
+polygons and, when written, each class's probability, with a class legend, an opacity slider and a slider over the region's dates; the partition's quality and
+drift reports are served as pages. Asset metadata links here (`viewer_url` on DataStore). Tiles are rendered on
+request from the COGs by window (`tiles.py`); every region and date is checked as a partition key before it becomes
+a path, and only the data store's own outputs are opened.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from geoseg_assets.viewer import tiles
+from geoseg_assets.viewer.links import REPORT_PAGES, report_url
+from resources.catalog import (
+    DATA_DRIFT_HTML,
+    DATA_QUALITY_HTML,
+    MASK,
+    MODEL_QUALITY_HTML,
+    PREDICTED_CLASSES,
+    PREDICTED_POLYGONS,
+    PREDICTED_PROBABILITIES,
+    PREDICTION_DRIFT_HTML,
+    SCENE_COG,
+    OutputFile,
+)
+from resources.class_map import ClassMapResource
+from resources.data_store import DataStore
+
+STATIC = Path(__file__).parent / "static"
+LAYERS: dict[str, OutputFile] = {"scene": SCENE_COG, "mask": MASK, "prediction": PREDICTED_CLASSES}
+REPORTS: dict[str, OutputFile] = dict(zip(REPORT_PAGES, (DATA_QUALITY_HTML, DATA_DRIFT_HTML, PREDICTION_DRIFT_HTML)))
+PNG = "image/png"
+
+
+def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
+    """The viewer over `store`, with the legend's class names from `class_map`."""
+    app = FastAPI(title="geoseg viewer", docs_url=None, redoc_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def existing(output: OutputFile, region: str, date: str) -> Path:
+        """The output's file of a partition; 404 naming it when it does not exist, 400 for a bad key."""
+        try:
+            path = store.file(output, {"region": region, "date": date})
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        if not path.is_file():
+            raise HTTPException(404, f"no {output.asset} output for region={region} date={date}")
+        return path
+
+    def dates_of(region: str) -> list[str]:
+        return sorted(p["date"] for p in store.partitions_with(SCENE_COG) if p["region"] == region)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        by_region: dict[str, list[str]] = {}
+        for p in store.partitions_with(SCENE_COG):
+            by_region.setdefault(p["region"], []).append(p["date"])
+        rows = "".join(
+            f"<li><b>{html.escape(region)}</b>: " + ", ".join(
+                f'<a href="/map/{html.escape(region)}/{html.escape(d)}">{html.escape(d)}</a>' for d in sorted(dates))
+            + "</li>"
+            for region, dates in sorted(by_region.items()))
+        model = '<p><a href="/reports/model_quality">model quality report</a></p>' if store.exists(
+            MODEL_QUALITY_HTML) else ""
+        return PAGE.format(title="geoseg viewer", body=f"<h1>geoseg viewer</h1><ul>{rows or '<li>no scenes yet</li>'}"
+                           f"</ul>{model}")
+
+    @app.get("/map/{region}/{date}", response_class=HTMLResponse)
+    def map_page(region: str, date: str) -> str:
+        scene = existing(SCENE_COG, region, date)
+        dims = {"region": region, "date": date}
+        west, south, east, north = tiles.geographic_bounds(scene)
+        layers = [name for name, output in LAYERS.items() if name != "scene" and store.exists(output, dims)]
+        legend = _legend(class_map, region, store.file(PREDICTED_CLASSES, dims) if "prediction" in layers else
+                         store.file(MASK, dims) if "mask" in layers else None)
+        reports = [(name, report_url("", name, region, date)) for name, output in REPORTS.items()
+                   if store.exists(output, dims)]
+        probabilities = (tiles.probability_classes(store.file(PREDICTED_PROBABILITIES, dims))
+                         if store.exists(PREDICTED_PROBABILITIES, dims) else [])
+        config = {"region": region, "date": date, "dates": dates_of(region), "layers": layers,
+                  "bounds": [[south, west], [north, east]], "probabilities": probabilities,
+                  "polygons": store.exists(PREDICTED_POLYGONS, dims)}
+        legend_html = "".join(
+            f'<li><span class="swatch" style="background:rgb{tuple(colour)}"></span>{html.escape(name)} '
+            f'<small>({cid})</small></li>' for cid, name, colour in legend)
+        report_html = " | ".join(f'<a href="{url}">{name.replace("_", " ")} report</a>' for name, url in reports)
+        body = MAP_BODY.format(region=html.escape(region), date=html.escape(date), legend=legend_html,
+                               reports=report_html or "no reports yet", config=json.dumps(config))
+        return PAGE.format(title=f"geoseg {html.escape(region)} {html.escape(date)}", body=body)
+
+    @app.get("/tiles/{layer}/{region}/{date}/{z}/{x}/{y}.png")
+    def tile(layer: str, region: str, date: str, z: int, x: int, y: int) -> Response:
+        if layer not in LAYERS:
+            raise HTTPException(404, f"no layer {layer!r}; layers: {', '.join(LAYERS)}")
+        path = existing(LAYERS[layer], region, date)
+        png = tiles.scene_tile(path, z, x, y) if layer == "scene" else tiles.class_tile(path, z, x, y)
+        if png is None:
+            return Response(status_code=204)
+        return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/tiles/probability/{region}/{date}/{class_name}/{z}/{x}/{y}.png")
+    def probability_tile(region: str, date: str, class_name: str, z: int, x: int, y: int) -> Response:
+        path = existing(PREDICTED_PROBABILITIES, region, date)
+        try:
+            png = tiles.probability_tile(path, class_name, z, x, y)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from exc
+        if png is None:
+            return Response(status_code=204)
+        return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/polygons/{region}/{date}.geojson")
+    def polygons(region: str, date: str) -> Response:
+        import geopandas as gpd
+
+        frame = gpd.read_file(existing(PREDICTED_POLYGONS, region, date)).to_crs(4326)
+        return Response(frame.to_json(drop_id=True), media_type="application/geo+json")
+
+    @app.get("/reports/model_quality")
+    def model_quality() -> FileResponse:
+        if not store.exists(MODEL_QUALITY_HTML):
+            raise HTTPException(404, "no model quality report yet: materialize model_quality_report")
+        return FileResponse(store.file(MODEL_QUALITY_HTML), media_type="text/html")
+
+    @app.get("/reports/{report}/{region}/{date}")
+    def report(report: str, region: str, date: str) -> FileResponse:
+        if report not in REPORTS:
+            raise HTTPException(404, f"no report {report!r}; reports: {', '.join(REPORTS)}")
+        return FileResponse(existing(REPORTS[report], region, date), media_type="text/html")
+
+    return app
+
+
+def _legend(class_map: ClassMapResource, region: str, class_cog: Path | None) -> list[tuple[int, str, tuple]]:
+    """(id, name, colour) of the region's classes, coloured as the class COG draws them when there is one."""
+    classes = class_map.for_region(region)
+    colours = tiles.class_colours(class_cog) if class_cog is not None else {}
+    return [(c.id, c.name, colours.get(c.id, tuple(c.color))) for c in classes.classes]
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="/static/leaflet.css"><script src="/static/leaflet.js"></script>
+<style>body{{font-family:sans-serif;margin:0}} h1{{margin:8px}} #map{{height:80vh}}
+#panel{{padding:6px 10px}} .swatch{{display:inline-block;width:14px;height:14px;margin-right:6px;
+vertical-align:middle;border:1px solid #444}} #legend{{list-style:none;padding:0;display:flex;flex-wrap:wrap;
+gap:12px}}</style></head><body>{body}</body></html>"""
+
+MAP_BODY = """<div id="panel"><b>{region}</b> <span id="date">{date}</span>
+ &nbsp; date <input id="dates" type="range" min="0" step="1"> &nbsp; overlay opacity
+ <input id="opacity" type="range" min="0" max="100" value="70"> &nbsp; {reports} &nbsp; <a href="/">all scenes</a>
+ <ul id="legend">{legend}</ul></div><div id="map"></div>
+<script>
+const cfg = {config};
+const map = L.map("map");
+map.fitBounds(cfg.bounds);
+const url = (layer) => `/tiles/${{layer}}/${{cfg.region}}/${{cfg.date}}/{{z}}/{{x}}/{{y}}.png`;
+const scene = L.tileLayer(url("scene"), {{maxZoom: 20, attribution: "geoseg"}}).addTo(map);
+const overlays = {{}};
+for (const layer of cfg.layers) {{
+  overlays[layer] = L.tileLayer(url(layer), {{maxZoom: 20, opacity: 0.7}});
+}}
+if (overlays.prediction) overlays.prediction.addTo(map); else if (overlays.mask) overlays.mask.addTo(map);
+if (cfg.polygons) {{
+  fetch(`/polygons/${{cfg.region}}/${{cfg.date}}.geojson`).then(r => r.json()).then(data => {{
+    overlays["prediction polygons"] = L.geoJSON(data, {{style: {{color: "#ffffff", weight: 1, fill: false}}}});
+    control.addOverlay(overlays["prediction polygons"], "prediction polygons");
+  }});
+}}
+for (const name of cfg.probabilities) {{
+  overlays[`probability of ${{name}}`] = L.tileLayer(
+    `/tiles/probability/${{cfg.region}}/${{cfg.date}}/${{name}}/{{z}}/{{x}}/{{y}}.png`, {{maxZoom: 20, opacity: 0.7}});
+}}
+const control = L.control.layers({{scene: scene}}, overlays).addTo(map);
+document.getElementById("opacity").addEventListener("input", (e) => {{
+  for (const layer of Object.values(overlays)) {{
+    if (layer.setOpacity) layer.setOpacity(e.target.value / 100);
+  }}
+}});
+const slider = document.getElementById("dates");
+slider.max = cfg.dates.length - 1;
+slider.value = cfg.dates.indexOf(cfg.date);
+slider.addEventListener("change", (e) => {{ window.location = `/map/${{cfg.region}}/${{cfg.dates[e.target.value]}}`; }});
+</script>"""
