@@ -27,7 +27,9 @@ from tests.support.webserver import GraphQL, free_port, wait_for_server
 
 pytestmark = pytest.mark.slow(minutes=3)
 
-QUICK_TRAINING = {"model": {"epochs": 1, "max_steps_per_epoch": 2}, "model_evaluation": {"min_miou": 0.0}}
+# 2 steps, no ONNX export (predictions then run in torch): the test is about the runs, not the model.
+QUICK_TRAINING = {"model": {"epochs": 1, "max_steps_per_epoch": 2, "export_onnx": False},
+                  "model_evaluation": {"min_miou": 0.0}}
 TICK_SECONDS = 3
 LOCATION = {"repositoryName": "__repository__", "repositoryLocationName": "geoseg"}
 SENSORS = ("new_scene_sensor", "geoseg_automation_sensor")
@@ -38,6 +40,7 @@ SENSOR_STATE = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s)
     ... on Sensor { sensorState { id status ticks(limit: 10) { status runIds timestamp } } } } }"""
 START_SENSOR = """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename
     ... on Sensor { sensorState { status } } ... on PythonError { message } } }"""
+ASSET_NODES = "{ assetNodes { assetKey { path } groupName partitionDefinition { description } } }"
 LATEST_METADATA = """query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) {
     ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
     metadataEntries { label ... on UrlMetadataEntry { url } } } } } }"""
@@ -62,8 +65,9 @@ def _ticks_since(gql: GraphQL, sensor: str, since: float) -> list[dict]:
 
 def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_the_ui(tmp_path):
     import dagster as dg
-
     from playwright.sync_api import sync_playwright
+
+    from geoseg_assets.definitions import defs
 
     repo = new_project_repo(tmp_path, ignore="/data/\n/*.log\n")
     data, home = tmp_path / "data", tmp_path / "data" / "dagster_home"
@@ -108,6 +112,11 @@ def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_
         wait_for_server(port, procs, logs)
         wait_for_server(viewer_port, procs, logs, path="/")
         gql = GraphQL(port)
+        # The UI lists the code location's asset graph, grouped and partitioned as defined.
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in gql(ASSET_NODES)["assetNodes"]}
+        assert set(nodes) == {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+        assert nodes["tiles"]["groupName"] == "imagery" and nodes["data_drift_report"]["groupName"] == "monitoring"
+        assert "region" in nodes["scenes"]["partitionDefinition"]["description"]
         started = gql(START_SENSOR, s={**LOCATION, "sensorName": "new_scene_sensor"})["startSensor"]
         assert started == {"__typename": "Sensor", "sensorState": {"status": "RUNNING"}}, started
         since = time.time()
