@@ -73,8 +73,8 @@ ui-prod: install
 
 # Debian's chromium for the browser tests (playwright drives it; no browser download works here).
 browser:
-	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium || \
-	  { apt-get update && apt-get install -y --no-install-recommends chromium; }
+	command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
 services:
 	bash .ci/services.sh
