@@ -25,4 +25,6 @@ def viewer_map(viewer_url: str, dims: dict) -> dg.MetadataValue:
 
 def viewer_report(viewer_url: str, report: str, dims: dict | None = None) -> dg.MetadataValue:
     """Link to a report page in the geoseg viewer (a browser cannot open the file path from the UI)."""
-    return dg.MetadataValue.url(report_url(viewer_url, report, *((dims["region"], dims["date"]) if dims else ())))
+    if dims is None:
+        return dg.MetadataValue.url(report_url(viewer_url, report))
+    return dg.MetadataValue.url(report_url(viewer_url, report, dims["region"], dims["date"]))

@@ -1,10 +1,10 @@
 """The geoseg viewer: a small FastAPI app over the data store, started by `make ui` next to Dagster.
 
 Per region and date a Leaflet map shows the scene (true or false colour), the label mask, the prediction, its
-polygons and, when written, each class's probability, with a class legend, an opacity slider and a slider over the region's dates; the partition's quality and
-drift reports are served as pages. Asset metadata links here (`viewer_url` on DataStore). Tiles are rendered on
-request from the COGs by window (`tiles.py`); every region and date is checked as a partition key before it becomes
-a path, and only the data store's own outputs are opened.
+polygons and, when written, each class's probability, with a class legend, an opacity slider and a slider over the
+region's dates; the partition's quality and drift reports are served as pages. Asset metadata links here
+(`viewer_url` on DataStore). Tiles are rendered on request from the COGs by window (`tiles.py`); every region and
+date is checked as a partition key before it becomes a path, and only the data store's own outputs are opened.
 """
 
 from __future__ import annotations
@@ -101,21 +101,15 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
         if layer not in LAYERS:
             raise HTTPException(404, f"no layer {layer!r}; layers: {', '.join(LAYERS)}")
         path = existing(LAYERS[layer], region, date)
-        png = tiles.scene_tile(path, z, x, y) if layer == "scene" else tiles.class_tile(path, z, x, y)
-        if png is None:
-            return Response(status_code=204)
-        return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
+        return _tile_response(tiles.scene_tile(path, z, x, y) if layer == "scene" else tiles.class_tile(path, z, x, y))
 
     @app.get("/tiles/probability/{region}/{date}/{class_name}/{z}/{x}/{y}.png")
     def probability_tile(region: str, date: str, class_name: str, z: int, x: int, y: int) -> Response:
         path = existing(PREDICTED_PROBABILITIES, region, date)
         try:
-            png = tiles.probability_tile(path, class_name, z, x, y)
+            return _tile_response(tiles.probability_tile(path, class_name, z, x, y))
         except KeyError as exc:
             raise HTTPException(404, str(exc.args[0])) from exc
-        if png is None:
-            return Response(status_code=204)
-        return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
 
     @app.get("/polygons/{region}/{date}.geojson")
     def polygons(region: str, date: str) -> Response:
@@ -137,6 +131,13 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
         return FileResponse(existing(REPORTS[report], region, date), media_type="text/html")
 
     return app
+
+
+def _tile_response(png: bytes | None) -> Response:
+    """A tile as a PNG response; 204 (no content) where the COG has no pixels."""
+    if png is None:
+        return Response(status_code=204)
+    return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
 
 
 def _legend(class_map: ClassMapResource, region: str, class_cog: Path | None) -> list[tuple[int, str, tuple]]:
@@ -187,5 +188,7 @@ document.getElementById("opacity").addEventListener("input", (e) => {{
 const slider = document.getElementById("dates");
 slider.max = cfg.dates.length - 1;
 slider.value = cfg.dates.indexOf(cfg.date);
-slider.addEventListener("change", (e) => {{ window.location = `/map/${{cfg.region}}/${{cfg.dates[e.target.value]}}`; }});
+slider.addEventListener("change", (e) => {{
+  window.location = `/map/${{cfg.region}}/${{cfg.dates[e.target.value]}}`;
+}});
 </script>"""

@@ -2,8 +2,8 @@
 
 A scene is shown as true colour when it has R, G and B bands (else its first three bands), each band stretched
 between its 2nd and 98th percentile over valid pixels of the COG's smallest overview, computed once per file
-version. A class COG (mask, prediction) is shown with its own colour table; a class's probability band (`p_<class>` of the
-optional probability COG) in viridis from 0 to certain; nodata and ignore stay transparent.
+version. A class COG (mask, prediction) is shown with its own colour table, a class's probability band (`p_<class>`
+of the optional probability COG) in viridis from 0 to certain; nodata and ignore stay transparent.
 No Dagster here: the viewer app wraps it.
 """
 
@@ -86,23 +86,27 @@ def class_tile(path: Path, z: int, x: int, y: int) -> bytes | None:
     return image.render(img_format="PNG", colormap=colormap)
 
 
+def _probability_names(src: Reader) -> list[str]:
+    return [(d or "").removeprefix("p_") for d in src.dataset.descriptions]
+
+
 def probability_classes(path: Path) -> list[str]:
     """Class names of a probability COG, in band order (its bands are described `p_<class>`)."""
     with Reader(str(path)) as src:
-        return [(d or "").removeprefix("p_") for d in src.dataset.descriptions]
+        return _probability_names(src)
 
 
 def probability_tile(path: Path, class_name: str, z: int, x: int, y: int) -> bytes | None:
     """PNG of one class's probability (viridis, 0..certain; nodata transparent), None outside the COG. A class the
     COG has no band for raises KeyError naming the classes it has."""
-    classes = probability_classes(path)
-    if class_name not in classes:
-        raise KeyError(f"{path} has no probability of {class_name!r}; it has {', '.join(classes)}")
-    try:
-        with Reader(str(path)) as src:
+    with Reader(str(path)) as src:  # one open per tile: the band names and the window
+        classes = _probability_names(src)
+        if class_name not in classes:
+            raise KeyError(f"{path} has no probability of {class_name!r}; it has {', '.join(classes)}")
+        try:
             image = src.tile(x, y, z, tilesize=TILE_SIZE, indexes=(classes.index(class_name) + 1,))
-    except TileOutsideBounds:
-        return None
+        except TileOutsideBounds:
+            return None
     image.rescale(in_range=((0, PROBABILITY_SCALE),), out_range=((0, 255),))
     return image.render(img_format="PNG", colormap=cmap.get("viridis"))
 
