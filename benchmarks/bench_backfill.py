@@ -16,9 +16,11 @@ sensor's tick time over a landing folder of 10,000 files.
                       an asset backfill as the UI's "Materialize" submits it (PartitionBackfill),
                       the QueuedRunCoordinator (4 runs at once, queue read every second) and the
                       health-checked default run launcher; every run is a new process. Variants (same
-                      daemon, one after the other): `multiprocess`, the code location's default executor
-                      (a process per step, forked from a forkserver that has the code location imported;
-                      geoseg_assets/executors.py), over the 24 partitions; `forkserver_bare` (the same
+                      daemon, one after the other): `default`, the code location's default executor
+                      (geoseg_assets/executors.py: these runs have no network step, so each runs in its run
+                      process), over the 24 partitions; `forkserver` (run config naming the forkserver start
+                      method: a process per step, forked from a forkserver that has the code location
+                      imported; the default before light runs went in process); `forkserver_bare` (the same
                       with `preload_modules: []`, which is what dagster 1.13.27 does when none are named: every
                       step process imports the code location again); `in_process` (run config
                       `execution: {config: {in_process: {}}}`: the whole run in its run process) over the
@@ -40,7 +42,7 @@ sensor's tick time over a landing folder of 10,000 files.
    applies to the steady-state tick; the cold tick is a one-off when the sensor is first switched on.
 
     .venv/bin/python benchmarks/bench_backfill.py [--regions 4 --dates 6 --size 512]
-        [--variants multiprocess in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
+        [--variants default forkserver in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
         [--sensor-regions 10 --sensor-dates 1000] [--skip-daemon] [--skip-sensor] [--keep]
 """
 
@@ -68,7 +70,9 @@ BACKFILL_ASSETS = ("scenes", "tiles")
 GOAL_RATIO = 1.3
 GOAL_TICK_S = 2.0
 RUN_CONFIGS = {
-    "multiprocess": None,  # the code location's default executor: multiprocess, forkserver, max_concurrent = CPUs
+    "default": None,  # the code location's default executor: in process for these runs (no network step)
+    # A process per step, forked from the forkserver preloading the code location (the preload is filled in).
+    "forkserver": {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {}}}}}},
     "in_process": {"execution": {"config": {"in_process": {}}}},
     # The default's start method with nothing preloaded: what dagster 1.13.27 does for `forkserver: {}`.
     "forkserver_bare": {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {
@@ -372,8 +376,9 @@ def variant_partitions(args, variant: str, partitions: list[str]) -> list[str]:
 
 def report_daemon(variant: str, r: dict, baseline: dict[str, float], slots: int) -> None:
     s, n, n_expected = r["sum"], max(r["runs"], 1), r["partitions"]
-    label = {"multiprocess": "the code location's default executor: multiprocess, a process per step forked "
-                             "from a forkserver that preloaded the code location (geoseg_assets/forkserver_preload.py)",
+    label = {"default": "the code location's default executor (no network step: the run in its run process)",
+             "forkserver": "multiprocess, a process per step forked from a forkserver that preloaded the code "
+                           "location (geoseg_assets/forkserver_preload.py)",
              "forkserver_bare": "multiprocess, a process per step forked from a forkserver with nothing preloaded "
                                 "(dagster's own `forkserver: {}`): each step imports the code location",
              "in_process": "in_process executor (run config), the whole run in its run process",
@@ -506,7 +511,7 @@ def main() -> int:
     parser.add_argument("--regions", type=int, default=4)
     parser.add_argument("--dates", type=int, default=6)
     parser.add_argument("--size", type=int, default=512, help="synthetic scene side in pixels")
-    parser.add_argument("--variants", nargs="*", default=["multiprocess", "in_process", "spawn"],
+    parser.add_argument("--variants", nargs="*", default=["default", "forkserver", "in_process", "spawn"],
                         choices=sorted(RUN_CONFIGS), help="daemon backfills, run one after the other on the same daemon")
     parser.add_argument("--spawn-partitions", type=int, default=4,
                         help="partitions for the spawn variant (0: all); 4 = one wave of the 4-run queue")

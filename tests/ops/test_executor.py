@@ -1,7 +1,7 @@
-"""The code location's default executor (geoseg_assets/executors.py): every asset job runs its steps in their
-own processes, forked from a forkserver that has the code location imported (geoseg_assets/forkserver_preload.py),
-except a run of one step, which runs it in the run process; a run's config can still ask for `in_process`, another
-start method or other preload modules.
+"""The code location's default executor (geoseg_assets/executors.py): a run of one step or of no network step runs
+in the run process; a run with a network step beside others runs each step in its own process, forked from a
+forkserver that has the code location imported (geoseg_assets/forkserver_preload.py); a run's config can still ask
+for `in_process`, a start method (every plan then gets it) or other preload modules.
 
 The runs execute in a fresh interpreter, as a run worker does (`execute_job` of the reconstructable job on a
 real SQLite instance): a forkserver is per process and keeps the environment it started with, so it must not
@@ -96,8 +96,11 @@ def test_forkserver_fills_in_only_what_the_run_leaves_open(config, expected):
     assert forkserver_unless_set(config) == expected
 
 
-def test_default_run_forks_each_step_from_a_forkserver(tmp_path):
-    result = _run(tmp_path, {})
+FORKSERVER = {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {}}}}}}
+
+
+def test_a_run_config_naming_the_forkserver_forks_each_step_from_it_with_the_code_location_preloaded(tmp_path):
+    result = _run(tmp_path, FORKSERVER)
     pids = result["steps"].values()
     assert result["forkserver"], "no forkserver was started: steps were spawned"
     assert result["run_pid"] not in pids and len(set(pids)) == len(result["steps"]), result  # a process per step
@@ -107,10 +110,51 @@ def test_default_run_forks_each_step_from_a_forkserver(tmp_path):
     assert result["forkserver_has_rasterio"], "the forkserver did not import the code location"
 
 
+def test_a_default_run_without_a_network_runs_every_step_in_the_run_process_without_a_forkserver(tmp_path):
+    """scenes, tiles, masks and their checks: light steps, whose run starts faster without a forkserver's boot."""
+    result = _run(tmp_path, {})
+    assert set(result["steps"].values()) == {result["run_pid"]} and not result["forkserver"], result
+
+
 def test_a_run_of_one_step_runs_it_in_the_run_process_without_a_forkserver(tmp_path):
     """Nothing to run beside it: the step runs in the run worker, which has the code location loaded already."""
     result = _run(tmp_path, {}, assets=("scenes",))
     assert result["steps"] == {"scenes": result["run_pid"]} and not result["forkserver"], result
+
+
+@pytest.mark.parametrize("job, subset, isolated", [
+    ("training_job", None, True),  # dataset checks, model, model_evaluation: the network steps beside the others
+    ("prediction_job", None, False),  # one step
+    ("imagery_job", None, False),  # no network
+    ("__ASSET_JOB", {"predictions", "prediction_drift_report"}, True),  # automation's follow-up of a new champion
+    ("__ASSET_JOB", {"tiles", "masks", "data_drift_report"}, False),
+])
+def test_the_default_executor_isolates_a_plan_exactly_when_a_network_step_runs_beside_others(job, subset, isolated):
+    """The choice per plan of the default config, on the code location's real jobs: every step's pool decides."""
+    import dagster as dg
+    from dagster._core.execution.api import create_execution_plan
+
+    from geoseg_assets.definitions import defs
+    from geoseg_assets.executors import LightRunsInProcessExecutor
+
+    job_def = defs.resolve_job_def(job)
+    if subset:
+        job_def = job_def.get_subset(asset_selection={dg.AssetKey(a) for a in subset}, asset_check_selection=set())
+    plan = create_execution_plan(job_def)
+    chosen = []
+
+    class Recorder(dg.Executor):
+        def __init__(self, name):
+            self.name = name
+
+        retries = step_dependency_config = None
+
+        def execute(self, plan_context, execution_plan):
+            chosen.append(self.name)
+            return iter(())
+
+    list(LightRunsInProcessExecutor(Recorder("multiprocess"), Recorder("in_process")).execute(None, plan))
+    assert chosen == ["multiprocess" if isolated else "in_process"], (job, sorted(plan.step_keys_to_execute))
 
 
 def test_run_config_in_process_keeps_every_step_in_the_run_process(tmp_path):
