@@ -34,6 +34,7 @@ from tests.support.daemon import (
     group_processes,
     latest_materialization,
     launch_imagery_run,
+    materializations,
     parent_pid,
     sensor_state,
     wait_all_finished,
@@ -141,10 +142,10 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     print(f"steps finished before the kill {sorted(finished)}, run by the retry {sorted(retried)}")
     assert retried and not finished & retried and finished | retried == IMAGERY_STEPS, (finished, retried)
     for asset in ("scenes", "tiles", "masks"):
-        records = materializations(instance, asset, partition)
+        run_ids = [r.run_id for r in materializations(instance, asset, partition)]  # newest first
         by = run_id if asset in finished else retry_id
-        assert by in [r.run_id for r in records], (asset, by, [r.run_id for r in records])
-        newer = {r.run_id for r in records[:[r.run_id for r in records].index(by)]}
+        assert by in run_ids, (asset, by, run_ids)
+        newer = set(run_ids[:run_ids.index(by)])
         assert all(instance.get_run_by_id(r).tags.get("dagster/sensor_name") == AUTOMATION_SENSOR for r in newer), (
             asset, describe_runs(instance))
 
@@ -167,14 +168,6 @@ CODE_SERVER_TEST_POLL_S = 1
 # the run outlived the kill did not hold: 256² ended 1 s after it, and automation's follow-up of a 2048² scene took
 # over 300 s of a loaded 2-core CI machine.
 HELD_PASSES = 3
-
-
-def materializations(instance, asset: str, partition: str) -> list:
-    """The partition's materialization records of `asset`, newest first."""
-    from dagster import AssetKey, AssetRecordsFilter
-
-    return list(instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=100).records)
 
 
 def test_killing_the_code_server_mid_run_fails_no_run(ops):

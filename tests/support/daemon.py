@@ -177,12 +177,16 @@ def all_runs(instance, **filters):
 
 UNPARTITIONED = {"dataset", "model", "model_evaluation", "champion_model", "model_quality_report"}
 
-def latest_materialization(instance, asset: str, partition: str):
+def materializations(instance, asset: str, partition: str, limit: int = 100) -> list:
+    """The materialization records of `asset` (of `partition` when the asset is partitioned), newest first."""
     from dagster import AssetKey, AssetRecordsFilter
 
     partitions = None if asset in UNPARTITIONED else [partition]
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions), limit=1).records
+    return list(instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions), limit=limit).records)
+
+def latest_materialization(instance, asset: str, partition: str):
+    records = materializations(instance, asset, partition, limit=1)
     return records[0] if records else None
 
 def sensor_state(instance, name: str):
