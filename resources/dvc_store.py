@@ -12,9 +12,10 @@ Layout, and why (checked against dvc 3.67.1):
   refuses ("bad DVC file name ... is git-ignored").
 * The committed `.dvc/config` names the default remote `local` at `../data/dvc-remote`, i.e. each
   checkout's own data root (DVC resolves remote paths relative to `.dvc/`). Another remote (a shared
-  folder, `s3://bucket/path`, MinIO with `dvc remote modify --local local endpointurl http://...`)
-  is set per machine in the git-ignored `.dvc/config.local` via `remote_url`, so the committed
-  config never carries one machine's paths or credentials.
+  folder, or `s3://bucket/prefix` on AWS or any S3-compatible store: dvc-s3 is installed) is set per
+  machine in the git-ignored `.dvc/config.local` via `remote_url`, so the committed config never carries
+  one machine's paths. An S3 remote's credentials and endpoint come from AWS's standard variables
+  (S3_SETTINGS), read by each dvc process: no file or metadata ever holds them.
 * The cache is DVC's default `<repo>/.dvc/cache` (or `cache_dir`); once pushed, deleting it and the data
   is safe: `pull` restores both. Analytics are off in the committed config and in every call's environment.
 * `dvc.lock` in the working tree only pins the version last built. So that every version stays
@@ -83,14 +84,34 @@ def _hint(args: list[str], stderr: str) -> str:
         return "a dependency listed in dvc.yaml is missing; restore it or fix dvc.yaml"
     if "does not exist" in text and args[:1] == ["commit"]:
         return "build the stage's outputs before committing them"
+    object_store = _object_store_hint(text)
+    if object_store:
+        return object_store
     if "tracked by scm" in text or "tracked by git" in text:
         return "the folder is committed to git; `git rm -r --cached <folder>` and git-ignore it"
     if args[:1] == ["push"]:
-        return "check that remote_url exists, is writable and (for s3/MinIO) that credentials and endpointurl are set"
+        return ("check that remote_url exists and is writable; for an S3 remote, that the bucket exists and "
+                f"{S3_SETTINGS} are set")
     if args[:1] == ["pull"]:
         return "check that remote_url is reachable and holds the pushed data"
     return "run the command by hand in repo_dir with -v for details"
 
+
+def _object_store_hint(text: str) -> str | None:
+    """How to fix an S3 remote's failure (dvc-s3 / botocore error texts), or None for any other error."""
+    if "could not connect to the endpoint url" in text:
+        return ("the object store is not reachable: check that it is up and that AWS_ENDPOINT_URL_S3 (an S3-compatible "
+                "store such as MinIO) or the remote's endpointurl names it")
+    if "nosuchbucket" in text or "bucket does not exist" in text:
+        return "the bucket of remote_url does not exist: create it, or fix the bucket name in remote_url"
+    if any(s in text for s in ("unable to locate credentials", "invalidaccesskeyid", "signaturedoesnotmatch",
+                               "access denied", "accessdenied", "forbidden")):
+        return f"the object store refused the credentials: set {S3_SETTINGS} for an account that may write the bucket"
+    return None
+
+
+# The environment an S3 remote reads (boto's standard variables; never written to any config file or metadata).
+S3_SETTINGS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and, for a store other than AWS, AWS_ENDPOINT_URL_S3"
 
 DEFAULT_REMOTE = "data/dvc-remote"  # relative to the repo root; stored as ../data/dvc-remote in .dvc/config
 
