@@ -114,6 +114,8 @@ def _object_store_hint(text: str) -> str | None:
 S3_SETTINGS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and, for a store other than AWS, AWS_ENDPOINT_URL_S3"
 
 DEFAULT_REMOTE = "data/dvc-remote"  # relative to the repo root; stored as ../data/dvc-remote in .dvc/config
+NAMED_SECTION = re.compile(r'^(\w+)\s+"(.+)"$')  # `remote "local"` in DVC's config files
+PATH_OPTIONS = {"url", "dir"}  # DVC resolves these against the config file's folder when they are relative paths
 
 
 class DvcStore(ConfigurableResource):
@@ -164,8 +166,28 @@ class DvcStore(ConfigurableResource):
         return done.stdout
 
     def _config(self, level: str) -> dict[str, str]:
-        out = self._dvc("config", f"--{level}", "--list")
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        """One DVC config file (`project`: .dvc/config, `local`: .dvc/config.local) as `dvc config --<level> --list`
+        prints it (`remote.<name>.url=...`, local paths made absolute against .dvc/), read in this process: half of
+        the dvc processes a commit or pull started were these reads."""
+        from configobj import ConfigObj, ConfigObjError
+
+        path = self._root() / ".dvc" / ("config" if level == "project" else "config.local")
+        if not path.is_file():
+            return {}
+        try:
+            sections = ConfigObj(str(path), list_values=False, interpolation=False, encoding="utf-8")
+        except (ConfigObjError, UnicodeDecodeError) as err:
+            raise DvcError(f"{path} is not a valid DVC config file ({err}); fix it, or restore it from git "
+                           "(.dvc/config) or delete it (.dvc/config.local: ensure_repo writes it again)") from err
+        flat = {}
+        for section, options in sections.items():
+            named = NAMED_SECTION.match(section.lower())
+            prefix = f"{named[1]}.{named[2]}" if named else section.lower()
+            for key, value in (options.items() if isinstance(options, dict) else ()):
+                if key.lower() in PATH_OPTIONS and not _is_url(value) and not Path(value).expanduser().is_absolute():
+                    value = os.path.normpath(path.parent / value)
+                flat[f"{prefix}.{key.lower()}"] = value
+        return flat
 
     def ensure_repo(self) -> None:
         """Make repo_dir a DVC repo with analytics off and a default remote; idempotent, and it only
@@ -292,8 +314,12 @@ class DvcStore(ConfigurableResource):
         absolute path or URL, e.g. to point another checkout of the same repository at it."""
         if self.remote_url is not None:
             return self.remote_url if _is_url(self.remote_url) else str(Path(self.remote_url).expanduser().resolve())
-        name = self._dvc("config", "core.remote").strip()
-        return self._dvc("config", f"remote.{name}.url").strip()  # dvc resolves local paths to absolute ones
+        merged = {**self._config("project"), **self._config("local")}  # DVC's precedence: config.local wins
+        url = merged.get(f"remote.{merged.get('core.remote')}.url")
+        if url is None:
+            raise DvcError(f"{self._root()} has no default DVC remote; set remote_url, or "
+                           "`dvc remote add --local -d <name> <url>` there")
+        return url
 
     def cache_location(self) -> Path:
         """The DVC cache folder of this checkout."""

@@ -121,6 +121,21 @@ def test_bad_repo_and_remote_name_the_path_and_the_fix(tmp_path):
         DvcStore(repo_dir=str(repo), remote_url=str(tmp_path / "r")).commit("dataset")
 
 
+def test_config_files_read_as_dvc_reads_them_and_a_broken_one_is_named(tracked, tmp_path):
+    """DvcStore reads .dvc/config and .dvc/config.local itself (no dvc process): the same settings `dvc config
+    --list` prints, relative paths resolved against .dvc/; a file DVC could not parse names itself and the fix."""
+    store, repo, _ = tracked
+    for level in ("project", "local"):
+        listed = subprocess.run([sys.executable, "-m", "dvc", "config", f"--{level}", "--list"], cwd=repo, check=True,
+                                capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout
+        assert store._config(level) == dict(line.split("=", 1) for line in listed.splitlines()), level
+    assert store._config("project")["remote.local.url"] == str(repo / "data" / "dvc-remote")  # ../data/dvc-remote
+    assert DvcStore(repo_dir=str(repo)).remote_location() == str(tmp_path / "remote")  # config.local over config
+    (repo / ".dvc" / "config.local").write_text("[core\n  remote = local\n")
+    with pytest.raises(DvcError, match=r"config\.local is not a valid DVC config file .*delete it"):
+        store.ensure_repo()
+
+
 def test_pull_from_a_remote_without_the_data_fails_with_command_and_fix(tracked, tmp_path):
     store, repo, _ = tracked
     shutil.rmtree(repo / DATASET)
