@@ -38,11 +38,12 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 # workspace.yaml, in this virtualenv (VIRTUAL_ENV says so: dg warns when the active env is not the project's).
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg
 # The geoseg viewer (maps, legends, reports; asset metadata links to it, GEOSEG_VIEWER_URL says where) and the MLflow
-# UI of the embedded store (model metadata links to its runs) next to Dagster; Ctrl-C stops all three.
+# UI of the embedded store (model metadata links to its runs; without MLflow 3's job-execution workers, 7 processes
+# geoseg does not use) next to Dagster; Ctrl-C stops all three.
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT INT TERM; \
 	$(PY) -m geoseg_assets.viewer --host 127.0.0.1 --port 3100 & \
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DATA)/mlflow/mlflow.db --host 127.0.0.1 --port 5000 --workers 1 & \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DATA)/mlflow/mlflow.db --host 127.0.0.1 --port 5000 --workers 1 & \
 	$(DG) dev -h 127.0.0.1 -p 3000 & \
 	wait
 

@@ -94,7 +94,8 @@ def mlflow_server(s3, tmp_path, monkeypatch):
     bucket = s3.new_bucket()
     port = free_port()
     log = tmp_path / "mlflow_server.log"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **s3.env()}
+    # No job-execution workers: MLflow 3 starts 7 huey consumers (~250 MB each) for features geoseg does not use.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **s3.env()}
     proc = start_group([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                         "--artifacts-destination", f"s3://{bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port),
                         "--workers", "1"], env, log)
