@@ -44,6 +44,9 @@ STDERR_TAIL = 1500
 # Never phone home: no usage analytics, no DVC Studio; stdin is closed so a prompt fails instead of hanging.
 QUIET_ENV = {"DVC_NO_ANALYTICS": "1", "DVC_STUDIO_OFFLINE": "1"}
 
+# The environment an S3 remote reads (boto's standard variables; never written to any config file or metadata).
+S3_SETTINGS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and, for a store other than AWS, AWS_ENDPOINT_URL_S3"
+
 
 class DvcError(RuntimeError):
     """A dvc command or a DVC layout problem, with the command or path and how to fix it."""
@@ -109,9 +112,6 @@ def _object_store_hint(text: str) -> str | None:
         return f"the object store refused the credentials: set {S3_SETTINGS} for an account that may write the bucket"
     return None
 
-
-# The environment an S3 remote reads (boto's standard variables; never written to any config file or metadata).
-S3_SETTINGS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and, for a store other than AWS, AWS_ENDPOINT_URL_S3"
 
 DEFAULT_REMOTE = "data/dvc-remote"  # relative to the repo root; stored as ../data/dvc-remote in .dvc/config
 NAMED_SECTION = re.compile(r'^(\w+)\s+"(.+)"$')  # `remote "local"` in DVC's config files
