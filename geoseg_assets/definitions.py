@@ -30,6 +30,7 @@ from geoseg_assets.checks import (
 from geoseg_assets.executors import default_executor
 from geoseg_assets.sensors import SensorIntervals, build_sensors
 from geoseg_assets.sensors.drift import RETRAINING_JOB
+from resources.bucket_landing_source import BucketLandingSource
 from resources.class_map import ClassMapResource
 from resources.compute import ComputeDevice
 from resources.data_store import DataStore
@@ -90,10 +91,16 @@ def default_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
 
 def production_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """A shared deployment: labels in PostGIS, runs and models on an MLflow tracking server, datasets on a
-    shared DVC remote (a folder, s3://, MinIO). Connection settings are `dg.EnvVar`s, resolved when a run
-    starts (an unset variable fails the run naming it) and shown by name, never by value, in the UI."""
+    shared DVC remote (a folder, s3://, MinIO), and scenes landed in a bucket when `GEOSEG_LANDING_URL` is set
+    (s3://bucket/prefix; downloaded copies cached under `<data>/landing-cache`). Connection settings are
+    `dg.EnvVar`s, resolved when a run starts (an unset variable fails the run naming it) and shown by name,
+    never by value, in the UI; object-store credentials are AWS's standard variables, read by boto itself."""
+    landing = ({"scene_source": BucketLandingSource(url=dg.EnvVar("GEOSEG_LANDING_URL"),
+                                                    cache_dir=str(data_dir / "landing-cache"))}
+               if os.environ.get("GEOSEG_LANDING_URL") else {})
     return {
         **default_resources(data_dir, dvc_repo),
+        **landing,
         "label_store": PostgisLabelStore(
             host=dg.EnvVar("GEOSEG_PG_HOST"), port=dg.EnvVar.int("GEOSEG_PG_PORT"), user=dg.EnvVar("GEOSEG_PG_USER"),
             password=dg.EnvVar("GEOSEG_PG_PASSWORD"), dbname=dg.EnvVar("GEOSEG_PG_DB")),

@@ -82,7 +82,6 @@ def check_date(value: str) -> str:
 def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple[str, ...]]:
     """Combined and per-file sha256 of files (sorted); `cache` maps path -> [size, mtime_ns, sha]
     so a sensor re-hashes only files whose size or mtime changed."""
-    combined = hashlib.sha256()
     shas = []
     for p in sorted(paths):
         st = os.stat(p)
@@ -99,8 +98,16 @@ def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple
             if cache is not None:
                 cache[p] = [st.st_size, st.st_mtime_ns, sha]
         shas.append(sha)
-        combined.update(f"{Path(p).name}:{sha};".encode())
-    return combined.hexdigest(), tuple(shas)
+    return combined_fingerprint([(Path(p).name, sha) for p, sha in zip(sorted(paths), shas)]), tuple(shas)
+
+
+def combined_fingerprint(named_shas: list[tuple[str, str]]) -> str:
+    """A scene's fingerprint from its files' (name, sha256) in path order: the same bytes under the same names give
+    the same fingerprint, wherever they landed (a folder or a bucket)."""
+    combined = hashlib.sha256()
+    for name, sha in named_shas:
+        combined.update(f"{name}:{sha};".encode())
+    return combined.hexdigest()
 
 
 def scene_ref(region: str, date: str, files: list[str], cache: dict[str, list] | None) -> SceneRef:

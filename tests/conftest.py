@@ -13,6 +13,7 @@ from resources.landing_source import LandingFolderSource
 from resources.synthetic_source import SyntheticSource
 from tests.support.project import make_project
 from tests.support.repos import DATASET, new_git_repo, write_npy_dataset
+from tests.support.s3 import s3_server
 
 
 @pytest.fixture
@@ -36,6 +37,21 @@ def landing_source(landing) -> LandingFolderSource:
 def synthetic_source(tmp_path) -> SyntheticSource:
     return SyntheticSource(cache_dir=str(tmp_path / "synthetic"), regions=["alpha", "beta"],
                            dates=["2024-04-15", "2024-06-15"], width=512, height=512, nodata_margin=0.1)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3-protocol server (moto's, its own process on 127.0.0.1) for the module; tests take fresh buckets."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """This process, and the processes it starts (dvc), reach the S3 server through AWS's standard variables."""
+    for var, value in s3.env().items():
+        monkeypatch.setenv(var, value)
+    return s3
 
 
 @pytest.fixture

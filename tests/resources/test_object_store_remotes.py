@@ -21,25 +21,10 @@ from tests.support.models import SPEC, tiny_model
 from tests.support.paths import BIN
 from tests.support.processes import start_group, stop_group
 from tests.support.repos import DATASET, digests, git, new_git_repo, write_npy_dataset
-from tests.support.s3 import CREDENTIALS, s3_server
+from tests.support.s3 import CREDENTIALS
 from tests.support.webserver import free_port, wait_for_server
 
 AWS_VARS = (*CREDENTIALS, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE", "MLFLOW_S3_ENDPOINT_URL")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with s3_server(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    """This process (and the dvc processes it starts) reaches the S3 server through AWS's standard variables."""
-    for var, value in s3.env().items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    return s3
 
 
 def test_the_production_dvc_remote_on_s3_gives_a_fresh_clone_the_same_bytes(s3_env, tmp_path, monkeypatch):
@@ -69,7 +54,8 @@ def test_the_production_dvc_remote_on_s3_gives_a_fresh_clone_the_same_bytes(s3_e
     # A teammate's clone: the same remote in its config.local, then plain `dvc pull` (verify is on: every object
     # is re-hashed against dvc.lock).
     for args in (["remote", "add", "--local", "-f", "-d", "local", remote], ["pull", "dataset"]):
-        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, check=True, capture_output=True,
+                       env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     assert digests(clone / DATASET) == before
 
 

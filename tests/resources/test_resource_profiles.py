@@ -47,3 +47,17 @@ def test_production_profile_reads_its_connections_from_the_environment(tmp_path,
         with psycopg2.connect(dbname=db, **PG) as conn, conn.cursor() as cur:
             cur.execute("SELECT f_geometry_column FROM geometry_columns WHERE f_table_name = 'labels'")
             assert cur.fetchall() == [("geom",)]
+
+
+def test_production_profile_lands_from_a_bucket_when_geoseg_landing_url_is_set(tmp_path, monkeypatch):
+    from resources.bucket_landing_source import BucketLandingSource
+    from resources.landing_source import LandingFolderSource
+
+    monkeypatch.delenv("GEOSEG_LANDING_URL", raising=False)
+    assert isinstance(profile_resources("production", tmp_path)["scene_source"], LandingFolderSource)
+    monkeypatch.setenv("GEOSEG_LANDING_URL", "s3://imagery/landing")
+    source = profile_resources("production", tmp_path)["scene_source"]
+    with dg.build_resources({"scene_source": source}) as built:
+        assert isinstance(built.scene_source, BucketLandingSource)
+        assert built.scene_source.location() == "s3://imagery/landing/"
+        assert built.scene_source.cache_dir == str(tmp_path / "landing-cache")

@@ -1,0 +1,190 @@
+"""The object-store landing source: scenes dropped as `s3://<bucket>/<prefix>/<region>/<YYYY-MM-DD>/*.tif` (the
+landing folder's layout in a bucket on AWS or any S3-compatible store), a `region.json` per region as in the folder.
+
+Each object version is downloaded once into a local cache (`cache_dir`, safe to delete) and checked there exactly
+as a landed file is (a GeoTIFF's signature first, by a 4-byte ranged read, so a VRT or other referencing format is
+refused before a byte more is fetched); the scan lists the bucket and re-downloads only objects whose ETag or size
+changed. A download asks for the listed ETag (`IfMatch`), so an object replaced between the listing and the read
+waits for the next tick instead of mixing two versions. Credentials and endpoint come from AWS's standard
+variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_ENDPOINT_URL_S3), never from config.
+"""
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from pydantic import Field
+
+from geoseg_assets.geo.errors import SceneError
+from geoseg_assets.geo.scene_checks import TIFF_SIGNATURES, SceneSpec, check_landed_file
+from geoseg_assets.geo.scene_io import sha256_file
+from resources.data_store import UnsafePartitionKeyError, check_partition_value
+from resources.landing_source import REGION_SPEC_FILE, read_region_json
+from resources.scene_sources import (RASTER_SUFFIXES, ScanResult, SceneRef, SceneSource, check_date,
+                                     combined_fingerprint)
+
+
+class BucketLandingSource(SceneSource):
+    """Scenes landed in an object-store bucket under `prefix`, laid out like the landing folder."""
+
+    url: str = Field(description="Landing area as `s3://<bucket>/<prefix>` (the prefix may be empty).")
+    cache_dir: str = Field(description="Local folder for the downloaded copies (one per object version; a cache "
+                           "that may be deleted at any time).")
+
+    def location(self) -> str:
+        return self.url.rstrip("/") + "/"
+
+    @property
+    def bucket(self) -> str:
+        return self._split()[0]
+
+    def _prefix(self) -> str:
+        return self._split()[1]
+
+    def _split(self) -> tuple[str, str]:
+        """(bucket, prefix ending in '/' or ''); ValueError naming the setting for anything but s3://bucket/..."""
+        if not self.url.startswith("s3://") or not self.url[5:].split("/", 1)[0]:
+            raise ValueError(f"BucketLandingSource url {self.url!r} is not s3://<bucket>/<prefix>; "
+                             "e.g. s3://imagery/landing")
+        bucket, _, prefix = self.url[5:].partition("/")
+        prefix = prefix.strip("/")
+        return bucket, f"{prefix}/" if prefix else ""
+
+    def _client(self):
+        import boto3
+
+        return boto3.client("s3")  # the standard chain: AWS_* variables, profiles, instance roles
+
+    def _objects(self, under: str = "") -> dict[str, tuple[int, str]]:
+        """key -> (size, ETag) of every object under the landing prefix + `under`."""
+        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                         Prefix=self._prefix() + under)
+        return {o["Key"]: (int(o["Size"]), o["ETag"]) for page in pages for o in page.get("Contents", [])}
+
+    def region_spec(self, region: str) -> SceneSpec | None:
+        if region not in self.region_specs:
+            key = f"{self._prefix()}{check_partition_value(region, 'region')}/{REGION_SPEC_FILE}"
+            found = self._objects(f"{region}/{REGION_SPEC_FILE}").get(key)
+            if found is not None:
+                return read_region_json(self._download(key, *found))
+        return super().region_spec(region)
+
+    def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
+        result = ScanResult()
+        try:
+            objects = self._objects()
+        except Exception as exc:  # botocore raises many types: unreachable endpoint, credentials, missing bucket
+            result.problems.append(f"{self.location()}: cannot list the landing bucket ({exc}); check that the store "
+                                   "is reachable, the bucket exists and AWS_* credentials may list it")
+            return result
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for key in sorted(objects):
+            parts = PurePosixPath(key[len(self._prefix()):]).parts
+            if len(parts) != 3 or parts[2].startswith(".") or not parts[2].lower().endswith(RASTER_SUFFIXES):
+                continue  # region.json, notes, other depths: not scene files
+            region, date, _ = parts
+            try:
+                check_partition_value(region, "region")
+            except UnsafePartitionKeyError as exc:
+                result.problems.append(f"s3://{self.bucket}/{key}: skipped, {exc}")
+                continue
+            try:
+                check_date(date)
+            except ValueError as exc:
+                result.problems.append(f"s3://{self.bucket}/{key}: skipped, {exc}; name date prefixes like 2024-06-01")
+                continue
+            grouped.setdefault((region, date), []).append(key)
+        for (region, date), keys in sorted(grouped.items()):
+            try:
+                result.refs.append(self._ref(region, date, {k: objects[k] for k in keys}, digest_cache))
+            except SceneError as exc:  # one bad object: its date waits until it is fixed (a mosaic needs all)
+                result.problems.append(f"s3://{self.bucket}/{self._prefix()}{region}/{date}/: skipped, {exc}")
+        return result
+
+    def fetch(self, region: str, date: str) -> SceneRef:
+        under = f"{check_partition_value(region, 'region')}/{check_date(date)}/"
+        objects = {k: v for k, v in self._objects(under).items()
+                   if "/" not in k[len(self._prefix() + under):] and k.lower().endswith(RASTER_SUFFIXES)
+                   and not PurePosixPath(k).name.startswith(".")}
+        if not objects:
+            raise FileNotFoundError(f"{self.location()}{under}: no .tif scene for region={region!r} date={date!r}; "
+                                    "land one there")
+        return self._ref(region, date, objects, None)
+
+    def _ref(self, region: str, date: str, objects: dict[str, tuple[int, str]],
+             digest_cache: dict[str, list] | None) -> SceneRef:
+        """The scene of one region/date from its objects: local copies (downloaded unless the cache holds this
+        version), each checked as a landed file; fingerprint as the landing folder's (file names and content)."""
+        paths, shas = [], []
+        for key in sorted(objects):
+            size, etag = objects[key]
+            local = self._cached(key)  # the digest cache is keyed by the path read, as the sensor prunes it
+            hit = digest_cache.get(str(local)) if digest_cache is not None else None
+            if not self._holds(local, size, etag):
+                local, hit = self._download(key, size, etag, check_tiff=True), None
+            sha = hit[2] if hit and hit[:2] == [size, etag] else sha256_file(local)
+            if digest_cache is not None:
+                digest_cache[str(local)] = [size, etag, sha]
+            paths.append(str(local))
+            shas.append(sha)
+        fingerprint = combined_fingerprint([(Path(p).name, s) for p, s in zip(paths, shas)])
+        return SceneRef(region, date, tuple(paths), fingerprint, tuple(shas))
+
+    def _cached(self, key: str) -> Path:
+        return Path(self.cache_dir) / self.bucket / key
+
+    @staticmethod
+    def _etag_file(local: Path) -> Path:
+        return local.with_name(f".{local.name}.etag")
+
+    def _holds(self, local: Path, size: int, etag: str) -> bool:
+        """Whether the cache holds this version of the object (its ETag noted beside a copy of its size)."""
+        try:
+            return local.stat().st_size == size and self._etag_file(local).read_text() == etag
+        except OSError:
+            return False
+
+    def _download(self, key: str, size: int, etag: str, check_tiff: bool = False) -> Path:
+        """The object's listed version as a complete local copy (temp file + rename), or SceneError naming the URL:
+        not a TIFF (checked on its first 4 bytes before the download), replaced meanwhile, or unreadable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        url = f"s3://{self.bucket}/{key}"
+        client, local = self._client(), self._cached(key)
+        try:
+            if check_tiff:
+                head = client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag, Range="bytes=0-3")["Body"].read()
+                if head not in TIFF_SIGNATURES:
+                    raise SceneError(url, f"is not a GeoTIFF (its bytes start with {head!r}); VRT, XML and other "
+                                     "formats are refused because GDAL would follow the files and URLs they reference",
+                                     "convert it to a GeoTIFF (e.g. `gdal_translate -of COG in out.tif`) and land that")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    body = client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag)["Body"]
+                    for chunk in iter(lambda: body.read(1 << 20), b""):
+                        out.write(chunk)
+                if os.path.getsize(tmp) != size:
+                    raise SceneError(url, f"arrived with {os.path.getsize(tmp)} of its {size} bytes",
+                                     "nothing to do: it is read again by the next tick")
+                self._etag_file(local).unlink(missing_ok=True)  # no stale note beside new bytes
+                os.replace(tmp, local)
+                self._etag_file(local).write_text(etag)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412", "NoSuchKey"):
+                raise SceneError(url, "was replaced or removed while it was being read",
+                                 "nothing to do: the next tick reads the object as it is then") from exc
+            raise SceneError(url, f"cannot be read ({exc})", "check that AWS_* credentials may read the bucket") from exc
+        except BotoCoreError as exc:
+            raise SceneError(url, f"cannot be read ({exc})", "check that the object store is reachable") from exc
+        if check_tiff:
+            try:
+                check_landed_file(str(local))
+            except SceneError as exc:
+                raise SceneError(url, exc.problem, exc.fix) from exc
+        return local
