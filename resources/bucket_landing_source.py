@@ -66,7 +66,8 @@ class BucketLandingSource(SceneSource):
             key = f"{self._prefix()}{check_partition_value(region, 'region')}/{REGION_SPEC_FILE}"
             found = self._objects(f"{region}/{REGION_SPEC_FILE}").get(key)
             if found is not None:
-                return read_region_json(self._download(key, *found))
+                local = self._cached(key)
+                return read_region_json(local if self._holds(local, *found) else self._download(key, *found))
         return super().region_spec(region)
 
     def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
@@ -82,6 +83,10 @@ class BucketLandingSource(SceneSource):
             parts = PurePosixPath(key[len(self._prefix()):]).parts
             if len(parts) != 3 or parts[2].startswith(".") or not parts[2].lower().endswith(RASTER_SUFFIXES):
                 continue  # region.json, notes, other depths: not scene files
+            if key != self._prefix() + "/".join(parts):  # `a//b`, `a/./b`: two keys would share one cached copy
+                result.problems.append(f"s3://{self.bucket}/{key}: skipped, the key has an empty or '.' segment; "
+                                       f"land it as {self._prefix()}<region>/<YYYY-MM-DD>/<name>.tif")
+                continue
             region, date, _ = parts
             try:
                 check_partition_value(region, "region")

@@ -37,6 +37,7 @@ def test_a_bucket_is_scanned_like_the_landing_folder_and_bad_objects_are_skipped
     put(s3, bucket, "landing/gamma/2024-06-01/scene.tif", VRT)  # a VRT under a .tif name
     put(s3, bucket, "landing/alpha/June-1/scene.tif", alpha)  # not a date
     put(s3, bucket, "elsewhere/delta/2024-06-01/scene.tif", alpha)  # outside the landing prefix
+    put(s3, bucket, "landing/alpha//2024-06-02/scene.tif", alpha)  # would share a cached copy with alpha/2024-06-02
     cache = tmp_path / "cache"
     source = BucketLandingSource(url=f"s3://{bucket}/landing/", cache_dir=str(cache))
 
@@ -47,7 +48,8 @@ def test_a_bucket_is_scanned_like_the_landing_folder_and_bad_objects_are_skipped
     problems = "\n".join(scan.problems)
     assert f"s3://{bucket}/landing/gamma/2024-06-01/" in problems and "is not a GeoTIFF" in problems
     assert f"s3://{bucket}/landing/alpha/June-1/scene.tif" in problems and "YYYY-MM-DD" in problems
-    assert len(scan.problems) == 2 and "delta" not in problems
+    assert f"s3://{bucket}/landing/alpha//2024-06-02/scene.tif: skipped, the key has an empty" in problems
+    assert len(scan.problems) == 3 and "delta" not in problems
     assert not (cache / bucket / "landing" / "gamma" / "2024-06-01" / "scene.tif").exists()  # 4 bytes read, no more
     assert source.spec_for("beta").band_names == ("R", "G", "B")  # region.json from the bucket
 
