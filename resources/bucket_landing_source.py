@@ -67,7 +67,10 @@ class BucketLandingSource(SceneSource):
             found = self._objects(f"{region}/{REGION_SPEC_FILE}").get(key)
             if found is not None:
                 local = self._cached(key)
-                return read_region_json(local if self._holds(local, *found) else self._download(key, *found))
+                try:
+                    return read_region_json(local if self._holds(local, *found) else self._download(key, *found))
+                except SceneError as exc:  # name the object, not its cached copy
+                    raise SceneError(f"s3://{self.bucket}/{key}", exc.problem, exc.fix) from exc
         return super().region_spec(region)
 
     def scan(self, digest_cache: dict[str, list] | None = None) -> ScanResult:
@@ -104,6 +107,9 @@ class BucketLandingSource(SceneSource):
                 result.refs.append(self._ref(region, date, {k: objects[k] for k in keys}, digest_cache))
             except SceneError as exc:  # one bad object: its date waits until it is fixed (a mosaic needs all)
                 result.problems.append(f"s3://{self.bucket}/{self._prefix()}{region}/{date}/: skipped, {exc}")
+            except OSError as exc:  # the local cache: full or unwritable; the other scenes may still fit
+                result.problems.append(f"s3://{self.bucket}/{self._prefix()}{region}/{date}/: skipped, cannot keep "
+                                       f"its copy in {self.cache_dir} ({exc}); free space there or move cache_dir")
         return result
 
     def fetch(self, region: str, date: str) -> SceneRef:

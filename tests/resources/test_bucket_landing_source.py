@@ -9,8 +9,10 @@ import json
 
 import dagster as dg
 import numpy as np
+import pytest
 import rasterio
 
+from geoseg_assets.geo.errors import SceneError
 from geoseg_assets.partitions import partition_key
 from resources.bucket_landing_source import BucketLandingSource
 from resources.data_store import DataStore
@@ -68,6 +70,13 @@ def test_a_bucket_is_scanned_like_the_landing_folder_and_bad_objects_are_skipped
     put(s3, bucket, "landing/alpha/2024-06-01/scene.tif", write_tif(tmp_path / "new.tif", random_scene(seed=3)).read_bytes())
     replaced = tick(instance, source, again.cursor)
     assert [r.partition_key for r in replaced.run_requests] == [str(partition_key("alpha", "2024-06-01"))]
+
+    # An object replaced between the listing and the download: the listed version is asked for, and refused.
+    key = "landing/beta/1985-07-14/scene.tif"
+    listed = source._objects("beta/1985-07-14/")[key]
+    put(s3, bucket, key, alpha)
+    with pytest.raises(SceneError, match=rf"s3://{bucket}/{key}: was replaced or removed while it was being read"):
+        source._download(key, *listed, check_tiff=True)
 
 
 def test_scenes_writes_the_same_cog_from_a_bucket_as_from_a_folder(s3_env, tmp_path, instance):
