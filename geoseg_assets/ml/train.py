@@ -41,7 +41,7 @@ from .data import make_loaders
 from .losses import SegmentationLoss, class_weights
 from .metrics import confusion_matrix, segmentation_metrics
 from .models import batch_on, build_model, on_device
-from .options import CLASS_WEIGHTINGS, NORMS, ClassWeighting, Norm
+from .options import CLASS_WEIGHTINGS, DEFAULT_CLASS_WEIGHTING, NORMS, ClassWeighting, Norm
 from .sampling import set_epoch
 
 log = logging.getLogger("geoseg.train")
@@ -65,7 +65,7 @@ class TrainConfig:
     crop: int | None = None  # train crop size in px (None = the tile size); crops may span neighbouring tiles
     samples_per_epoch: int | None = None  # train crops per epoch (None = one per train tile, at least 8 batches)
     crop_context: bool = False  # crops show val/test tiles' pixels (never their labels) instead of a blank
-    class_weighting: ClassWeighting = "inverse_sqrt"  # CE class weights from the train pixel frequency (or none)
+    class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING  # CE class weights from the train pixel frequency
     class_weight_cap: float | None = 10.0  # largest weight / smallest weight; None = uncapped
     norm: Norm = "batch"  # normalization layers: batch (smp's BatchNorm) | group (GroupNorm, for tiny batches)
     dice_weight: float = 1.0  # loss = CE + dice_weight * Dice

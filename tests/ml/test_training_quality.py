@@ -1,5 +1,5 @@
 """The demo's training set and default model config: the DVC version is reproduced exactly and a
-CPU training run reaches val mIoU >= 0.88 and becomes champion (about 4-5 minutes on 2 cores)."""
+CPU training run reaches val and test mIoU >= 0.85 and becomes champion (about 4-5 minutes on 2 cores)."""
 
 import numpy as np
 import pytest
@@ -76,17 +76,19 @@ def demo_champion(demo_project):
     return meta, job.execute_in_process(instance=instance, raise_on_error=False)
 
 
-def test_demo_dataset_trains_to_val_miou_0_88_on_cpu(demo_champion):
-    """The floor leaves room for the CPU: the same seed and data follow a different float path on another
-    processor's kernels (best val mIoU 0.904 on an earlier machine, 0.8919 on this one for this code and for
-    e3e24a5 alike); a broken sampler, loss or split lands far below (< 0.8)."""
+def test_demo_dataset_trains_to_val_and_test_miou_0_85_on_cpu(demo_champion):
+    """The floors leave room for the CPU: the same seed and data follow a different float path on another
+    processor's kernels or thread count. Measured on this 2-core machine with one thread: best val 0.871 / test
+    0.892 with the default `class_weighting: none`, 0.889 / 0.882 with `inverse_sqrt` (the default until the
+    cross-validated bench chose `none`); 0.904 val on an earlier machine. The two recipes trade val for test
+    on this small training set; a broken sampler, loss or split lands far below both (< 0.8)."""
     meta, result = demo_champion
     assert meta["dataset_version"].value == DEMO_DATASET_VERSION
     assert result.success, result.get_step_failure_events()
     model = result.asset_materializations_for_node("model")[0].metadata
     evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
     print(f"demo champion: best val mIoU {model['best_val_miou'].value:.4f}, test mIoU {evaluation['test_miou'].value:.4f}")
-    assert model["best_val_miou"].value >= 0.88
+    assert model["best_val_miou"].value >= 0.85
     assert evaluation["test_miou"].value >= 0.85 and evaluation["promoted"].value is True
 
 
