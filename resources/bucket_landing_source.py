@@ -1,9 +1,9 @@
 """The object-store landing source: scenes dropped as `s3://<bucket>/<prefix>/<region>/<YYYY-MM-DD>/*.tif` (the
 landing folder's layout in a bucket on AWS or any S3-compatible store), a `region.json` per region as in the folder.
 
-Each object version is downloaded once into a local cache (`cache_dir`, safe to delete) and checked there exactly
-as a landed file is (a GeoTIFF's signature first, by a 4-byte ranged read, so a VRT or other referencing format is
-refused before a byte more is fetched); the scan lists the bucket and re-downloads only objects whose ETag or size
+Each object version is downloaded once into a local cache (`cache_dir`, safe to delete), after its first 4 bytes
+(a ranged read) pass the landing folder's GeoTIFF signature check, so a VRT or other referencing format is refused
+before a byte more is fetched; the scan lists the bucket and re-downloads only objects whose ETag or size
 changed. A download asks for the listed ETag (`IfMatch`), so an object replaced between the listing and the read
 waits for the next tick instead of mixing two versions. Credentials and endpoint come from AWS's standard
 variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_ENDPOINT_URL_S3), never from config.
@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import Field
 
 from geoseg_assets.geo.errors import SceneError
-from geoseg_assets.geo.scene_checks import TIFF_SIGNATURES, SceneSpec, check_landed_file
+from geoseg_assets.geo.scene_checks import SceneSpec, check_tiff_signature
 from geoseg_assets.geo.scene_io import sha256_file
 from resources.data_store import UnsafePartitionKeyError, check_partition_value
 from resources.landing_source import REGION_SPEC_FILE, read_region_json
@@ -157,7 +157,8 @@ class BucketLandingSource(SceneSource):
 
     def _download(self, key: str, size: int, etag: str, check_tiff: bool = False) -> Path:
         """The object's listed version as a complete local copy (temp file + rename), or SceneError naming the URL:
-        not a TIFF (checked on its first 4 bytes before the download), replaced meanwhile, or unreadable."""
+        not a TIFF (with `check_tiff`, its first 4 bytes checked before the download), replaced meanwhile, or
+        unreadable."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         url = f"s3://{self.bucket}/{key}"
@@ -165,10 +166,7 @@ class BucketLandingSource(SceneSource):
         try:
             if check_tiff:
                 head = client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag, Range="bytes=0-3")["Body"].read()
-                if head not in TIFF_SIGNATURES:
-                    raise SceneError(url, f"is not a GeoTIFF (its bytes start with {head!r}); VRT, XML and other "
-                                     "formats are refused because GDAL would follow the files and URLs they reference",
-                                     "convert it to a GeoTIFF (e.g. `gdal_translate -of COG in out.tif`) and land that")
+                check_tiff_signature(url, head)  # the same bytes are downloaded next (IfMatch): no second check
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
             try:
@@ -193,9 +191,4 @@ class BucketLandingSource(SceneSource):
             raise SceneError(url, f"cannot be read ({exc})", "check that AWS_* credentials may read the bucket") from exc
         except BotoCoreError as exc:
             raise SceneError(url, f"cannot be read ({exc})", "check that the object store is reachable") from exc
-        if check_tiff:
-            try:
-                check_landed_file(str(local))
-            except SceneError as exc:
-                raise SceneError(url, exc.problem, exc.fix) from exc
         return local

@@ -50,6 +50,11 @@ def check_landed_file(path: str) -> None:
             head = fh.read(4)
     except OSError as exc:
         raise SceneError(name, f"cannot be read ({exc.strerror or exc})", "make the file readable, or land it again") from exc
+    check_tiff_signature(name, head)
+
+
+def check_tiff_signature(name: str, head: bytes) -> None:
+    """Refuse a landed file (named `name` in the error) whose first 4 bytes `head` are not a TIFF's."""
     if head not in TIFF_SIGNATURES:
         raise SceneError(name, f"is not a GeoTIFF (its bytes start with {head!r}); VRT, XML and other formats are "
                                "refused because GDAL would follow the files and URLs they reference",
