@@ -83,25 +83,11 @@ class BucketLandingSource(SceneSource):
             return result
         grouped: dict[tuple[str, str], list[str]] = {}
         for key in sorted(objects):
-            parts = PurePosixPath(key[len(self._prefix()):]).parts
-            if len(parts) != 3 or parts[2].startswith(".") or not parts[2].lower().endswith(RASTER_SUFFIXES):
-                continue  # region.json, notes, other depths: not scene files
-            if key != self._prefix() + "/".join(parts):  # `a//b`, `a/./b`: two keys would share one cached copy
-                result.problems.append(f"s3://{self.bucket}/{key}: skipped, the key has an empty or '.' segment; "
-                                       f"land it as {self._prefix()}<region>/<YYYY-MM-DD>/<name>.tif")
-                continue
-            region, date, _ = parts
-            try:
-                check_partition_value(region, "region")
-            except UnsafePartitionKeyError as exc:
-                result.problems.append(f"s3://{self.bucket}/{key}: skipped, {exc}")
-                continue
-            try:
-                check_date(date)
-            except ValueError as exc:
-                result.problems.append(f"s3://{self.bucket}/{key}: skipped, {exc}; name date prefixes like 2024-06-01")
-                continue
-            grouped.setdefault((region, date), []).append(key)
+            place = self._scene_of(key)
+            if isinstance(place, str):
+                result.problems.append(f"s3://{self.bucket}/{key}: skipped, {place}")
+            elif place is not None:
+                grouped.setdefault(place, []).append(key)
         for (region, date), keys in sorted(grouped.items()):
             try:
                 result.refs.append(self._ref(region, date, {k: objects[k] for k in keys}, digest_cache))
@@ -112,11 +98,29 @@ class BucketLandingSource(SceneSource):
                                        f"its copy in {self.cache_dir} ({exc}); free space there or move cache_dir")
         return result
 
+    def _scene_of(self, key: str) -> tuple[str, str] | str | None:
+        """(region, date) of a scene file's key; None for any other object (region.json, notes, other depths); a
+        problem naming the fix for a scene file laid out wrongly."""
+        parts = PurePosixPath(key[len(self._prefix()):]).parts
+        if len(parts) != 3 or parts[2].startswith(".") or not parts[2].lower().endswith(RASTER_SUFFIXES):
+            return None
+        if key != self._prefix() + "/".join(parts):  # `a//b`, `a/./b`: two keys would share one cached copy
+            return (f"the key has an empty or '.' segment; land it as "
+                    f"{self._prefix()}<region>/<YYYY-MM-DD>/<name>.tif")
+        region, date, _ = parts
+        try:
+            check_partition_value(region, "region")
+        except UnsafePartitionKeyError as exc:
+            return str(exc)
+        try:
+            check_date(date)
+        except ValueError as exc:
+            return f"{exc}; name date prefixes like 2024-06-01"
+        return region, date
+
     def fetch(self, region: str, date: str) -> SceneRef:
         under = f"{check_partition_value(region, 'region')}/{check_date(date)}/"
-        objects = {k: v for k, v in self._objects(under).items()
-                   if "/" not in k[len(self._prefix() + under):] and k.lower().endswith(RASTER_SUFFIXES)
-                   and not PurePosixPath(k).name.startswith(".")}
+        objects = {k: v for k, v in self._objects(under).items() if self._scene_of(k) == (region, date)}
         if not objects:
             raise FileNotFoundError(f"{self.location()}{under}: no .tif scene for region={region!r} date={date!r}; "
                                     "land one there")
