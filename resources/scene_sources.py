@@ -82,8 +82,8 @@ def check_date(value: str) -> str:
 def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple[str, ...]]:
     """Combined and per-file sha256 of files (sorted); `cache` maps path -> [size, mtime_ns, sha]
     so a sensor re-hashes only files whose size or mtime changed."""
-    shas = []
-    for p in sorted(paths):
+    ordered, shas = sorted(paths), []
+    for p in ordered:
         st = os.stat(p)
         hit = cache.get(p) if cache is not None else None
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
@@ -98,7 +98,7 @@ def _digest(paths: list[str], cache: dict[str, list] | None) -> tuple[str, tuple
             if cache is not None:
                 cache[p] = [st.st_size, st.st_mtime_ns, sha]
         shas.append(sha)
-    return combined_fingerprint([(Path(p).name, sha) for p, sha in zip(sorted(paths), shas)]), tuple(shas)
+    return combined_fingerprint([(Path(p).name, sha) for p, sha in zip(ordered, shas)]), tuple(shas)
 
 
 def combined_fingerprint(named_shas: list[tuple[str, str]]) -> str:
