@@ -21,7 +21,7 @@ from tests.support.models import SPEC, tiny_model
 from tests.support.paths import REPO
 from tests.support.pipeline import materialize_partition
 from tests.support.project import DATES, QUICK, build
-from tests.support.repos import DATASET, digests, git
+from tests.support.repos import DATASET, digests, dvc, git
 
 pytestmark = pytest.mark.slow(minutes=1)  # wall time alone on 2 cores: started first (tests/conftest.py)
 
@@ -38,11 +38,6 @@ def train(project) -> tuple[str, dict]:
     assert result.success
     meta = result.asset_materializations_for_node("model")[0].metadata
     return meta["model_version"].value, resources["mlflow_tracking"].client().get_run(meta["mlflow_run_id"].value).data.tags
-
-
-def dvc(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={**os.environ, **DVC_ENV})
 
 
 def reproduce_cli(*args) -> subprocess.CompletedProcess:

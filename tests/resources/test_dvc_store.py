@@ -1,15 +1,12 @@
 """DvcStore against the real dvc CLI and a real local remote: versions, push/pull round trips, clones, bad input."""
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from resources.dvc_store import DvcError, DvcStore, dvc_dir_hash
-from tests.support.repos import DATASET, digests, git, new_git_repo, write_npy_dataset
+from tests.support.repos import DATASET, digests, dvc, git, new_git_repo, write_npy_dataset
 
 
 def tmp_remote(repo):
@@ -83,10 +80,8 @@ def test_fresh_clone_pulls_the_same_bytes(tracked, tmp_path):
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / DATASET).exists()
     # A teammate points the clone at the shared remote (config.local), then runs plain `dvc pull`.
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "--local", "-f", "-d", "local", str(tmp_path / "remote")],
-                   cwd=clone, check=True, capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    subprocess.run([sys.executable, "-m", "dvc", "pull", "dataset"], cwd=clone, check=True, capture_output=True,
-                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    dvc(clone, "remote", "add", "--local", "-f", "-d", "local", str(tmp_path / "remote"))
+    dvc(clone, "pull", "dataset")
     assert digests(clone / DATASET) == before
     assert DvcStore(repo_dir=str(clone), remote_url=str(tmp_path / "remote")).version("dataset") == version.md5
 
@@ -126,8 +121,7 @@ def test_config_files_read_as_dvc_reads_them_and_a_broken_one_is_named(tracked, 
     --list` prints, relative paths resolved against .dvc/; a file DVC could not parse names itself and the fix."""
     store, repo, _ = tracked
     for level in ("project", "local"):
-        listed = subprocess.run([sys.executable, "-m", "dvc", "config", f"--{level}", "--list"], cwd=repo, check=True,
-                                capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout
+        listed = dvc(repo, "config", f"--{level}", "--list")
         assert store._config(level) == dict(line.split("=", 1) for line in listed.splitlines()), level
     assert store._config("project")["remote.local.url"] == str(repo / "data" / "dvc-remote")  # ../data/dvc-remote
     assert DvcStore(repo_dir=str(repo)).remote_location() == str(tmp_path / "remote")  # config.local over config

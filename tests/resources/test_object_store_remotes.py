@@ -6,8 +6,6 @@ loads through the server without any credential of its own, and a tampered objec
 the endpoint come from AWS's standard variables only: no config file the project writes holds them."""
 
 import os
-import subprocess
-import sys
 
 import dagster as dg
 import pytest
@@ -20,7 +18,7 @@ from resources.mlflow_tracking import CHAMPION, MODEL_ARTIFACT_DIR, MlflowTracki
 from tests.support.models import SPEC, tiny_model
 from tests.support.paths import BIN
 from tests.support.processes import start_group, stop_group
-from tests.support.repos import DATASET, digests, git, new_git_repo, write_npy_dataset
+from tests.support.repos import DATASET, digests, dvc, git, new_git_repo, write_npy_dataset
 from tests.support.s3 import CREDENTIALS
 from tests.support.webserver import free_port, wait_for_server
 
@@ -53,9 +51,8 @@ def test_the_production_dvc_remote_on_s3_gives_a_fresh_clone_the_same_bytes(s3_e
     assert not (clone / DATASET).exists()
     # A teammate's clone: the same remote in its config.local, then plain `dvc pull` (verify is on: every object
     # is re-hashed against dvc.lock).
-    for args in (["remote", "add", "--local", "-f", "-d", "local", remote], ["pull", "dataset"]):
-        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, check=True, capture_output=True,
-                       env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    dvc(clone, "remote", "add", "--local", "-f", "-d", "local", remote)
+    dvc(clone, "pull", "dataset")
     assert digests(clone / DATASET) == before
 
 

@@ -2,8 +2,10 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,12 @@ DATASET = "data/store/dataset"
 
 def git(cwd, *args):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def dvc(cwd, *args) -> str:
+    """A plain `dvc` command in `cwd`, as a user runs it (this environment's dvc, analytics off); its stdout."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout
 
 
 DVC_YAML = """stages:
