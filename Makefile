@@ -21,13 +21,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
-# The embedded instance (SQLite): the run launcher checks each STARTED run's worker, so a run whose worker
-# was killed is marked failed by `dagster dev`'s daemon instead of staying STARTED forever; the steps that run a
-# network take turns (pool model_compute, limit 1). Regenerated when this Makefile changes.
+# The embedded instance (SQLite): the run launcher forks runs from a warm worker (geoseg_assets/warm_runs.py) and
+# checks each STARTED run's worker, so a run whose worker was killed is marked failed by `dagster dev`'s daemon
+# instead of staying STARTED forever; the steps that run a network take turns (pool model_compute, limit 1).
+# Regenerated when this Makefile changes.
 $(DAGSTER_HOME)/dagster.yaml: Makefile
 	mkdir -p $(DAGSTER_HOME)
 	printf '%s\n' 'telemetry:' '  enabled: false' 'nux:' '  enabled: false' \
 	  'run_launcher:' '  module: geoseg_assets.run_launcher' '  class: HealthCheckedRunLauncher' \
+	  '  config:' '    warm_run_workers: true' \
 	  'run_monitoring:' '  enabled: true' '  poll_interval_seconds: 30' \
 	  'concurrency:' '  pools:' '    default_limit: 1' > $@
 

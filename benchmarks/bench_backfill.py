@@ -71,6 +71,9 @@ GOAL_RATIO = 1.3
 GOAL_TICK_S = 2.0
 RUN_CONFIGS = {
     "default": None,  # the code location's default executor: in process for these runs (no network step)
+    # The same again on the same daemon: its code server and any warm run worker are up, as in a daemon that has
+    # been running (the first backfill after a daemon start pays their start).
+    "default_again": None,
     # A process per step, forked from the forkserver preloading the code location (the preload is filled in).
     "forkserver": {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {}}}}}},
     "in_process": {"execution": {"config": {"in_process": {}}}},
@@ -130,12 +133,16 @@ def import_times(repeats: int) -> dict:
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in cases}
 
 
-def instance_yaml() -> str:
-    """The repo's production dagster.yaml, with declarative automation off so only the backfill's runs run."""
+def instance_yaml(warm_run_workers: bool | None = None) -> str:
+    """The repo's production dagster.yaml, with declarative automation off so only the backfill's runs run, and the
+    run launcher's `warm_run_workers` set when asked (None: as dagster.yaml has it)."""
     import yaml
 
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     config["auto_materialize"] = {"enabled": False, "use_sensors": False}
+    if warm_run_workers is not None:
+        launcher = config["run_launcher"]
+        launcher["config"] = {**(launcher.get("config") or {}), "warm_run_workers": warm_run_workers}
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -377,6 +384,7 @@ def variant_partitions(args, variant: str, partitions: list[str]) -> list[str]:
 def report_daemon(variant: str, r: dict, baseline: dict[str, float], slots: int) -> None:
     s, n, n_expected = r["sum"], max(r["runs"], 1), r["partitions"]
     label = {"default": "the code location's default executor (no network step: the run in its run process)",
+             "default_again": "the same again, on the same daemon (its code server and warm run worker up)",
              "forkserver": "multiprocess, a process per step forked from a forkserver that preloaded the code "
                            "location (geoseg_assets/forkserver_preload.py)",
              "forkserver_bare": "multiprocess, a process per step forked from a forkserver with nothing preloaded "
@@ -523,6 +531,8 @@ def main() -> int:
     parser.add_argument("--sensor-regions", type=int, default=10)
     parser.add_argument("--sensor-dates", type=int, default=1000)
     parser.add_argument("--warm-ticks", type=int, default=3)
+    parser.add_argument("--warm-run-workers", choices=["on", "off"],
+                        help="the run launcher's warm_run_workers for the daemon backfills (default: as dagster.yaml)")
     parser.add_argument("--skip-daemon", action="store_true")
     parser.add_argument("--skip-backfill", action="store_true")
     parser.add_argument("--skip-sensor", action="store_true")
@@ -566,7 +576,10 @@ def backfill(args, regions: list[str], dates: list[str], work: Path) -> None:
     with throwaway_database() as db:
         home = work / "dagster_home"
         home.mkdir()
-        (home / "dagster.yaml").write_text(instance_yaml())
+        warm = None if args.warm_run_workers is None else args.warm_run_workers == "on"
+        (home / "dagster.yaml").write_text(instance_yaml(warm))
+        launcher = yaml.safe_load(instance_yaml(warm))["run_launcher"]
+        print(f"run launcher: {launcher['class']} {launcher.get('config') or {}}", flush=True)
         pg_env = {"DAGSTER_PG_HOST": PG["host"], "DAGSTER_PG_PORT": str(PG["port"]), "DAGSTER_PG_USER": PG["user"],
                   "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db}
         os.environ.update(pg_env)  # for this process's instance (dagster.yaml reads them with `env:`)

@@ -14,15 +14,25 @@ pid) means RUNNING even when the code server is gone, because a worker outlives 
 the process gone means FAILED. Otherwise (pid unknown, code server on another host, no /proc) the code
 server is asked for the runs it executes, and only two consecutive negative answers (unreachable, or not
 executing the run) fail the run: one failed check may be a server restart. A slow server never fails a run.
+
+With `warm_run_workers: true` (dagster.yaml) a run is not started by the code server but forked from a warm worker
+that has the code location loaded (geoseg_assets/warm_runs.py): the same `dagster api execute_run` body without an
+interpreter start and code import per run, which is most of a small partition's cost. The run carries the
+`geoseg/run_worker` tag; its worker is checked by pid like a code server's, and terminating the run interrupts that
+process (SIGTERM, which the worker turns into Dagster's interrupt: the run ends CANCELED). When no warm worker can
+take a run (it cannot start, or it retired itself because the code changed or it had threads), the run is launched
+through the code server as before, and an engine event on the run says why.
 """
 
 import json
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import grpc
-from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher, deserialize_value
+from dagster import DagsterEventType, DagsterRun, DagsterRunStatus, DefaultRunLauncher, Field, deserialize_value, serialize_value
 
 # Private Dagster APIs, checked against dagster 1.13.27 (pinned by requirements.lock); re-check on upgrade.
 # The health-check result types run monitoring expects, the run tag in which DefaultRunLauncher records the
@@ -32,7 +42,18 @@ from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import GetCurrentRunsResult
+from dagster._core.errors import DagsterLaunchFailedError
+from dagster._grpc.types import ExecuteRunArgs, GetCurrentRunsResult
+
+from geoseg_assets.warm_runs import MODULE as WARM_WORKER_MODULE
+from geoseg_assets.warm_runs import WarmLaunchError, WarmLaunchLost, WarmWorkers
+
+# Tag of a run forked by a warm worker (value "warm"): no code server knows it, its worker is checked by pid only.
+RUN_WORKER_TAG = "geoseg/run_worker"
+WARM = "warm"
+# What geoseg's run workers import lazily (PNG previews, COG writing, GeoParquet), with the code location: a warm
+# worker imports it once instead of every run.
+WARM_PRELOAD_MODULES = ("geoseg_assets.forkserver_preload",)
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 # Consecutive negative answers of a code server before a run whose worker cannot be looked at is failed.
@@ -41,6 +62,8 @@ FAILED_CHECKS_TO_FAIL = 2
 # process (pid reuse, e.g. after a reboot). The slack absorbs the 1 s resolution of the boot time and clock
 # adjustments: wrongly failing a live run is worse than missing a pid reused within a minute.
 PID_REUSE_SLACK_S = 60.0
+# How long terminating a warm run waits for its worker to write RUN_START before it marks the run CANCELING.
+START_WAIT_S = 30.0
 # The run's ENGINE_EVENTs read to find the worker's pid: it is the first one the worker emits.
 PID_EVENTS_LIMIT = 100
 
@@ -48,10 +71,85 @@ PID_EVENTS_LIMIT = 100
 class HealthCheckedRunLauncher(DefaultRunLauncher):
     """DefaultRunLauncher whose runs the daemon's run monitoring can fail when their worker is gone."""
 
-    def __init__(self, inst_data=None):
+    def __init__(self, inst_data=None, warm_run_workers: bool = False,
+                 warm_preload_modules: list[str] | tuple[str, ...] = WARM_PRELOAD_MODULES):
         super().__init__(inst_data=inst_data)
         self._failed_checks: dict[str, int] = {}  # run id -> consecutive negative code-server answers
         self._lock = threading.Lock()
+        self._warm_run_workers, self._warm_preload = warm_run_workers, tuple(warm_preload_modules)
+        self._warm: WarmWorkers | None = None  # made on first launch: the instance is registered by then
+
+    @classmethod
+    def config_type(cls):
+        return {
+            "warm_run_workers": Field(bool, is_required=False, default_value=False, description=(
+                "Fork each run from a warm worker that has the code location loaded (geoseg_assets/warm_runs.py) "
+                "instead of having the code server start a new interpreter per run.")),
+            "warm_preload_modules": Field([str], is_required=False, default_value=list(WARM_PRELOAD_MODULES),
+                                          description="Modules a warm worker imports once after the code location: "
+                                                      "what the runs would otherwise import lazily."),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls(inst_data=inst_data, **config_value)
+
+    def launch_run(self, context) -> None:
+        run = context.dagster_run
+        if not self._warm_run_workers or run.job_code_origin is None:
+            super().launch_run(context)
+            return
+        with self._lock:
+            if self._warm is None:
+                self._warm = WarmWorkers(instance_ref_json=serialize_value(self._instance.get_ref()),
+                                         preload_modules=self._warm_preload)
+        origin = run.job_code_origin.repository_origin
+        args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
+        try:
+            pid = self._warm.launch(serialize_value(origin), origin.executable_path,
+                                    getattr(origin.code_pointer, "working_directory", None), serialize_value(args))
+        except WarmLaunchLost as exc:
+            raise DagsterLaunchFailedError(str(exc)) from exc
+        except WarmLaunchError as exc:
+            self._instance.report_engine_event(f"No warm run worker ({exc}): launched through the code server.", run,
+                                               cls=self.__class__)
+            super().launch_run(context)
+            return
+        self._instance.add_run_tags(run.run_id, {RUN_WORKER_TAG: WARM})
+        self._run_ids.add(run.run_id)
+        self._instance.report_engine_event(f"Forked the run worker (pid {pid}) from a warm worker.", run,
+                                           cls=self.__class__)
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.tags.get(RUN_WORKER_TAG) != WARM:
+            return super().terminate(run_id)
+        run = self._started(run)
+        if run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        pid, recorded_at = self._worker_pid(run_id)
+        if pid is None or _why_not_the_worker(pid, recorded_at) is not None:
+            self._instance.report_engine_event("The run's warm run worker is not running: nothing to interrupt.", run,
+                                               cls=self.__class__)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        return True
+
+    def _started(self, run: DagsterRun) -> DagsterRun:
+        """The run once its worker has written RUN_START (or ended), waiting up to START_WAIT_S: a CANCELING status
+        written before RUN_START would be overwritten by it, and the interrupted worker would then report a failure
+        instead of the cancellation."""
+        deadline = time.monotonic() + START_WAIT_S
+        while run.status in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run = self._instance.get_run_by_id(run.run_id) or run
+        return run
+
+    def dispose(self) -> None:
+        if self._warm is not None:
+            self._warm.stop()
+        super().dispose()
 
     @property
     def supports_check_run_worker_health(self) -> bool:
@@ -61,6 +159,8 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         run = self._instance.get_run_by_id(run.run_id) or run
         if run.is_finished:
             return self._ended(run)
+        if run.tags.get(RUN_WORKER_TAG) == WARM:
+            return self._check_warm_worker(run)
         if GRPC_INFO_TAG not in run.tags:
             # Not launched through a code server (e.g. executed in process by `dagster asset materialize`
             # against this instance): there is nothing to ask, and not knowing must not fail a run.
@@ -92,6 +192,25 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         return self._ask_code_server(run, grpc_info, server, why)
 
     # ---------------------------------------------------------------------------------------------- helpers
+
+    def _check_warm_worker(self, run: DagsterRun) -> CheckRunHealthResult:
+        """A warm worker's run: its process, forked on this host, is the only thing to look at."""
+        pid, recorded_at = self._worker_pid(run.run_id)
+        if pid is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "the warm run worker has not recorded its pid yet")
+        try:
+            gone = _why_not_the_worker(pid, recorded_at)
+        except _CannotTell as exc:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"the run worker (pid {pid}) cannot be looked at on "
+                                        f"this host ({exc})", run_worker_id=str(pid))
+        if gone is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} is alive",
+                                        run_worker_id=str(pid))
+        fresh = self._instance.get_run_by_id(run.run_id)
+        if fresh is not None and fresh.is_finished:
+            return self._ended(fresh)
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run worker process (pid {pid}) forked from a warm "
+                                    f"worker for the run is gone ({gone})", run_worker_id=str(pid))
 
     def _ask_code_server(self, run: DagsterRun, grpc_info: dict, server: str, why: str) -> CheckRunHealthResult:
         client = DagsterGrpcClient(port=grpc_info.get("port"), socket=grpc_info.get("socket"),
@@ -173,7 +292,10 @@ def _address(grpc_info: dict) -> str:
 def _looks_like_run_worker(argv: list[str]) -> bool:
     """A code server's run worker is a `multiprocessing` spawn child (`python -B -c "from multiprocessing.spawn
     import spawn_main; spawn_main(...)" --multiprocessing-fork`, measured with dagster 1.13.27); other launch
-    paths run `dagster api execute_run` / `resume_run`."""
+    paths run `dagster api execute_run` / `resume_run`; a warm worker's run worker is a fork of
+    `python -m geoseg_assets.warm_runs`."""
+    if WARM_WORKER_MODULE in argv:
+        return True
     if "--multiprocessing-fork" in argv and any("multiprocessing.spawn" in arg for arg in argv):
         return True
     return any(a == "api" and b in ("execute_run", "resume_run") for a, b in zip(argv, argv[1:]))

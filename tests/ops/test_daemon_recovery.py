@@ -3,13 +3,14 @@ throwaway PostgreSQL database, data under a temp GEOSEG_DATA_DIR), no webserver;
 earlier work (labels, a training set, a champion) and the daemon, is tests/support/daemon.py.
 
 SIGKILL of the daemon's process group while an imagery_job run executes kills the daemon, the code server
-it spawned and, as that server's children, the run worker and its step processes. With the repo's
-dagster.yaml unchanged (its `HealthCheckedRunLauncher`), the restarted daemon's run monitoring finds the
-worker process gone, fails the run saying which pid and code server, and run retries re-execute it to
+and the warm run worker it spawned and, as the warm worker's child, the run worker. With the repo's
+dagster.yaml unchanged (its `HealthCheckedRunLauncher` with warm run workers), the restarted daemon's run
+monitoring finds the worker process gone, fails the run saying which pid, and run retries re-execute it to
 success: no run is lost.
 
-SIGKILL of only the code server mid-run: the run worker survives it and finishes the run; run monitoring,
-asking the worker process rather than the dead server, must not fail it, and no retry is launched.
+SIGKILL of only the code server mid-run, with runs launched through it (warm run workers off): the run worker
+survives it and finishes the run; run monitoring, asking the worker process rather than the dead server, must
+not fail it, and no retry is launched.
 """
 
 import json
@@ -41,6 +42,7 @@ from tests.support.daemon import (
     wait_for_a_step,
     wait_until_quiet,
 )
+from geoseg_assets.run_launcher import RUN_WORKER_TAG, WARM
 from tests.support.paths import REPO
 from tests.support.processes import group_alive, stop_group
 
@@ -53,14 +55,15 @@ IMAGERY_STEPS = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_
 
 def test_killing_the_daemon_mid_run_loses_no_run(ops):
     """SIGKILL of the daemon's process group mid-run: with the repo's dagster.yaml unchanged (its
-    HealthCheckedRunLauncher), the restarted daemon's run monitoring finds the run's worker process gone,
+    HealthCheckedRunLauncher, warm run workers on), the restarted daemon's run monitoring finds the run's worker process gone,
     fails the run saying so, and run retries re-execute it to success."""
     from dagster import DagsterEventType, DagsterRunStatus
 
     from geoseg_assets.partitions import partition_key
 
     instance, partition = ops.instance, str(partition_key(REGION, KILL_DATE))
-    assert ops.config["run_launcher"] == {"module": "geoseg_assets.run_launcher", "class": "HealthCheckedRunLauncher"}
+    assert ops.config["run_launcher"] == {"module": "geoseg_assets.run_launcher", "class": "HealthCheckedRunLauncher",
+                                          "config": {"warm_run_workers": True}}
     assert (ops.home / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
     t_start = time.time()
     # Only this test's run: the new-scene sensor off (stored state, as the UI's switch does), the scene landed,
@@ -75,7 +78,7 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     print(f"\nimagery_job {run_id[:8]} submitted for {partition} in {time.time() - t_start:.1f} s")
 
     # Wait until it executes (a step started), then SIGKILL the daemon's whole process group: the daemon, the
-    # code server it spawned and, as children of that code server, the run worker and its step processes.
+    # code server and the warm run worker it spawned and, as the warm worker's child, the run worker.
     run, worker = wait_for_a_step(ops, run_id)
     pgid = ops.daemon.pid
     print(f"SIGKILL to daemon group {pgid}: run {run.status.value}, worker pid {worker}, steps started "
@@ -115,8 +118,6 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     killed = instance.get_run_by_id(run_id)
     failure = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
     failure_message = failure[-1].message if failure else None
-    server = json.loads(killed.tags[".dagster/grpc_info"])
-    where = f"unix:{server['socket']}" if "socket" in server else f"{server['host']}:{server['port']}"
     print(f"killed run {run_id[:8]}: {killed.status.value}: {failure_message!r}")
     for r in group:
         if r.run_id != run_id:
@@ -126,7 +127,7 @@ def test_killing_the_daemon_mid_run_loses_no_run(ops):
     assert len(failure) == 1, [e.message for e in failure]
     assert failure_message and "Detected run worker status FAILED" in failure_message, failure_message
     assert f"run worker process (pid {worker})" in failure_message and "is gone" in failure_message, failure_message
-    assert f"code server at {where}" in failure_message, (where, failure_message)
+    assert killed.tags.get(RUN_WORKER_TAG) == WARM and "forked from a warm worker" in failure_message, failure_message
     assert killed.tags.get("dagster/will_retry") == "true", killed.tags
     successes = [r for r in group if r.status == DagsterRunStatus.SUCCESS]
     assert len(successes) == 1 and successes[0].parent_run_id == run_id, describe_runs(instance)
@@ -186,9 +187,12 @@ def test_killing_the_code_server_mid_run_fails_no_run(ops):
     # The run queue holds a run whose every first step waits for a pool slot, unless `op_granularity_run_buffer`
     # lets that many runs start and wait at the pool instead.
     pools = {**ops.config["concurrency"]["pools"], "op_granularity_run_buffer": 1}
+    # Runs launched through the code server (warm run workers off), the path this test is about; a run outliving
+    # its warm worker is tests/ops/test_warm_runs.py's.
+    launcher = {**ops.config["run_launcher"], "config": {"warm_run_workers": False}}
     config = {**ops.config, "run_monitoring": {**ops.config["run_monitoring"],
                                                "poll_interval_seconds": CODE_SERVER_TEST_POLL_S},
-              "concurrency": {**ops.config["concurrency"], "pools": pools}}
+              "concurrency": {**ops.config["concurrency"], "pools": pools}, "run_launcher": launcher}
     wait_until_quiet(ops)  # restart the daemon between runs, not during one (it would kill it)
     stop_group(ops.daemon)
     (ops.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
