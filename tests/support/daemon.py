@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from geoseg_assets.run_launcher import RUN_WORKER_TAG, WARM, WARM_WORKER_MODULE, _looks_like_run_worker
 from tests.support.paths import BIN, REPO
 from tests.support.pipeline import import_truth, materialize_partition
 from tests.support.postgres import dagster_pg_env, throwaway_database
@@ -280,7 +281,7 @@ def launch_imagery_run(ops, date: str, size: int = 256) -> str:
 def wait_for_a_step(ops, run_id: str, pool: str | None = None):
     """Wait until the run executes (a step started or, with `pool`, a step of it waits for a slot of that pool);
     the run and the pid its worker recorded ("Started process for run (pid: N)." from the process the code server
-    spawned), which must be alive then."""
+    spawned or a warm run worker forked), which must be alive then."""
     from dagster import DagsterEventType, DagsterRunStatus
 
     deadline = time.time() + 180
@@ -298,8 +299,11 @@ def wait_for_a_step(ops, run_id: str, pool: str | None = None):
                if e.message.startswith("Started process for run")]
     assert len(started) == 1, [e.message for e in started]
     worker = int(started[0].dagster_event.event_specific_data.metadata["pid"].value)
-    argv = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
-    assert b"--multiprocessing-fork" in argv, argv  # what the launcher takes for a run worker
+    argv = [a.decode(errors="replace") for a in Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0") if a]
+    # A code server's spawn child, or a fork of a warm run worker (`python -m geoseg_assets.warm_runs`), as the
+    # run's `geoseg/run_worker` tag says: what the launcher takes for a run worker.
+    expected = WARM_WORKER_MODULE if run.tags.get(RUN_WORKER_TAG) == WARM else "--multiprocessing-fork"
+    assert expected in argv and _looks_like_run_worker(argv), argv
     return run, worker
 
 def wait_until_quiet(ops) -> None:
