@@ -15,10 +15,14 @@ sensor's tick time over a landing folder of 10,000 files.
      (b) daemon       the realistic path: a real `dagster-daemon` on the repo's `workspace.yaml`,
                       an asset backfill as the UI's "Materialize" submits it (PartitionBackfill),
                       the QueuedRunCoordinator (4 runs at once, queue read every second) and the
-                      health-checked default run launcher; every run is a new process. Variants (same
-                      daemon, one after the other): `default`, the code location's default executor
+                      repo's run launcher: with warm run workers (dagster.yaml's default) every run is
+                      forked from a process that has the code location loaded, without
+                      (`--warm-run-workers off`) every run is a new interpreter started by the code
+                      server. Variants (same daemon, one after the other): `default`, the code location's
+                      default executor
                       (geoseg_assets/executors.py: these runs have no network step, so each runs in its run
-                      process), over the 24 partitions; `forkserver` (run config naming the forkserver start
+                      process), over the 24 partitions; `default_again` (the same again, the daemon's code
+                      server and warm worker already up); `forkserver` (run config naming the forkserver start
                       method: a process per step, forked from a forkserver that has the code location
                       imported; the default before light runs went in process); `forkserver_bare` (the same
                       with `preload_modules: []`, which is what dagster 1.13.27 does when none are named: every
@@ -41,8 +45,8 @@ sensor's tick time over a landing folder of 10,000 files.
    with the cursor's digest cache (nothing new; then one new file). The goal (< 2 s per tick)
    applies to the steady-state tick; the cold tick is a one-off when the sensor is first switched on.
 
-    .venv/bin/python benchmarks/bench_backfill.py [--regions 4 --dates 6 --size 512]
-        [--variants default forkserver in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
+    .venv/bin/python benchmarks/bench_backfill.py [--regions 4 --dates 6 --size 512] [--warm-run-workers on|off]
+        [--variants default default_again forkserver in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
         [--sensor-regions 10 --sensor-dates 1000] [--skip-daemon] [--skip-sensor] [--keep]
 """
 

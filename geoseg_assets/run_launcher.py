@@ -32,17 +32,18 @@ import time
 from pathlib import Path
 
 import grpc
-from dagster import DagsterEventType, DagsterRun, DagsterRunStatus, DefaultRunLauncher, Field, deserialize_value, serialize_value
+from dagster import (DagsterEventType, DagsterRun, DagsterRunStatus, DefaultRunLauncher, Field, deserialize_value,
+                     serialize_value)
 
 # Private Dagster APIs, checked against dagster 1.13.27 (pinned by requirements.lock); re-check on upgrade.
 # The health-check result types run monitoring expects, the run tag in which DefaultRunLauncher records the
 # code server's address, the gRPC client for that server, the error it raises when the server cannot be
-# reached (the grpc.RpcError is its __cause__) and the type of the server's GetCurrentRuns answer.
-from dagster._core.errors import DagsterUserCodeUnreachableError
+# reached (the grpc.RpcError is its __cause__) and the type of the server's GetCurrentRuns answer; the error a
+# launch failure raises and the arguments `dagster api execute_run` takes (a warm worker's run).
+from dagster._core.errors import DagsterLaunchFailedError, DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
-from dagster._core.errors import DagsterLaunchFailedError
 from dagster._grpc.types import ExecuteRunArgs, GetCurrentRunsResult
 
 from geoseg_assets.warm_runs import MODULE as WARM_WORKER_MODULE
