@@ -1,20 +1,23 @@
 """Warm run workers: a run forked from a process that has the code location imported, instead of a fresh interpreter.
 
 Dagster's code server starts every run worker with `multiprocessing`'s spawn: a new interpreter that imports dagster
-and the code location again (about 1.7 s of CPU here) before the run's first step. For a backfill of small scenes that
-start is most of each partition's cost. A *warm worker* is one process per code location (started by the run
-launcher, `HealthCheckedRunLauncher(warm_run_workers=True)`) that imports the code location once, loads its
-definitions, then waits on a Unix socket; for each run it forks a child that executes the run exactly as
-`dagster api execute_run` does (same instance ref, same origin, same events).
+and the code location again (about 2.3 s of CPU here, benchmarks/bench_backfill.py) before the run's first step. For a
+backfill of small scenes that start is most of each partition's cost. A *warm worker* is one process per code location
+(started by the run launcher, `HealthCheckedRunLauncher(warm_run_workers=True)`) that imports the code location once,
+builds its definitions, loads the instance's storage code and the modules runs import lazily, then waits on a Unix
+socket; for each run it forks a child that executes the run exactly as `dagster api execute_run` does (same instance
+ref, same origin, same events).
 
 Fork safety and freshness, checked before every fork:
 - the warm process stays single-threaded (a fork copies only the calling thread; one holding a lock would deadlock
-  the child): if a thread exists, it refuses the run and exits, and the launcher falls back to the code server;
+  the child): if a Python thread exists, it refuses the run and exits, and the launcher sends that code location's
+  runs through the code server for UNFIT_RETRY_S;
 - a project source file it imported changed since it loaded them (an edit, a `git pull`) means its modules are
   stale: it refuses the run and exits, and the launcher starts a new one that imports the new code.
 It exits when its parent (the launcher's process) is gone; the runs it forked go on, as a code server's workers do.
 
-    python -m geoseg_assets.warm_runs --socket PATH --origin SERIALIZED_REPOSITORY_ORIGIN
+    python -m geoseg_assets.warm_runs --socket PATH --origin SERIALIZED_REPOSITORY_ORIGIN \
+        [--instance-ref FILE] [--preload MODULE ...]
 """
 
 from __future__ import annotations
@@ -90,13 +93,19 @@ class WarmWorkers:
             retry_after, why = self._unfit.get(key, (0.0, ""))
         if time.monotonic() < retry_after:
             raise WarmLaunchError(why)
-        for attempt in range(2):  # a warm worker that answers "stale" exits: the second attempt starts a new one
+        for attempt in range(2):  # a warm worker that exited or answers "stale": the second attempt starts a new one
             try:
                 worker = self._worker(key, executable, cwd)
             except WarmLaunchError as exc:
                 self._mark_unfit(key, str(exc))
                 raise
-            reply = _request(worker.socket_path, {"execute_run_args": execute_run_args_json})
+            try:
+                reply = _request(worker.socket_path, {"execute_run_args": execute_run_args_json})
+            except WarmLaunchError:  # gone meanwhile (retired by another launch, killed): nothing was forked
+                self._retire(key, worker)
+                if attempt:
+                    raise
+                continue
             if "pid" in reply:
                 return int(reply["pid"])
             self._retire(key, worker)
