@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from geoseg_assets.run_launcher import RUN_WORKER_TAG, WARM
 from tests.support.daemon import (
     AUTOMATION_SENSOR,
     RECOVERY_TIMEOUT,
@@ -42,7 +43,6 @@ from tests.support.daemon import (
     wait_for_a_step,
     wait_until_quiet,
 )
-from geoseg_assets.run_launcher import RUN_WORKER_TAG, WARM
 from tests.support.paths import REPO
 from tests.support.processes import group_alive, stop_group
 
@@ -55,8 +55,8 @@ IMAGERY_STEPS = {"scenes", "scenes_scene_integrity", "tiles", "tiles_tile_stats_
 
 def test_killing_the_daemon_mid_run_loses_no_run(ops):
     """SIGKILL of the daemon's process group mid-run: with the repo's dagster.yaml unchanged (its
-    HealthCheckedRunLauncher, warm run workers on), the restarted daemon's run monitoring finds the run's worker process gone,
-    fails the run saying so, and run retries re-execute it to success."""
+    HealthCheckedRunLauncher, warm run workers on), the restarted daemon's run monitoring finds the run's worker
+    process gone, fails the run saying so, and run retries re-execute it to success."""
     from dagster import DagsterEventType, DagsterRunStatus
 
     from geoseg_assets.partitions import partition_key
