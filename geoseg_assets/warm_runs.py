@@ -367,10 +367,7 @@ def serve(socket_path: str, origin_json: str, instance_ref_json: str = "", prelo
                 _answer(conn, {"pid": pid})
     finally:
         listener.close()
-        try:
-            os.unlink(socket_path)
-        except OSError:
-            pass
+        shutil.rmtree(os.path.dirname(socket_path), ignore_errors=True)  # the socket's private folder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,7 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance-ref", help="a file holding the serialized InstanceRef of the runs")
     parser.add_argument("--preload", action="append", default=[], help="a module to import once (repeatable)")
     args = parser.parse_args(argv)
-    serve(args.socket, args.origin, Path(args.instance_ref).read_text() if args.instance_ref else "", args.preload)
+    instance_ref_json = ""
+    if args.instance_ref:  # read once and removed: the file may hold a password from dagster.yaml
+        instance_ref_json = Path(args.instance_ref).read_text()
+        os.unlink(args.instance_ref)
+    serve(args.socket, args.origin, instance_ref_json, args.preload)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ workers is exercised by the daemon tests (tests/ops/test_daemon_*.py), whose dag
 
 import os
 import signal
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -162,6 +163,11 @@ def test_runs_fork_from_one_warm_worker_and_a_code_edit_starts_a_new_one(instanc
         for _ in range(50):
             os.kill(a["ppid"], 0)
             time.sleep(0.1)
+    # Its private folder is gone with it, and the live worker's holds only its socket: the instance ref (which may
+    # hold a password from dagster.yaml) is removed once read.
+    folders = list(Path(tempfile.gettempdir()).glob("geoseg-warm-*"))
+    live = [f for f in folders if any(f.iterdir()) and (f / "worker.sock").exists()]
+    assert all(sorted(p.name for p in f.iterdir()) == ["worker.sock"] for f in live), folders
 
 
 def test_a_code_location_with_threads_runs_through_the_code_server(instance, location):
