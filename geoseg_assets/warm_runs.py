@@ -327,7 +327,8 @@ def serve(socket_path: str, origin_json: str, instance_ref_json: str = "", prelo
     sources = _project_sources(root)
     parent = os.getppid()
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for stop in (signal.SIGTERM, signal.SIGINT):  # a stop (Ctrl-C of `make ui` reaches the whole group) is no error
+        signal.signal(stop, lambda *_: sys.exit(0))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     partial = socket_path + ".binding"
     listener.bind(partial)
