@@ -175,21 +175,9 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
             why = f"the run worker (pid {pid}) is on the code server's host, not this one"
         else:
             try:
-                gone = _why_not_the_worker(pid, recorded_at)
+                return self._local_worker_verdict(run, pid, recorded_at, f"that the code server at {server} started")
             except _CannotTell as exc:
                 why = f"the run worker (pid {pid}) cannot be looked at on this host ({exc})"
-            else:
-                if gone is None:
-                    self._forget(run.run_id)
-                    return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} is alive",
-                                                run_worker_id=str(pid))
-                fresh = self._instance.get_run_by_id(run.run_id)
-                if fresh is not None and fresh.is_finished:
-                    return self._ended(fresh)
-                self._forget(run.run_id)
-                return CheckRunHealthResult(
-                    WorkerStatus.FAILED, f"the run worker process (pid {pid}) that the code server at {server} "
-                    f"started for the run is gone ({gone})", run_worker_id=str(pid))
         return self._ask_code_server(run, grpc_info, server, why)
 
     # ---------------------------------------------------------------------------------------------- helpers
@@ -200,18 +188,25 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         if pid is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, "the warm run worker has not recorded its pid yet")
         try:
-            gone = _why_not_the_worker(pid, recorded_at)
+            return self._local_worker_verdict(run, pid, recorded_at, "forked from a warm worker")
         except _CannotTell as exc:
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"the run worker (pid {pid}) cannot be looked at on "
                                         f"this host ({exc})", run_worker_id=str(pid))
+
+    def _local_worker_verdict(self, run: DagsterRun, pid: int, recorded_at: float | None,
+                              started: str) -> CheckRunHealthResult:
+        """RUNNING while the run worker process `pid` on this host lives, else FAILED (or the run's end, if it ended
+        meanwhile); `started` says how the worker came to be, for the message. Raises `_CannotTell`."""
+        gone = _why_not_the_worker(pid, recorded_at)
+        self._forget(run.run_id)
         if gone is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} is alive",
                                         run_worker_id=str(pid))
         fresh = self._instance.get_run_by_id(run.run_id)
         if fresh is not None and fresh.is_finished:
             return self._ended(fresh)
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run worker process (pid {pid}) forked from a warm "
-                                    f"worker for the run is gone ({gone})", run_worker_id=str(pid))
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run worker process (pid {pid}) {started} for the run "
+                                    f"is gone ({gone})", run_worker_id=str(pid))
 
     def _ask_code_server(self, run: DagsterRun, grpc_info: dict, server: str, why: str) -> CheckRunHealthResult:
         client = DagsterGrpcClient(port=grpc_info.get("port"), socket=grpc_info.get("socket"),
