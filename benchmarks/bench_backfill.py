@@ -14,7 +14,7 @@ sensor's tick time over a landing folder of 10,000 files.
                       fresh process for all of them): Dagster's per-run overhead, no process launches.
      (b) daemon       the realistic path: a real `dagster-daemon` on the repo's `workspace.yaml`,
                       an asset backfill as the UI's "Materialize" submits it (PartitionBackfill),
-                      the QueuedRunCoordinator (4 runs at once, queue read every second) and the
+                      the QueuedRunCoordinator (dagster.yaml's max_concurrent_runs, queue read every second) and the
                       repo's run launcher: with warm run workers (dagster.yaml's default) every run is
                       forked from a process that has the code location loaded, without
                       (`--warm-run-workers off`) every run is a new interpreter started by the code
@@ -30,7 +30,7 @@ sensor's tick time over a landing folder of 10,000 files.
                       `execution: {config: {in_process: {}}}`: the whole run in its run process) over the
                       24; optionally `spawn` (multiprocess executor with Dagster's own default start
                       method, a fresh interpreter per step) over the first 4 partitions only (one wave of
-                      the 4-run queue: over 24 it takes > 10 min on 2 shared CPUs; the per-run costs it
+                      the run queue, at 4 slots: over 24 it takes > 10 min on 2 shared CPUs; the per-run costs it
                       reports do not depend on the count).
                       Wall = backfill submitted -> last run finished; also printed without the
                       backfill daemon's pickup delay (it polls every 30 s), and against the same
@@ -371,7 +371,7 @@ def measure_daemon(args, env: dict, work: Path, instance, partitions: list[str])
         r["first_created"] = min(tl["created"] for tl in timelines) if timelines else None
         r["last_end"] = max(ends) if ends else None
         r["partition_keys"] = [tl["partition"] for tl in timelines]
-        # run slots busy (RUN_STARTING -> run end) over the 4 slots x the runs' span: the queue's own gaps
+        # run slots busy (RUN_STARTING -> run end) over the slots x the runs' span: the queue's own gaps
         r["slot_busy"] = sum(tl["events"]["end"] - tl["events"]["starting"] for tl in timelines
                              if {"starting", "end"} <= set(tl["events"]))
     return results
@@ -526,7 +526,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=["default", "forkserver", "in_process", "spawn"],
                         choices=sorted(RUN_CONFIGS), help="daemon backfills, run one after the other on the same daemon")
     parser.add_argument("--spawn-partitions", type=int, default=4,
-                        help="partitions for the spawn variant (0: all); 4 = one wave of the 4-run queue")
+                        help="partitions for the spawn variant (0: all)")
     parser.add_argument("--daemon-timeout", type=float, default=360,
                         help="seconds per daemon backfill before canceling")
     parser.add_argument("--completion-wait", type=float, default=35,

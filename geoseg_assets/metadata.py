@@ -6,12 +6,21 @@ import base64
 
 import dagster as dg
 
+from geoseg_assets.geo.preview import thumbnail_png
 from geoseg_assets.viewer.links import map_url, report_url
+
+# The most bytes of PNG one inline image adds to a materialization. Dagster stores output metadata three times
+# (STEP_OUTPUT, ASSET_MATERIALIZATION and the asset's latest materialization), and the daemon, sensors and UI read it
+# back: with full 512 px previews inline, each of these records of a synthetic 512^2 scene's `scenes` or `tiles` was
+# ~0.66 MB, ~4 MB written per partition's run. Larger previews are shown as a thumbnail; the full-size PNG is linked
+# next to it (`*_path`, MLflow).
+INLINE_IMAGE_BYTES = 48_000
 
 
 def image(png: bytes, alt: str = "preview") -> dg.MetadataValue:
-    """Inline PNG shown in the asset's metadata panel."""
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    """Inline PNG shown in the asset's metadata panel: `png`, or a thumbnail of it within INLINE_IMAGE_BYTES."""
+    inline = thumbnail_png(png, INLINE_IMAGE_BYTES)
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(inline).decode()})")
 
 
 def path(p) -> dg.MetadataValue:

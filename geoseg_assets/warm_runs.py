@@ -23,6 +23,7 @@ It exits when its parent (the launcher's process) is gone; the runs it forked go
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -323,6 +324,10 @@ def serve(socket_path: str, origin_json: str, instance_ref_json: str = "", prelo
     origin = deserialize_value(origin_json, RepositoryPythonOrigin)
     recon_repository_from_origin(origin).get_definition()  # imports the code and builds the definitions once
     _preload(instance_ref_json, list(preload))
+    # Children share the loaded heap copy-on-write. Objects the collector may traverse get written to (their GC
+    # headers) and copied page by page in every child: moved to the permanent generation, they are left alone.
+    gc.collect()
+    gc.freeze()
     root = Path(getattr(origin.code_pointer, "working_directory", None) or os.getcwd())
     sources = _project_sources(root)
     parent = os.getppid()

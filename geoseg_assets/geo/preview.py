@@ -76,3 +76,34 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+THUMBNAIL_SIDES = (384, 256, 192, 128, 96, 64)
+
+
+def thumbnail_png(png: bytes, max_bytes: int) -> bytes:
+    """`png` itself when it has at most `max_bytes`, else the largest 256-colour PNG thumbnail of it (longest side
+    from THUMBNAIL_SIDES) that does, or the smallest one. For previews embedded in run events, which every reader
+    of the event log loads again; the full-size PNG stays a file."""
+    if len(png) <= max_bytes:
+        return png
+    with Image.open(io.BytesIO(png)) as source:  # a PNG this package rendered, not user input
+        image = source.convert("RGBA" if "A" in source.getbands() or "transparency" in source.info else "RGB")
+    sides = [side for side in THUMBNAIL_SIDES if side < max(image.size)] or [THUMBNAIL_SIDES[-1]]
+    # A palette PNG of imagery takes up to ~1 byte per pixel: start at the largest side within that estimate.
+    first = next((i for i, side in enumerate(sides) if _thumbnail_pixels(image.size, side) <= max_bytes), len(sides) - 1)
+    thumb = png
+    for side in sides[first:]:
+        small = image.copy()
+        small.thumbnail((side, side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        small.quantize(256, method=Image.Quantize.FASTOCTREE).save(buf, format="PNG")
+        thumb = buf.getvalue()
+        if len(thumb) <= max_bytes:
+            break
+    return thumb
+
+
+def _thumbnail_pixels(size: tuple[int, int], side: int) -> int:
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)) * max(1, round(size[1] * scale))

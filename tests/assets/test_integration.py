@@ -1,14 +1,19 @@
 """Materialize scenes, tiles and masks for 2 regions x 2 dates through the new-scene sensor on a SQLite
 instance and on a real PostgreSQL instance configured by the repository's dagster.yaml."""
 
+import base64
+import io
 import shutil
 from pathlib import Path
 
 import dagster as dg
 import psycopg2
 import pytest
+from dagster_postgres.run_storage import PostgresRunStorage
+from PIL import Image
 
 from geoseg_assets.definitions import build_defs
+from geoseg_assets.metadata import INLINE_IMAGE_BYTES
 from geoseg_assets.sensors import new_scene_sensor
 from resources.data_store import DataStore
 from resources.synthetic_source import SyntheticSource
@@ -44,8 +49,15 @@ def assert_recorded(instance, tick, results, store_root: Path):
         records = instance.fetch_materializations(key, limit=10).records
         assert len(records) == 4
         for record in records:
-            path = Path(record.asset_materialization.metadata["path"].value)
+            metadata = record.asset_materialization.metadata
+            path = Path(metadata["path"].value)
             assert path.is_file() and path.is_relative_to(store_root / asset)
+            assert len(str(metadata)) < 150_000  # inline previews are thumbnails: each event stays small
+    quicklook = instance.get_latest_materialization_event(dg.AssetKey("scenes")).asset_materialization.metadata
+    inline = base64.b64decode(quicklook["quicklook"].value.split("base64,")[1].rstrip(")"))
+    with Image.open(io.BytesIO(inline)) as thumb, Image.open(quicklook["quicklook_path"].value) as full:
+        assert len(inline) <= INLINE_IMAGE_BYTES and full.size == (384, 384)  # the file keeps the full preview
+        assert thumb.size[0] == thumb.size[1] and thumb.size[0] <= full.size[0]
     latest_tiles = instance.get_latest_materialization_event(dg.AssetKey("tiles")).asset_materialization
     assert latest_tiles.metadata["tile_count"].value == 4  # 384 px / 256 -> 2 x 2 tiles, none dropped
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -78,7 +90,8 @@ def postgres_home(tmp_path, monkeypatch):
 def test_postgres_instance_records_runs_and_materializations(tmp_path, postgres_home):
     instance = dg.DagsterInstance.get()
     try:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert instance.get_ref().storage_data.class_name == "PooledPostgresStorage"  # dagster.yaml's pooled storage
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_retries_enabled
         tick, results = run_pipeline(instance, tmp_path)

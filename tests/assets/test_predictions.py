@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 import geopandas as gpd
 import rasterio
+from dagster_postgres import PostgresEventLogStorage
 
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key
@@ -293,7 +294,7 @@ def test_two_prediction_runs_launched_at_once_take_turns_in_the_model_compute_po
         for var, value in {"DAGSTER_HOME": str(home), **dagster_pg_env(db)}.items():
             monkeypatch.setenv(var, value)
         with dg.DagsterInstance.from_config(str(home)) as instance:  # the schema, before the two processes start
-            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
             create_pools(instance)  # as `make ui-prod` does: two first claims at once would race to create the pool
             instance.add_dynamic_partitions("region", ["alpha", "beta"])
         runs = _predict_in_two_processes_at_once(resources, ("alpha", "beta"), DATES[0])

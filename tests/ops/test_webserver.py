@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from tests.support.paths import BIN, REPO
 from tests.support.postgres import PG, dagster_pg_env, throwaway_database
 from tests.support.processes import group_alive, start_group, stop_group, tail
@@ -40,7 +41,7 @@ def _production_instance_yaml() -> dict:
     """The repo's dagster.yaml, unchanged (storage from DAGSTER_PG_*, queued runs, run retries), plus run
     monitoring so that a run whose worker dies is failed (and retried) instead of hanging the backfill."""
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    assert "postgres" in config["storage"], "dagster.yaml should be the Postgres production instance"
+    assert config["storage"]["custom"]["class"] == "PooledPostgresStorage", "dagster.yaml should be the Postgres instance"
     assert config["concurrency"]["runs"]["max_concurrent_runs"] >= 1 and config["run_retries"]["enabled"]
     return {**config, "run_monitoring": {"enabled": True, "poll_interval_seconds": 5}}
 
@@ -310,8 +311,8 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
             # --- the materializations are in PostgreSQL ------------------------------------------------------
             instance = DagsterInstance.from_config(str(home))
             try:
-                assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-                assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+                assert isinstance(instance.run_storage, PostgresRunStorage)
+                assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
                 assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
                 assert sorted(instance.get_dynamic_partitions("region")) == REGIONS
                 for key in BACKFILL_ASSETS:
