@@ -314,6 +314,21 @@ def wait_backfill_runs(instance, backfill_id: str, n: int, proc, log_path: Path,
     return False
 
 
+def cpu_sample() -> tuple[float, int, int]:
+    """(time, busy jiffies, all jiffies) of the whole machine (/proc/stat's first line): how busy its CPUs were."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return time.time(), sum(fields) - idle, sum(fields)
+
+
+def cpu_busy(samples: list[tuple[float, int, int]], start: float, end: float) -> float | None:
+    """Share of the CPUs' time spent busy between the first sample at/after `start` and the last at/before `end`."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+        return None
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+
 def backfill_completed_at(instance, backfill_id: str) -> float | None:
     from dagster._core.execution.backfill import BulkActionStatus
 
@@ -327,6 +342,7 @@ def measure_daemon(args, env: dict, work: Path, instance, partitions: list[str])
     from dagster._core.execution.backfill import BulkActionStatus
 
     results: dict[str, dict] = {}
+    samples: list[tuple[float, int, int]] = []  # cpu_sample() at each poll
     log_path = work / "daemon.log"
     t0 = time.time()
     proc = start_group([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, log_path)
@@ -336,6 +352,7 @@ def measure_daemon(args, env: dict, work: Path, instance, partitions: list[str])
         pending: dict[str, str] = {}  # variant -> backfill id not yet seen COMPLETED
 
         def poll_completed():  # a backfill is marked COMPLETED by a later pass of the backfill daemon (every 30 s)
+            samples.append(cpu_sample())
             for v, bid in list(pending.items()):
                 if (at := backfill_completed_at(instance, bid)) is not None:
                     results[v]["completed_at"] = at
@@ -374,6 +391,7 @@ def measure_daemon(args, env: dict, work: Path, instance, partitions: list[str])
         # run slots busy (RUN_STARTING -> run end) over the slots x the runs' span: the queue's own gaps
         r["slot_busy"] = sum(tl["events"]["end"] - tl["events"]["starting"] for tl in timelines
                              if {"starting", "end"} <= set(tl["events"]))
+        r["cpu_busy"] = cpu_busy(samples, r["first_created"], r["last_end"]) if r["last_end"] else None
     return results
 
 
@@ -420,8 +438,10 @@ def report_daemon(variant: str, r: dict, baseline: dict[str, float], slots: int)
               f"steps ran {s['asset'] / base:.1f}x slower, {slots} runs at once): wall ratio {wall / base:.2f}, "
               f"without pickup {runs_wall / base:.2f}")
     usable = min(slots, r["runs"])
+    busy = f"; the machine's {os.cpu_count()} CPUs were {r['cpu_busy']:.0%} busy (/proc/stat, polled each second)" \
+        if r.get("cpu_busy") is not None else ""
     print(f"      the {usable} usable run slots were busy (RUN_STARTING -> run end) "
-          f"{r['slot_busy'] / (usable * runs_wall):.0%} of the runs' span (the rest: queue polling, launches)")
+          f"{r['slot_busy'] / (usable * runs_wall):.0%} of the runs' span (the rest: queue polling, launches){busy}")
     per_step = s["step_start"] / s["step_procs"] if s["step_procs"] else 0.0
     print(f"      per run (mean of {n}, run-seconds; up to {slots} runs at once on {os.cpu_count()} CPUs): "
           f"queued {s['queue'] / n:.1f} s, "
