@@ -17,9 +17,10 @@ from geoseg_assets.viewer.links import map_url, report_url
 INLINE_IMAGE_BYTES = 48_000
 
 
-def image(png: bytes, alt: str = "preview") -> dg.MetadataValue:
-    """Inline PNG shown in the asset's metadata panel: `png`, or a thumbnail of it within INLINE_IMAGE_BYTES."""
-    inline = thumbnail_png(png, INLINE_IMAGE_BYTES)
+def image(png: bytes, alt: str = "preview", max_bytes: int | None = INLINE_IMAGE_BYTES) -> dg.MetadataValue:
+    """Inline PNG shown in the asset's metadata panel: `png`, or a thumbnail of it within `max_bytes` (None: as is,
+    for an image materialized once per model rather than once per partition)."""
+    inline = png if max_bytes is None else thumbnail_png(png, max_bytes)
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(inline).decode()})")
 
 

@@ -336,8 +336,9 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
             "promoted": promoted,
             "promotion_reason": reason,
             "worst_tiles": dg.MetadataValue.md(table),
-            "confusion_matrix": md.image(report.confusion_png, "confusion matrix"),
-            "worst_tiles_gallery": md.image(report.gallery_png, "worst tiles"),
+            # Once per model version, so shown at full size (per-partition previews are thumbnails).
+            "confusion_matrix": md.image(report.confusion_png, "confusion matrix", max_bytes=None),
+            "worst_tiles_gallery": md.image(report.gallery_png, "worst tiles", max_bytes=None),
             "mlflow_run_id": challenger.run_id,
         },
         asset_key="model_evaluation",

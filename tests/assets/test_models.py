@@ -1,12 +1,16 @@
 """`model` + `model_evaluation` through Dagster, DVC and a real MLflow store: lineage tags, promotion,
 the blocking minimum-mIoU check, and the failure notification."""
 
+import base64
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
+import numpy as np
 import pytest
+from PIL import Image
 
 from geoseg_assets.sensors.failures import run_failure_notifier
 from resources.mlflow_tracking import CHAMPION
@@ -47,6 +51,11 @@ def test_training_records_lineage_and_promotes_only_past_the_floor(project):
     table = evaluation["per_class"].value.splitlines()
     assert table[0] == "| class | support px | share | IoU | F1 | precision | recall | predicted px |"
     per_class = tracking.client().download_artifacts(run.info.run_id, "evaluation/per_class.json")
+    gallery = tracking.client().download_artifacts(run.info.run_id, "evaluation/worst_tiles.png")
+    inline = base64.b64decode(evaluation["worst_tiles_gallery"].value.split("base64,")[1].rstrip(")"))
+    with Image.open(io.BytesIO(inline)) as shown, Image.open(gallery) as logged:  # MLflow re-encodes its copy
+        # Once per model: inline at full size, not a thumbnail.
+        assert shown.size == logged.size and np.array_equal(np.asarray(shown), np.asarray(logged))
     rows = json.load(open(per_class))
     assert len(table) == 2 + len(rows) and sum(r["support"] for r in rows) > 0
     assert all((r["iou"] is None) == (not r["present"]) for r in rows)  # absent classes are not scored as 0
