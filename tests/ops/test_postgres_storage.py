@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import closing
 
 import dagster as dg
 import psycopg2
@@ -45,7 +46,7 @@ def pg_home(tmp_path, monkeypatch):
 
 def open_connections(db: str, app: str) -> list[int]:
     """Backend pids of this test's connections to `db`, as the server sees them."""
-    with psycopg2.connect(dbname="postgres", **PG) as conn, conn.cursor() as cur:
+    with closing(psycopg2.connect(dbname="postgres", **PG)) as conn, conn.cursor() as cur:
         cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s", (db, app))
         return [row[0] for row in cur.fetchall()]
 
@@ -62,7 +63,7 @@ def closed_within(db: str, app: str, seconds: float) -> bool:
 
 
 def terminate(pids: list[int]) -> None:
-    with psycopg2.connect(dbname="postgres", **PG) as conn, conn.cursor() as cur:
+    with closing(psycopg2.connect(dbname="postgres", **PG)) as conn, conn.cursor() as cur:
         for pid in pids:
             cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
