@@ -1,6 +1,7 @@
 """Shared fixtures: data stores, landing folders, sources, a SQLite DAGSTER_HOME, the module-wide project and a
 DVC-tracked repository. Helpers the tests import live in tests/support/."""
 
+import shutil
 from itertools import islice
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from resources.data_store import DataStore
 from resources.dvc_store import DvcStore
 from resources.landing_source import LandingFolderSource
 from resources.synthetic_source import SyntheticSource
+from tests.support.paths import REPO
+from tests.support.postgres import dagster_pg_env, throwaway_database
 from tests.support.project import make_project
 from tests.support.repos import DATASET, new_git_repo, write_npy_dataset
 from tests.support.s3 import s3_server
@@ -62,6 +65,19 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def postgres_home(tmp_path, monkeypatch):
+    """A throwaway database on the local server and a DAGSTER_HOME holding the repo's dagster.yaml (the production
+    instance, its DAGSTER_PG_* pointing at that database); yields the database's name."""
+    with throwaway_database() as db:
+        home = tmp_path / "pg_home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        for var, value in {"DAGSTER_HOME": str(home), **dagster_pg_env(db)}.items():
+            monkeypatch.setenv(var, value)
+        yield db
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ instance and on a real PostgreSQL instance configured by the repository's dagste
 
 import base64
 import io
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +18,7 @@ from resources.data_store import DataStore
 from resources.synthetic_source import SyntheticSource
 from tests.support.paths import REPO
 from tests.support.pipeline import with_test_resources
-from tests.support.postgres import PG, dagster_pg_env, throwaway_database
+from tests.support.postgres import PG
 
 REGIONS, DATES = ["alpha", "beta"], ["2024-04-15", "2024-06-15"]
 
@@ -72,18 +71,6 @@ def test_sqlite_instance_records_runs_and_materializations(tmp_path):
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
         tick, results = run_pipeline(instance, tmp_path)
         assert_recorded(instance, tick, results, tmp_path / "store")
-
-
-@pytest.fixture
-def postgres_home(tmp_path, monkeypatch):
-    """A throwaway database on the local server and a DAGSTER_HOME holding the repo's dagster.yaml."""
-    with throwaway_database() as db:
-        home = tmp_path / "pg_home"
-        home.mkdir()
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        for var, value in {"DAGSTER_HOME": str(home), **dagster_pg_env(db)}.items():
-            monkeypatch.setenv(var, value)
-        yield db
 
 
 @pytest.mark.postgres

@@ -3,10 +3,10 @@ few open connections, a dead connection is replaced without a failed call, a for
 connection, `dispose` closes them all, and the schema is read once per process and database."""
 
 import os
-import shutil
 import time
 import uuid
 from contextlib import closing
+from pathlib import Path
 
 import dagster as dg
 import psycopg2
@@ -16,8 +16,7 @@ import sqlalchemy.event
 import yaml
 
 from geoseg_assets.postgres_storage import PooledPostgresStorage
-from tests.support.paths import REPO
-from tests.support.postgres import PG, dagster_pg_env, throwaway_database
+from tests.support.postgres import PG
 
 pytestmark = pytest.mark.postgres
 
@@ -28,20 +27,15 @@ def numbers() -> dg.MaterializeResult:
 
 
 @pytest.fixture
-def pg_home(tmp_path, monkeypatch):
-    """A throwaway database and a DAGSTER_HOME with the repo's dagster.yaml, its connections tagged with an
+def pg_home(postgres_home):
+    """The production instance on a throwaway database (`postgres_home`), its connections tagged with an
     application_name so the server's pg_stat_activity shows which are this test's."""
     app = f"geoseg_pool_{uuid.uuid4().hex[:8]}"
-    with throwaway_database() as db:
-        home = tmp_path / "home"
-        home.mkdir()
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        config = yaml.safe_load((home / "dagster.yaml").read_text())
-        config["storage"]["custom"]["config"]["postgres_db"]["params"] = {"application_name": app}
-        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-        for var, value in {"DAGSTER_HOME": str(home), **dagster_pg_env(db)}.items():
-            monkeypatch.setenv(var, value)
-        yield home, db, app
+    home = Path(os.environ["DAGSTER_HOME"])
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    config["storage"]["custom"]["config"]["postgres_db"]["params"] = {"application_name": app}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home, postgres_home, app
 
 
 def open_connections(db: str, app: str) -> list[int]:
