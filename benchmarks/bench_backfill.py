@@ -22,7 +22,10 @@ sensor's tick time over a landing folder of 10,000 files.
                       default executor
                       (geoseg_assets/executors.py: these runs have no network step, so each runs in its run
                       process), over the 24 partitions; `default_again` (the same again, the daemon's code
-                      server and warm worker already up); `forkserver` (run config naming the forkserver start
+                      server and warm worker already up); `after_restart` (the same after stopping the
+                      daemon and starting a new one: a deploy or reboot; the new daemon starts the warm
+                      worker of the code location its instance's runs used, geoseg_assets/run_coordinator.py);
+                      `forkserver` (run config naming the forkserver start
                       method: a process per step, forked from a forkserver that has the code location
                       imported; the default before light runs went in process); `forkserver_bare` (the same
                       with `preload_modules: []`, which is what dagster 1.13.27 does when none are named: every
@@ -46,7 +49,7 @@ sensor's tick time over a landing folder of 10,000 files.
    applies to the steady-state tick; the cold tick is a one-off when the sensor is first switched on.
 
     .venv/bin/python benchmarks/bench_backfill.py [--regions 4 --dates 6 --size 512] [--warm-run-workers on|off]
-        [--variants default default_again forkserver in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
+        [--variants default default_again after_restart forkserver in_process spawn forkserver_bare] [--spawn-partitions 4 (0: all)]
         [--sensor-regions 10 --sensor-dates 1000] [--skip-daemon] [--skip-sensor] [--keep]
 """
 
@@ -78,6 +81,9 @@ RUN_CONFIGS = {
     # The same again on the same daemon: its code server and any warm run worker are up, as in a daemon that has
     # been running (the first backfill after a daemon start pays their start).
     "default_again": None,
+    # The same after the daemon is stopped and started again (a deploy, a reboot): its first backfill, on an instance
+    # whose earlier runs the launcher remembers, so the new daemon starts their warm worker at its first queue pass.
+    "after_restart": None,
     # A process per step, forked from the forkserver preloading the code location (the preload is filled in).
     "forkserver": {"execution": {"config": {"multiprocess": {"start_method": {"forkserver": {}}}}}},
     "in_process": {"execution": {"config": {"in_process": {}}}},
@@ -359,6 +365,16 @@ def measure_daemon(args, env: dict, work: Path, instance, partitions: list[str])
                     del pending[v]
 
         for variant in args.variants:
+            if variant == "after_restart":
+                stopping = time.time()
+                stop_group(proc)
+                log(f"daemon stopped in {time.time() - stopping:.1f} s for a restart; group alive: "
+                    f"{group_alive(proc.pid)}")
+                instance.wipe_daemon_heartbeats()
+                proc = start_group([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env,
+                                   log_path.with_name("daemon_restarted.log"))
+                log_path = log_path.with_name("daemon_restarted.log")
+                log(f"daemon up again in {wait_for_daemon(instance, proc, log_path):.1f} s")
             subset = variant_partitions(args, variant, partitions)
             backfill_id, submitted = submit_backfill(instance, subset, variant)
             ok = wait_backfill_runs(instance, backfill_id, len(subset), proc, log_path, args.daemon_timeout,
@@ -407,6 +423,7 @@ def report_daemon(variant: str, r: dict, baseline: dict[str, float], slots: int)
     s, n, n_expected = r["sum"], max(r["runs"], 1), r["partitions"]
     label = {"default": "the code location's default executor (no network step: the run in its run process)",
              "default_again": "the same again, on the same daemon (its code server and warm run worker up)",
+             "after_restart": "the same again, the first backfill after the daemon was stopped and started again",
              "forkserver": "multiprocess, a process per step forked from a forkserver that preloaded the code "
                            "location (geoseg_assets/forkserver_preload.py)",
              "forkserver_bare": "multiprocess, a process per step forked from a forkserver with nothing preloaded "

@@ -21,7 +21,9 @@ interpreter start and code import per run, which is most of a small partition's 
 `geoseg/run_worker` tag; its worker is checked by pid like a code server's, and terminating the run interrupts that
 process (SIGTERM, which the worker turns into Dagster's interrupt: the run ends CANCELED). When no warm worker can
 take a run (it cannot start, or it retired itself because the code changed or it had threads), the run is launched
-through the code server as before, and an engine event on the run says why.
+through the code server as before, and an engine event on the run says why. The launcher remembers (instance KVS)
+the code locations whose runs it forked, so that the process that launches runs can start their warm workers before
+the first run asks (`prewarm`, `prewarm_remembered`; geoseg_assets/run_coordinator.py calls them in the daemon).
 """
 
 import json
@@ -39,9 +41,11 @@ from dagster import (DagsterEventType, DagsterRun, DagsterRunStatus, DefaultRunL
 # The health-check result types run monitoring expects, the run tag in which DefaultRunLauncher records the
 # code server's address, the gRPC client for that server, the error it raises when the server cannot be
 # reached (the grpc.RpcError is its __cause__) and the type of the server's GetCurrentRuns answer; the error a
-# launch failure raises and the arguments `dagster api execute_run` takes (a warm worker's run).
+# launch failure raises and the arguments `dagster api execute_run` takes (a warm worker's run); the type of a run's
+# code location origin (what a warm worker loads).
 from dagster._core.errors import DagsterLaunchFailedError, DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.origin import RepositoryPythonOrigin
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import ExecuteRunArgs, GetCurrentRunsResult
@@ -63,6 +67,10 @@ FAILED_CHECKS_TO_FAIL = 2
 # process (pid reuse, e.g. after a reboot). The slack absorbs the 1 s resolution of the boot time and clock
 # adjustments: wrongly failing a live run is worse than missing a pid reused within a minute.
 PID_REUSE_SLACK_S = 60.0
+# Instance KVS key of the code locations (serialized repository origins, most recent first) whose runs were forked
+# from warm workers, and how many are kept: a restarted daemon starts their warm workers ahead of their runs.
+WARM_ORIGINS_KEY = "geoseg/warm_run_origins"
+MAX_REMEMBERED_ORIGINS = 4
 # How long terminating a warm run waits for its worker to write RUN_START before it marks the run CANCELING.
 START_WAIT_S = 30.0
 # The run's ENGINE_EVENTs read to find the worker's pid: it is the first one the worker emits.
@@ -78,7 +86,8 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         self._failed_checks: dict[str, int] = {}  # run id -> consecutive negative code-server answers
         self._lock = threading.Lock()
         self._warm_run_workers, self._warm_preload = warm_run_workers, tuple(warm_preload_modules)
-        self._warm: WarmWorkers | None = None  # made on first launch: the instance is registered by then
+        self._warm: WarmWorkers | None = None  # made on first use: the instance is registered by then
+        self._remembered: set[str] = set()  # origins this process has written to WARM_ORIGINS_KEY
 
     @classmethod
     def config_type(cls):
@@ -100,15 +109,12 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         if not self._warm_run_workers or run.job_code_origin is None:
             super().launch_run(context)
             return
-        with self._lock:
-            if self._warm is None:
-                self._warm = WarmWorkers(instance_ref_json=serialize_value(self._instance.get_ref()),
-                                         preload_modules=self._warm_preload)
         origin = run.job_code_origin.repository_origin
+        origin_json = serialize_value(origin)
         args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         try:
-            pid = self._warm.launch(serialize_value(origin), origin.executable_path,
-                                    getattr(origin.code_pointer, "working_directory", None), serialize_value(args))
+            pid = self._warm_workers().launch(origin_json, origin.executable_path, _working_directory(origin),
+                                              serialize_value(args))
         except WarmLaunchLost as exc:
             raise DagsterLaunchFailedError(str(exc)) from exc
         except WarmLaunchError as exc:
@@ -120,6 +126,54 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
         self._run_ids.add(run.run_id)
         self._instance.report_engine_event(f"Forked the run worker (pid {pid}) from a warm worker.", run,
                                            cls=self.__class__)
+        if origin_json not in self._remembered:
+            self._remember(origin_json)
+
+    def prewarm(self, origin: RepositoryPythonOrigin | None) -> None:
+        """Starts the warm worker of `origin`'s code location in the background (no-op without warm run workers or
+        when it runs), so that the code location's next run is forked at once instead of waiting for its import."""
+        if self._warm_run_workers and origin is not None:
+            self._warm_workers().prewarm(serialize_value(origin), origin.executable_path, _working_directory(origin))
+
+    def prewarm_remembered(self) -> None:
+        """Starts the warm workers of the code locations whose runs this instance forked last (WARM_ORIGINS_KEY): what
+        a restarted daemon's first runs would otherwise wait for. One that cannot start is forgotten."""
+        if not self._warm_run_workers:
+            return
+        for origin_json in self._remembered_origins():
+            try:
+                origin = deserialize_value(origin_json, RepositoryPythonOrigin)
+            except Exception:  # noqa: BLE001 (written by another Dagster version: forget it, a run will remember it)
+                self._forget_origin(origin_json)
+                continue
+            self._warm_workers().prewarm(origin_json, origin.executable_path, _working_directory(origin),
+                                         on_failure=lambda _why, key=origin_json: self._forget_origin(key))
+
+    def _warm_workers(self) -> WarmWorkers:
+        with self._lock:
+            if self._warm is None:
+                self._warm = WarmWorkers(instance_ref_json=serialize_value(self._instance.get_ref()),
+                                         preload_modules=self._warm_preload)
+            return self._warm
+
+    def _remembered_origins(self) -> list[str]:
+        raw = self._instance.run_storage.get_cursor_values({WARM_ORIGINS_KEY}).get(WARM_ORIGINS_KEY)
+        try:
+            origins = json.loads(raw) if raw else []
+        except ValueError:
+            return []
+        return [o for o in origins if isinstance(o, str)][:MAX_REMEMBERED_ORIGINS] if isinstance(origins, list) else []
+
+    def _remember(self, origin_json: str) -> None:
+        origins = [origin_json, *(o for o in self._remembered_origins() if o != origin_json)]
+        self._instance.run_storage.set_cursor_values(
+            {WARM_ORIGINS_KEY: json.dumps(origins[:MAX_REMEMBERED_ORIGINS])})
+        self._remembered.add(origin_json)
+
+    def _forget_origin(self, origin_json: str) -> None:
+        origins = [o for o in self._remembered_origins() if o != origin_json]
+        self._instance.run_storage.set_cursor_values({WARM_ORIGINS_KEY: json.dumps(origins)})
+        self._remembered.discard(origin_json)
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
@@ -273,6 +327,10 @@ class HealthCheckedRunLauncher(DefaultRunLauncher):
 
 class _CannotTell(Exception):
     """This host cannot show whether the worker process lives (no /proc, or no right to read it)."""
+
+
+def _working_directory(origin: RepositoryPythonOrigin) -> str | None:
+    return getattr(origin.code_pointer, "working_directory", None)
 
 
 def _is_local(grpc_info: dict) -> bool:

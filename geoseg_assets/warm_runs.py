@@ -117,6 +117,35 @@ class WarmWorkers:
                 raise WarmLaunchError(why)
         raise AssertionError("unreachable")
 
+    def prewarm(self, repository_origin_json: str, executable: str, cwd: str | None,
+                on_failure=None) -> threading.Thread | None:
+        """Starts the warm worker of an origin in a background thread, so that its first run does not wait for the
+        code import; None when one is running or the origin is unfit. `on_failure(why)` is called if it cannot
+        start. A launch meanwhile waits for this start instead of starting a second worker. Never blocks: while
+        another start holds the lock (up to a code import's time) it returns None, as the caller may be the backfill
+        daemon creating runs."""
+        key = repository_origin_json
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            worker = self._workers.get(key)
+            if (worker is not None and worker.process.poll() is None) or time.monotonic() < self._unfit.get(key, (0,))[0]:
+                return None
+        finally:
+            self._lock.release()
+
+        def start() -> None:
+            try:
+                self._worker(key, executable, cwd)
+            except WarmLaunchError as exc:
+                self._mark_unfit(key, str(exc))
+                if on_failure is not None:
+                    on_failure(str(exc))
+
+        thread = threading.Thread(target=start, name="geoseg-warm-prewarm", daemon=True)
+        thread.start()
+        return thread
+
     def _mark_unfit(self, key: str, why: str) -> None:
         with self._lock:
             self._unfit[key] = (time.monotonic() + UNFIT_RETRY_S, f"{why}; not tried again for {UNFIT_RETRY_S:.0f} s")

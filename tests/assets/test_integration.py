@@ -13,6 +13,7 @@ from PIL import Image
 
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.metadata import INLINE_IMAGE_BYTES
+from geoseg_assets.run_coordinator import PrewarmingRunCoordinator
 from geoseg_assets.sensors import new_scene_sensor
 from resources.data_store import DataStore
 from resources.synthetic_source import SyntheticSource
@@ -79,7 +80,7 @@ def test_postgres_instance_records_runs_and_materializations(tmp_path, postgres_
     try:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert instance.get_ref().storage_data.class_name == "PooledPostgresStorage"  # dagster.yaml's pooled storage
-        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert isinstance(instance.run_coordinator, PrewarmingRunCoordinator)  # a QueuedRunCoordinator
         assert instance.run_retries_enabled
         tick, results = run_pipeline(instance, tmp_path)
         assert_recorded(instance, tick, results, tmp_path / "store")

@@ -14,7 +14,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from geoseg_assets.run_launcher import RUN_WORKER_TAG, WARM, HealthCheckedRunLauncher
+from geoseg_assets.run_coordinator import PrewarmingRunCoordinator
+from geoseg_assets.run_launcher import RUN_WORKER_TAG, WARM, WARM_ORIGINS_KEY, HealthCheckedRunLauncher
 from geoseg_assets.warm_runs import MODULE
 from tests.support.paths import REPO
 
@@ -61,12 +62,15 @@ def write_code(folder: Path, value: int, extra: str = "") -> Path:
 
 @pytest.fixture
 def instance(tmp_path):
-    """A SQLite instance whose run launcher is the repo's dagster.yaml's, with warm run workers on."""
-    run_launcher = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_launcher"]
+    """A SQLite instance whose run launcher and run coordinator are the repo's dagster.yaml's, warm run workers on."""
+    production = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    run_launcher = production["run_launcher"]
     run_launcher["config"] = {**(run_launcher.get("config") or {}), "warm_run_workers": True}
     (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home"), overrides={"run_launcher": run_launcher}) as instance:
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home"), overrides={
+            "run_launcher": run_launcher, "run_coordinator": production["run_coordinator"]}) as instance:
         assert isinstance(instance.run_launcher, HealthCheckedRunLauncher)
+        assert isinstance(instance.run_coordinator, PrewarmingRunCoordinator)
         yield instance
 
 
@@ -85,16 +89,22 @@ class Location:
     def close(self):
         self._context.__exit__(None, None, None)
 
-    def launch(self, job_name: str, reload: bool = False) -> str:
-        """Launches a run of `job_name` as the UI does; `reload` first makes the code server load the edited code."""
+    def create(self, job_name: str, instance=None, reload: bool = False):
+        """A new run of `job_name` in `instance` (default: the location's) and the workspace to launch it from;
+        `reload` first makes the code server load the edited code."""
         from dagster._core.test_utils import create_run_for_test
 
         if reload:
             self._context.reload_code_location("tiny")
         workspace = self._context.create_request_context()
         job = workspace.get_code_location("tiny").get_repository("__repository__").get_full_job(job_name)
-        run = create_run_for_test(self.instance, job_name=job_name, remote_job_origin=job.get_remote_origin(),
+        run = create_run_for_test(instance or self.instance, job_name=job_name, remote_job_origin=job.get_remote_origin(),
                                   job_code_origin=job.get_python_origin(), job_snapshot=job.job_snapshot)
+        return run, workspace
+
+    def launch(self, job_name: str, reload: bool = False) -> str:
+        """Launches a run of `job_name` as the UI does."""
+        run, workspace = self.create(job_name, reload=reload)
         self.instance.launch_run(run.run_id, workspace)
         return run.run_id
 
@@ -220,3 +230,56 @@ def test_a_run_outlives_its_warm_worker(instance, location):
     after = location.launch("tiny_job")
     assert location.wait(after).status == dg.DagsterRunStatus.SUCCESS, location.engine_messages(after)
     assert location.materialized(after)["ppid"] not in (warm, pid)
+
+
+def live_warm_workers(instance) -> list[int]:
+    """Pids of the warm workers the instance's run launcher holds that are running."""
+    warm = instance.run_launcher._warm
+    return [] if warm is None else [w.process.pid for w in list(warm._workers.values()) if w.process.poll() is None]
+
+
+def wait_for_warm_worker(instance) -> int:
+    deadline = time.time() + RUN_TIMEOUT_S
+    while not (pids := live_warm_workers(instance)):
+        assert time.time() < deadline, "no warm worker started"
+        time.sleep(0.05)
+    assert len(pids) == 1 and MODULE in cmdline(pids[0]), pids
+    return pids[0]
+
+
+def test_the_launching_process_starts_warm_workers_before_the_runs_ask(instance, location):
+    """In the process that launches runs (the one whose run queue reads `dequeue_use_threads`), a submitted run starts
+    its code location's warm worker at once, and the run is then forked from it. The instance remembers the code
+    location, so a restarted daemon starts its warm worker at its first queue pass, before any run. A process that
+    only submits runs (the webserver) starts none."""
+    submitter = dg.DagsterInstance.from_ref(instance.get_ref())  # a webserver: submits, never reads the queue
+    try:
+        run, workspace = location.create("tiny_job", instance=submitter)
+        submitter.submit_run(run.run_id, workspace)
+        assert submitter.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.QUEUED
+        assert live_warm_workers(submitter) == []
+    finally:
+        submitter.dispose()
+
+    assert instance.run_coordinator.dequeue_use_threads is True  # the daemon's queue pass: nothing remembered yet
+    assert live_warm_workers(instance) == []
+    run, workspace = location.create("tiny_job")
+    instance.submit_run(run.run_id, workspace)
+    warm = wait_for_warm_worker(instance)  # started by the submission, before any launch
+    launched = location.launch("tiny_job")
+    assert location.wait(launched).status == dg.DagsterRunStatus.SUCCESS, location.engine_messages(launched)
+    assert location.materialized(launched)["ppid"] == warm  # the run was forked from the prewarmed worker
+    assert instance.run_storage.get_cursor_values({WARM_ORIGINS_KEY})[WARM_ORIGINS_KEY].count("tiny_defs.py") == 1
+
+    restarted = dg.DagsterInstance.from_ref(instance.get_ref())  # a daemon restart: a new process, same storage
+    try:
+        assert live_warm_workers(restarted) == []
+        assert restarted.run_coordinator.dequeue_use_threads is True
+        again = wait_for_warm_worker(restarted)
+        assert again != warm
+    finally:
+        restarted.dispose()  # stops its warm worker
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(again, 0)
+            time.sleep(0.1)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+from geoseg_assets.run_coordinator import PrewarmingRunCoordinator
 from tests.support.paths import BIN, REPO
 from tests.support.postgres import PG, dagster_pg_env, throwaway_database
 from tests.support.processes import group_alive, start_group, stop_group, tail
@@ -313,7 +315,7 @@ def test_webserver_and_daemon_backfill_on_postgres(tmp_path, monkeypatch):
             try:
                 assert isinstance(instance.run_storage, PostgresRunStorage)
                 assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-                assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+                assert isinstance(instance.run_coordinator, PrewarmingRunCoordinator)  # a QueuedRunCoordinator
                 assert sorted(instance.get_dynamic_partitions("region")) == REGIONS
                 for key in BACKFILL_ASSETS:
                     assert instance.get_materialized_partitions(AssetKey(key)) == set(partitions), key
