@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from geoseg_assets.assets.catalog import catalog_job, catalog_schedule, stac_catalog, stac_catalog_valid
 from geoseg_assets.assets.datasets import dataset
 from geoseg_assets.assets.feedback import feedback_job
 from geoseg_assets.assets.masks import import_labels_job, masks
@@ -181,12 +182,13 @@ def build_defs(resources: dict, intervals: SensorIntervals = SensorIntervals()) 
     """The code location with the given resources (tests and other deployments swap them) and sensor intervals."""
     return dg.Definitions(
         assets=[scenes, tiles, masks, dataset, model, model_evaluation, predictions, data_quality_report,
-                data_drift_report, prediction_drift_report, model_quality_report],
+                data_drift_report, prediction_drift_report, model_quality_report, stac_catalog],
         asset_checks=[scene_integrity, tile_stats_sanity, label_geometries_valid, dataset_no_leakage,
-                      dataset_class_coverage],
+                      dataset_class_coverage, stac_catalog_valid],
         sensors=build_sensors(intervals),
+        schedules=[catalog_schedule],
         jobs=[imagery_job, import_labels_job, dataset_job, training_job, retraining_job, prediction_job, monitoring_job,
-              feedback_job, celery_imagery_job],
+              feedback_job, celery_imagery_job, catalog_job],
         resources=resources,
         executor=default_executor,
     )

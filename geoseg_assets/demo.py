@@ -16,7 +16,8 @@ of Pucallpa, then against the instance in $DAGSTER_HOME (SQLite by default):
    Partitions the champion cannot predict (the real Landsat pair: other bands, dtype and CRS) are
    skipped by the asset with the integrity problem recorded, and their runs succeed;
 7. `monitoring_job` writes the data quality, data drift and prediction drift reports of every
-   partition (HTML + JSON), and `model_quality_report` the champion's history and live quality.
+   partition (HTML + JSON), and `model_quality_report` the champion's history and live quality;
+8. `catalog_job` writes the STAC catalog of every scene, mask, prediction and model version.
 Every run is made against the code location of `workspace.yaml` (`WorkspaceRuns`), so the UI lists it on its job's
 page and can re-execute it; the two sensors' cursors and ticks are stored, so switching them on later requests
 nothing the demo did. It prints one line per run and where the outputs are; Dagster's log lines go to
@@ -227,6 +228,9 @@ def run_pipeline(demo: DemoRuns, synthetic: SyntheticSource, training_config: di
     if quality_meta:
         print(f"         champion v{quality_meta['champion_version']}, live mIoU {quality_meta['live_miou']} on "
               "labelled partitions")
+    catalog = demo.materialization(demo.run("catalog_job", "STAC catalog"), "stac_catalog")
+    if catalog:
+        print(f"         {catalog['items_total']} items {catalog['items']} in {catalog['catalog_path']}")
     return {"partitions": len(scene_tick.run_requests), "mask_updates": len(label_tick.run_requests),
             "dataset_version": version}
 
@@ -257,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  landing folder : {landing}")
     print(f"  labels         : {resources['label_store'].path}")
     print(f"  outputs        : {store}  (scenes/, tiles/, masks/, predictions/, *_report/ by region=/date=; dataset/)")
+    print(f"  STAC catalog   : {store / 'stac' / 'catalog.json'}  (scenes, masks, predictions, models; pystac, QGIS)")
     print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote, "
           f"recorded as refs/geoseg/datasets/{version.removesuffix('.dir')} "
           f"(`python -m geoseg_assets.reproduce --dataset {version}` restores it)")

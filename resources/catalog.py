@@ -40,6 +40,8 @@ PREDICTED_POLYGONS = OutputFile("predictions", "polygons.gpkg")
 PREDICTION_OVERLAY = OutputFile("predictions", "overlay.png")
 PREDICTION_RECORD = OutputFile("predictions", "prediction.json")
 
+STAC_CATALOG = OutputFile("stac", "catalog.json")  # the static STAC catalog's root; its collections and items beside it
+
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 DATA_QUALITY_HTML = OutputFile("data_quality_report", REPORT_HTML)
 DATA_QUALITY_JSON = OutputFile("data_quality_report", REPORT_JSON)

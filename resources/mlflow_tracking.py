@@ -207,6 +207,17 @@ class MlflowTracking(ConfigurableResource):
         except MlflowException:
             return None
 
+    def model_version(self, version: str, name: str | None = None):
+        """A registered ModelVersion of `name` (default: this model), or None when the registry has no such version."""
+        from mlflow.exceptions import MlflowException
+
+        if self.missing_store_note():
+            return None
+        try:
+            return self.client().get_model_version(name or self.model_name, str(version))
+        except MlflowException:
+            return None
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of an MLflow run (lineage: dataset version, git commit, Dagster run id)."""
         return dict(self.client().get_run(run_id).data.tags)

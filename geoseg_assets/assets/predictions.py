@@ -149,6 +149,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionConfig, dat
         record = {
             "model_name": mlflow_tracking.model_name, "model_version": str(champion.version),
             "mlflow_run_id": champion.run_id, "scene_fingerprint": scene.get("fingerprint", ""),
+            "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in classes.classes],
             "class_pixels": {c.name: result.class_pixels[c.id] for c in classes.classes},
             "area_km2": area_km2, "share": share, "valid_pixels": result.valid_pixels,
             "nodata_pixels": result.nodata_pixels, "windows": result.windows_total,

@@ -63,7 +63,7 @@ def test_graph_has_the_assets_checks_sensors_and_lineage():
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "scenes", "tiles", "masks", "dataset", "model", "model_evaluation", "champion_model", "predictions",
-        "data_quality_report", "data_drift_report", "prediction_drift_report", "model_quality_report"}
+        "data_quality_report", "data_drift_report", "prediction_drift_report", "model_quality_report", "stac_catalog"}
     parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
     assert parents["model_evaluation"] == {"model"} and parents["champion_model"] == {"model_evaluation"}
     assert parents["dataset"] == {"tiles", "masks"}
@@ -72,13 +72,18 @@ def test_graph_has_the_assets_checks_sensors_and_lineage():
     assert parents["data_drift_report"] == {"scenes", "dataset"}
     assert parents["prediction_drift_report"] == {"predictions", "dataset"}
     assert parents["model_quality_report"] == {"champion_model", "predictions", "masks"}
+    assert parents["stac_catalog"] == {"scenes", "masks", "predictions"}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {("scenes", "scene_integrity"), ("tiles", "tile_stats_sanity"), ("masks", "label_geometries_valid"),
                       ("dataset", "dataset_no_leakage"), ("dataset", "dataset_class_coverage"),
-                      ("model_evaluation", "min_test_miou"), ("data_quality_report", "data_quality_passes")}
+                      ("model_evaluation", "min_test_miou"), ("data_quality_report", "data_quality_passes"),
+                      ("stac_catalog", "stac_catalog_valid")}
     assert {s.name for s in defs.sensors} == {"new_scene_sensor", "label_change_sensor", "geoseg_automation_sensor",
                                               "run_failure_notifier", "drift_sensor"}
     assert defs.resolve_sensor_def("geoseg_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    # The catalog's hourly refresh is there to switch on, not running behind a user's back.
+    assert [(s.name, s.default_status) for s in defs.schedules] == [("stac_catalog_hourly",
+                                                                     dg.DefaultScheduleStatus.STOPPED)]
 
 
 def test_exactly_the_steps_that_run_a_network_share_the_model_compute_pool():

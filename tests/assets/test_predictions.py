@@ -3,6 +3,7 @@ outputs are georeferenced and described, and a new champion makes every predicti
 
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -267,6 +268,80 @@ def test_outputs_are_published_together_or_not_at_all(project):
     run = predict(project, **dims, vectorize=True, overlap=0)
     assert run.success and (folder / "polygons.gpkg").is_file()
     assert json.loads((folder / "prediction.json").read_text())["inference"]["overlap"] == 0
+
+
+def test_the_stac_catalog_describes_every_output_and_links_predictions_to_their_scene_and_model(project):
+    """`catalog_job` on the pipeline's store: every scene, mask and prediction is an item that pystac validates
+    offline (core, projection, raster, classification), whose hrefs open the real rasters with the CRS, grid and shape
+    the item states; a prediction links to its scene item and to its model's item, which carries the registry's run
+    and weights checksum. A second run rewrites nothing; a corrupt scene record leaves its partition out, with the
+    reason, while the other partitions stay in the catalog, and the check says which scene is missing."""
+    import pystac
+
+    from geoseg_assets.geo.stac_catalog import validate_catalog
+    from resources.catalog import PREDICTION_RECORD, SCENE_RECORD
+    from resources.mlflow_tracking import SHA_TAG
+
+    _, _, instance, resources = project
+    ensure_champion(project)
+    assert predict(project, "alpha", DATES[0]).success
+    store, tracking = resources["data_store"], resources["mlflow_tracking"]
+    job = build_defs(resources).resolve_job_def("catalog_job")
+
+    result = job.execute_in_process(instance=instance)
+    assert result.success
+    meta = result.asset_materializations_for_node("stac_catalog")[0].metadata
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed, check.metadata
+    root = Path(store.root) / "stac"
+    assert meta["catalog_path"].value == str(root / "catalog.json") and meta["skipped_partitions"].value == {}
+    assert validate_catalog(root) == []
+
+    items = {item.id: item for item in pystac.Catalog.from_file(str(root / "catalog.json")).get_items(recursive=True)}
+    scenes = store.partitions_with(SCENE_RECORD)
+    predicted = store.partitions_with(PREDICTION_RECORD)
+    assert {i for i in items if i.startswith("scene-")} == {f"scene-{d['region']}-{d['date']}" for d in scenes}
+    assert {i for i in items if i.startswith("prediction-")} == {f"prediction-{d['region']}-{d['date']}"
+                                                                 for d in predicted}
+    assert meta["items"].value["masks"] == len([i for i in items if i.startswith("mask-")]) == len(scenes)
+    for dims in predicted:
+        item = items[f"prediction-{dims['region']}-{dims['date']}"]
+        record = store.prediction_record(dims)
+        with rasterio.open(item.assets["data"].get_absolute_href()) as src:  # the item's href, as a client opens it
+            assert src.crs.to_string() == item.properties["proj:code"] == store.scene_record(dims)["crs"]
+            assert list(src.transform)[:6] == item.properties["proj:transform"]
+            assert [src.height, src.width] == item.properties["proj:shape"]
+        raw = json.loads(Path(item.get_self_href()).read_text())
+        classes = raw["assets"]["data"]["raster:bands"][0]["classification:classes"]
+        assert [c["name"] for c in classes] == list(record["class_pixels"])
+        derived = {Path(link.get_absolute_href()).stem for link in item.links if link.rel == "derived_from"}
+        model_id = f"model-{record['model_name']}-v{record['model_version']}"
+        assert derived == {f"scene-{dims['region']}-{dims['date']}", model_id}
+        version = tracking.model_version(record["model_version"])
+        assert items[model_id].properties["geoseg:mlflow_run_id"] == version.run_id == record["mlflow_run_id"]
+        assert items[model_id].properties["geoseg:weights_sha256"] == version.tags[SHA_TAG]
+
+    again = job.execute_in_process(instance=instance)
+    assert again.asset_materializations_for_node("stac_catalog")[0].metadata["files_written"].value == 0
+
+    bad = {"region": "beta", "date": DATES[1]}
+    record_path = store.file(SCENE_RECORD, bad)
+    original = record_path.read_text()
+    record_path.write_text("{truncated")
+    try:
+        run = job.execute_in_process(instance=instance)
+        assert run.success  # one bad record does not stop the others
+        skipped = run.asset_materializations_for_node("stac_catalog")[0].metadata["skipped_partitions"].value
+        assert list(skipped) == [f"beta|{DATES[1]}"] and str(record_path) in skipped[f"beta|{DATES[1]}"]
+        (check,) = run.get_asset_check_evaluations()
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+        assert check.metadata["scenes_not_in_catalog"].value == [f"beta|{DATES[1]}"]
+        assert not (root / "scenes" / "beta" / DATES[1]).exists()
+        assert (root / "scenes" / "alpha" / DATES[0] / f"scene-alpha-{DATES[0]}.json").exists()
+        assert validate_catalog(root) == []
+    finally:
+        record_path.write_text(original)
+    assert job.execute_in_process(instance=instance).success
 
 
 @pytest.mark.postgres
