@@ -14,6 +14,7 @@ nearly equal across sizes, i.e. bounded by windows, not the scene).
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -64,9 +65,9 @@ def case_pipeline(scene: Path, work: Path) -> dict:
 
     landing = work / "landing"
     (landing / "bench" / "2024-06-15").mkdir(parents=True, exist_ok=True)
-    link = landing / "bench" / "2024-06-15" / scene.name
-    if not link.exists():
-        link.symlink_to(scene)
+    landed = landing / "bench" / "2024-06-15" / scene.name
+    if not landed.exists():  # a hard link (same filesystem): the landing folder refuses symlinks out of it
+        os.link(scene, landed)
     resources = {**default_resources(work), "scene_source": LandingFolderSource(root=str(landing))}
     selection = [dg.AssetKey("scenes"), dg.AssetKey("tiles")]  # what the foundation issue benchmarks
     job = build_defs(resources).resolve_job_def("imagery_job")

@@ -6,17 +6,26 @@ import rasterio
 
 from geoseg_assets.geo.scene_checks import SceneSpec
 from geoseg_assets.geo.scene_io import write_scene_cog
-from geoseg_assets.geo.tiling import compute_tiles
+from geoseg_assets.geo.tiling import compute_tiles, tile_row_bands
+from geoseg_assets.geo.windows import tile_grid
 from tests.support.rasters import random_scene, write_tif
 
 
-def test_tile_stats_match_numpy_on_valid_pixels(tmp_path):
+# Bytes per read: one tile per read (a tile row wider than that is cut into columns), two tiles, two tile rows
+# (bands overlap: 32 px overlap), the whole scene.
+@pytest.mark.parametrize("band_bytes", [1, 128 * 224 * 4 * 2, 224 * 520 * 4 * 2, 2**30])
+def test_tile_stats_match_numpy_on_valid_pixels(tmp_path, band_bytes):
     data = random_scene(height=300, width=520, seed=7)
     data[:, 250:, :] = 0  # bottom rows nodata
     src = write_tif(tmp_path / "in.tif", data)
     cog = write_scene_cog([str(src)], str(tmp_path / "scene.tif"), SceneSpec()).path
-    records = compute_tiles(cog, ["B", "G", "R", "NIR"], size=128, overlap=32, id_prefix="x")
+    records = compute_tiles(cog, ["B", "G", "R", "NIR"], size=128, overlap=32, id_prefix="x", band_bytes=band_bytes)
     assert len({r.tile_id for r in records}) == len(records)
+    assert [(r.row, r.col) for r in records] == [(int(w.row_off), int(w.col_off)) for w in tile_grid(520, 300, 128, 32)]
+    bands = tile_row_bands(tile_grid(520, 300, 128, 32), 4 * 2, band_bytes)
+    assert [tile for _, tiles in bands for tile in tiles] == tile_grid(520, 300, 128, 32)
+    assert len(bands) == {1: 18, 128 * 224 * 4 * 2: 9, 224 * 520 * 4 * 2: 2, 2**30: 1}[band_bytes]
+    assert all(c.width * c.height * 4 * 2 <= max(band_bytes, 128 * 128 * 4 * 2) for c, _ in bands)
     for r in records:
         block = data[:, r.row : r.row + r.height, r.col : r.col + r.width]
         valid = (block != 0).all(axis=0)

@@ -27,6 +27,8 @@ class S3Server:
     """An S3 endpoint on 127.0.0.1: its URL, the client environment, and reads of what it holds."""
 
     endpoint: str
+    pid: int = 0  # the server process (benchmarks read its CPU time)
+    log: Path | None = None  # its output: one line per request
 
     def env(self) -> dict[str, str]:
         """Credentials and endpoint as AWS's standard variables (AWS_ENDPOINT_URL_S3 points every S3 client at it)."""
@@ -69,6 +71,6 @@ def s3_server(log_dir: Path) -> Iterator[S3Server]:
                 if time.time() > deadline:
                     pytest.fail(f"moto_server did not answer on {endpoint} within {STARTUP_TIMEOUT} s:\n{tail(log)}")
                 time.sleep(0.2)
-        yield S3Server(endpoint)
+        yield S3Server(endpoint, proc.pid, log)
     finally:
         stop_group(proc)
