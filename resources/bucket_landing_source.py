@@ -1,25 +1,23 @@
 """The object-store landing source: scenes dropped as `s3://<bucket>/<prefix>/<region>/<YYYY-MM-DD>/*.tif` (the
 landing folder's layout in a bucket on AWS or any S3-compatible store), a `region.json` per region as in the folder.
 
-Each object version is downloaded once into a local cache (`cache_dir`, safe to delete), after its first 4 bytes
-(a ranged read) pass the landing folder's GeoTIFF signature check, so a VRT or other referencing format is refused
-before a byte more is fetched; the scan lists the bucket and re-downloads only objects whose ETag or size
-changed. A download asks for the listed ETag (`IfMatch`), so an object replaced between the listing and the read
-waits for the next tick instead of mixing two versions. Credentials and endpoint come from AWS's standard
-variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_ENDPOINT_URL_S3), never from config.
+Each object version is downloaded once into a local cache (`cache_dir`, safe to delete; resources/s3_object_cache.py:
+the GeoTIFF signature checked on the first 4 bytes before the rest is fetched, the listed ETag asked for, so an
+object replaced meanwhile waits for the next tick); the scan lists the bucket and re-downloads only objects whose
+ETag or size changed. Credentials and endpoint come from AWS's standard variables (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_ENDPOINT_URL_S3), never from config.
 """
 
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from pydantic import Field
 
 from geoseg_assets.geo.errors import SceneError
-from geoseg_assets.geo.scene_checks import SceneSpec, check_tiff_signature
+from geoseg_assets.geo.scene_checks import SceneSpec
 from geoseg_assets.geo.scene_io import sha256_file
 from resources.data_store import UnsafePartitionKeyError, check_partition_value
 from resources.landing_source import REGION_SPEC_FILE, read_region_json
+from resources.s3_object_cache import S3ObjectCache
 from resources.scene_sources import (RASTER_SUFFIXES, ScanResult, SceneRef, SceneSource, check_date,
                                      combined_fingerprint)
 
@@ -51,9 +49,7 @@ class BucketLandingSource(SceneSource):
         return bucket, f"{prefix}/" if prefix else ""
 
     def _client(self):
-        import boto3
-
-        return boto3.client("s3")  # the standard chain: AWS_* variables, profiles, instance roles
+        return S3ObjectCache.client()
 
     def _objects(self, under: str = "") -> dict[str, tuple[int, str]]:
         """key -> (size, ETag) of every object under the landing prefix + `under`."""
@@ -145,54 +141,15 @@ class BucketLandingSource(SceneSource):
         fingerprint = combined_fingerprint([(Path(p).name, s) for p, s in zip(paths, shas)])
         return SceneRef(region, date, tuple(paths), fingerprint, tuple(shas))
 
-    def _cached(self, key: str) -> Path:
-        return Path(self.cache_dir) / self.bucket / key
+    def _cache(self) -> S3ObjectCache:
+        return S3ObjectCache(self.cache_dir)
 
-    @staticmethod
-    def _etag_file(local: Path) -> Path:
-        return local.with_name(f".{local.name}.etag")
+    def _cached(self, key: str) -> Path:
+        return self._cache().cached(self.bucket, key)
 
     def _holds(self, local: Path, size: int, etag: str) -> bool:
-        """Whether the cache holds this version of the object (its ETag noted beside a copy of its size)."""
-        try:
-            return local.stat().st_size == size and self._etag_file(local).read_text() == etag
-        except OSError:
-            return False
+        return self._cache().holds(local, size, etag)
 
     def _download(self, key: str, size: int, etag: str, check_tiff: bool = False) -> Path:
-        """The object's listed version as a complete local copy (temp file + rename), or SceneError naming the URL:
-        not a TIFF (with `check_tiff`, its first 4 bytes checked before the download), replaced meanwhile, or
-        unreadable."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        url = f"s3://{self.bucket}/{key}"
-        client, local = self._client(), self._cached(key)
-        try:
-            if check_tiff:
-                head = client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag, Range="bytes=0-3")["Body"].read()
-                check_tiff_signature(url, head)  # the same bytes are downloaded next (IfMatch): no second check
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    body = client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag)["Body"]
-                    for chunk in iter(lambda: body.read(1 << 20), b""):
-                        out.write(chunk)
-                if os.path.getsize(tmp) != size:
-                    raise SceneError(url, f"arrived with {os.path.getsize(tmp)} of its {size} bytes",
-                                     "nothing to do: it is read again by the next tick")
-                self._etag_file(local).unlink(missing_ok=True)  # no stale note beside new bytes
-                os.replace(tmp, local)
-                self._etag_file(local).write_text(etag)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "412", "NoSuchKey"):
-                raise SceneError(url, "was replaced or removed while it was being read",
-                                 "nothing to do: the next tick reads the object as it is then") from exc
-            raise SceneError(url, f"cannot be read ({exc})", "check that AWS_* credentials may read the bucket") from exc
-        except BotoCoreError as exc:
-            raise SceneError(url, f"cannot be read ({exc})", "check that the object store is reachable") from exc
-        return local
+        """The object's listed version as a complete local copy (`S3ObjectCache.download`)."""
+        return self._cache().download(self.bucket, key, size, etag, check_tiff)

@@ -13,6 +13,7 @@ from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.stac_catalog import ModelVersion, PartitionOutputs, StacCatalogError, read_record
+from geoseg_assets.viewer.links import catalog_url
 from resources.catalog import (
     MASK,
     MASK_OVERLAY,
@@ -115,6 +116,7 @@ def stac_catalog(context: dg.AssetExecutionContext, data_store: DataStore, mlflo
         context.log.warning(f"partition {key} is not in the catalog: {why}")
     return dg.MaterializeResult(metadata={
         "catalog_path": md.path(data_store.file(STAC_CATALOG)),
+        "catalog_url": dg.MetadataValue.url(catalog_url(data_store.viewer_url)),
         "items": summary.items,
         "items_total": sum(summary.items.values()),
         "files_written": summary.written,

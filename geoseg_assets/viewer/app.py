@@ -2,7 +2,8 @@
 
 Per region and date a Leaflet map shows the scene (true or false colour), the label mask, the prediction, its
 polygons and, when written, each class's probability, with a class legend, an opacity slider and a slider over the
-region's dates; the partition's quality and drift reports are served as pages. Asset metadata links here
+region's dates; the partition's quality and drift reports are served as pages; the STAC catalog and the outputs it
+lists are served as files with HTTP ranges under /store/ (STAC clients, QGIS). Asset metadata links here
 (`viewer_url` on DataStore). Tiles are rendered on request from the COGs by window (`tiles.py`); every region and
 date is checked as a partition key before it becomes a path, and only the data store's own outputs are opened.
 """
@@ -18,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from geoseg_assets.viewer import tiles
-from geoseg_assets.viewer.links import REPORT_PAGES, report_url
+from geoseg_assets.viewer.links import REPORT_PAGES, STORE_PREFIX, catalog_url, report_url
 from resources.catalog import (
     DATA_DRIFT_HTML,
     DATA_QUALITY_HTML,
@@ -29,6 +30,7 @@ from resources.catalog import (
     PREDICTED_PROBABILITIES,
     PREDICTION_DRIFT_HTML,
     SCENE_COG,
+    STAC_CATALOG,
     OutputFile,
 )
 from resources.class_map import ClassMapResource
@@ -38,6 +40,11 @@ STATIC = Path(__file__).parent / "static"
 LAYERS: dict[str, OutputFile] = {"scene": SCENE_COG, "mask": MASK, "prediction": PREDICTED_CLASSES}
 REPORTS: dict[str, OutputFile] = dict(zip(REPORT_PAGES, (DATA_QUALITY_HTML, DATA_DRIFT_HTML, PREDICTION_DRIFT_HTML)))
 PNG = "image/png"
+# What /store/ serves: the STAC catalog's folder and the outputs its items link to, by file type; nothing else of the
+# data root (datasets, checkpoints, temp files).
+STORE_FOLDERS = frozenset({STAC_CATALOG.asset, SCENE_COG.asset, MASK.asset, PREDICTED_CLASSES.asset})
+STORE_TYPES = {".json": "application/json", ".tif": "image/tiff; application=geotiff", ".png": PNG,
+               ".gpkg": "application/geopackage+sqlite3"}
 
 
 def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
@@ -70,6 +77,8 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
             for region, dates in sorted(by_region.items()))
         model = '<p><a href="/reports/model_quality">model quality report</a></p>' if store.exists(
             MODEL_QUALITY_HTML) else ""
+        if store.exists(STAC_CATALOG):
+            model += f'<p><a href="{catalog_url("")}">STAC catalog</a> (open this URL in QGIS or STAC Browser)</p>'
         return PAGE.format(title="geoseg viewer", body=f"<h1>geoseg viewer</h1><ul>{rows or '<li>no scenes yet</li>'}"
                            f"</ul>{model}")
 
@@ -117,6 +126,19 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
 
         frame = gpd.read_file(existing(PREDICTED_POLYGONS, region, date)).to_crs(4326)
         return Response(frame.to_json(drop_id=True), media_type="application/geo+json")
+
+    @app.get(STORE_PREFIX + "/{path:path}")
+    def store_file(path: str) -> FileResponse:
+        """A file of the STAC catalog or of an output it lists, with HTTP ranges (GDAL's /vsicurl/ reads COGs so)."""
+        parts = Path(path).parts
+        if (not parts or parts[0] not in STORE_FOLDERS or any(p in ("..", ".") or p.startswith(".") for p in parts)
+                or Path(path).suffix not in STORE_TYPES):
+            raise HTTPException(404, f"{path!r} is not a file of the STAC catalog or of the outputs it lists")
+        root = Path(store.root).resolve()
+        target = (root / path).resolve()  # a symlink out of the data root is not served
+        if not target.is_relative_to(root) or not target.is_file():
+            raise HTTPException(404, f"no file {path!r} in the data store")
+        return FileResponse(target, media_type=STORE_TYPES[target.suffix])
 
     @app.get("/reports/model_quality")
     def model_quality() -> FileResponse:

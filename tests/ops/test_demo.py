@@ -44,6 +44,8 @@ ASSET_NODES = "{ assetNodes { assetKey { path } groupName partitionDefinition { 
 LATEST_METADATA = """query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) {
     ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
     metadataEntries { label ... on UrlMetadataEntry { url } } } } } }"""
+LATEST_METADATA_UNPARTITIONED = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) {
+    ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label ... on UrlMetadataEntry { url } } } } } }"""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["water", "forest", "cropland", "built_up", "road", "bare"]  # the built-in class map the demo uses
 PARTITION = "2024-04-15|alpha"
@@ -51,10 +53,15 @@ RUN = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { stat
     tags { key value } } } }"""
 
 
-def _metadata_url(gql: GraphQL, asset: str, label: str) -> str:
-    """The URL of the `label` entry of the asset's latest materialization of PARTITION, as the UI shows it."""
-    (materialization,) = gql(LATEST_METADATA, key={"path": [asset]}, partition=PARTITION)["assetOrError"][
-        "assetMaterializations"]
+def _metadata_url(gql: GraphQL, asset: str, label: str, partition: str | None = PARTITION) -> str:
+    """The URL of the `label` entry of the asset's latest materialization of `partition` (None: an unpartitioned
+    asset), as the UI shows it."""
+    if partition is None:
+        (materialization,) = gql(LATEST_METADATA_UNPARTITIONED, key={"path": [asset]})["assetOrError"][
+            "assetMaterializations"]
+    else:
+        (materialization,) = gql(LATEST_METADATA, key={"path": [asset]}, partition=partition)["assetOrError"][
+            "assetMaterializations"]
     return next(e["url"] for e in materialization["metadataEntries"] if e["label"] == label)
 
 
@@ -140,6 +147,20 @@ def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_
         assert [t for ts in ticks.values() for t in ts if t["runIds"]] == [], ticks
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert len(instance.get_runs()) == len(demo_runs)
+
+        # The STAC catalog by URL, as QGIS or STAC Browser open it: pystac crawls it over HTTP from the viewer, and
+        # GDAL reads a prediction COG it lists by HTTP ranges, pixel for pixel the file in the store.
+        import pystac
+        import rasterio
+
+        catalog_link = _metadata_url(gql, "stac_catalog", "catalog_url", partition=None)
+        assert catalog_link == f"{viewer_url}/store/stac/catalog.json"
+        items = {item.id: item for item in pystac.Catalog.from_file(catalog_link).get_items(recursive=True)}
+        href = items["prediction-alpha-2024-04-15"].assets["data"].get_absolute_href()
+        assert href.startswith(viewer_url)
+        with rasterio.open(f"/vsicurl/{href}") as remote, \
+                rasterio.open(data / "store/predictions/region=alpha/date=2024-04-15/classes.tif") as local:
+            assert (remote.read() == local.read()).all()
 
         map_link = _metadata_url(gql, "predictions", "viewer")
         assert map_link == f"{viewer_url}/map/alpha/2024-04-15"

@@ -112,3 +112,55 @@ def test_an_unreachable_store_or_a_bad_url_is_a_problem_of_the_tick_not_a_crash(
     result = tick(instance, down, None)
     assert result.run_requests == []
     assert "s3://imagery/landing/: cannot list the landing bucket (Could not connect" in result.skip_reason.skip_message
+
+
+def test_a_stac_catalog_with_assets_in_a_bucket_lands_them_from_the_allowed_buckets_only(s3_env, tmp_path, instance):
+    """`StacCatalogSource` with `s3://` item assets (issue 19, item 2): the objects of allowed buckets are copied into
+    the cache once per version and `scenes` writes the same COG as from the bytes on disk; an asset in a bucket not
+    allowed, a missing object and a VRT are skipped with the reason while the good scenes are requested."""
+    import datetime as dt
+
+    import pystac
+
+    from resources.stac_source import StacCatalogSource
+
+    s3, bucket, other = s3_env, s3_env.new_bucket(), s3_env.new_bucket()
+    scene = write_tif(tmp_path / "scene.tif", random_scene(seed=5))
+    put(s3, bucket, "imagery/alpha-2024-06-01.tif", scene.read_bytes())
+    put(s3, bucket, "imagery/gamma.tif", VRT)
+    put(s3, other, "imagery/beta.tif", scene.read_bytes())
+    catalog = pystac.Catalog(id="remote", description="items whose GeoTIFFs are in buckets")
+    for item_id, region, href in [("alpha", "alpha", f"s3://{bucket}/imagery/alpha-2024-06-01.tif"),
+                                  ("beta", "beta", f"s3://{other}/imagery/beta.tif"),
+                                  ("gamma", "gamma", f"s3://{bucket}/imagery/gamma.tif"),
+                                  ("delta", "delta", f"s3://{bucket}/imagery/none.tif")]:
+        item = pystac.Item(id=item_id, geometry=None, bbox=None, datetime=dt.datetime(2024, 6, 1, 10),
+                           properties={"region": region})
+        item.add_asset("image", pystac.Asset(href=href, media_type=pystac.MediaType.COG,
+                                             extra_fields={"raster:bands": [{"nodata": 0}]}))
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(tmp_path / "stac"))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    cache = tmp_path / "cache"
+    source = StacCatalogSource(catalog_path=str(tmp_path / "stac" / "catalog.json"), allowed_buckets=[bucket],
+                               cache_dir=str(cache))
+
+    scan = source.scan()
+    copy = cache / bucket / "imagery" / "alpha-2024-06-01.tif"
+    assert [(r.region, r.date, r.paths) for r in scan.refs] == [("alpha", "2024-06-01", (str(copy),))]
+    assert scan.refs[0].sha256 == (hashlib.sha256(scene.read_bytes()).hexdigest(),) and scan.refs[0].nodata == 0
+    problems = "\n".join(scan.problems)
+    assert f"s3://{other}/imagery/beta.tif is in bucket {other!r}, which allowed_buckets ({bucket}) does not name" \
+        in problems
+    assert f"s3://{bucket}/imagery/gamma.tif: is not a GeoTIFF" in problems
+    assert f"s3://{bucket}/imagery/none.tif: does not exist" in problems and len(scan.problems) == 3
+    assert not (cache / other).exists() and not (cache / bucket / "imagery" / "gamma.tif").exists()
+    downloaded = copy.stat().st_mtime_ns
+    assert source.scan().refs == scan.refs and copy.stat().st_mtime_ns == downloaded  # this version: not again
+
+    store = DataStore(root=str(tmp_path / "store"))
+    assert materialize_partition(instance, {"data_store": store, "scene_source": source}, "alpha", "2024-06-01",
+                                 selection=[dg.AssetKey("scenes")]).success
+    with rasterio.open(store.path("scenes", {"region": "alpha", "date": "2024-06-01"}, "scene.tif")) as src, \
+            rasterio.open(scene) as original:
+        assert np.array_equal(src.read(), original.read())

@@ -104,3 +104,47 @@ def test_bad_keys_unknown_layers_and_missing_outputs_get_a_clear_error(client, u
     response = client.get(url)
     assert response.status_code == status, response.text
     assert says in response.text
+
+
+def test_the_stac_catalog_and_its_outputs_are_served_with_ranges_and_nothing_else(client, tmp_path):
+    """/store/ serves the catalog and the files its items link to, so a STAC client crawls it by URL and reads a COG
+    by HTTP ranges (what GDAL's /vsicurl/ does for QGIS); the rest of the data root, dot-files, traversal and symlinks
+    out of the store are 404."""
+    import json
+    import os
+    from urllib.parse import urljoin
+
+    from geoseg_assets.geo.stac_catalog import PartitionOutputs, write_catalog
+    from resources.catalog import SCENE_RECORD, STAC_CATALOG
+
+    client, store = client
+    scene = store.file(SCENE_COG, DIMS)
+    with rasterio.open(scene) as src:
+        record = {"crs": src.crs.to_string(), "transform": list(src.transform)[:6], "width": src.width,
+                  "height": src.height, "count": src.count, "dtype": src.dtypes[0], "bounds": list(src.bounds)}
+    store.write_bytes(store.file(SCENE_RECORD, DIMS), json.dumps(record).encode())
+    write_catalog(store.file(STAC_CATALOG).parent, [PartitionOutputs(
+        region="alpha", date="2024-04-15", scene_record=store.file(SCENE_RECORD, DIMS),
+        scene_files={"data": scene, "metadata": store.file(SCENE_RECORD, DIMS)})], {})
+    assert "/store/stac/catalog.json" in client.get("/").text
+
+    base = "http://testserver/store/stac/catalog.json"
+    catalog = client.get(base).json()
+    collection_url = urljoin(base, next(link["href"] for link in catalog["links"] if link.get("title") == "Scenes"))
+    collection = client.get(collection_url).json()
+    item_url = urljoin(collection_url, next(link["href"] for link in collection["links"] if link["rel"] == "item"))
+    item = client.get(item_url).json()
+    assert item["id"] == "scene-alpha-2024-04-15"
+    cog_url = urljoin(item_url, item["assets"]["data"]["href"])
+    assert cog_url == "http://testserver/store/scenes/region=alpha/date=2024-04-15/scene.tif"
+    part = client.get(cog_url, headers={"Range": "bytes=100-1123"})
+    assert part.status_code == 206 and part.content == scene.read_bytes()[100:1124]
+    assert part.headers["accept-ranges"] == "bytes"
+
+    outside = tmp_path / "secret.json"
+    outside.write_text("{}")
+    os.symlink(outside, store.partition_dir("scenes") / "leak.json")
+    (store.partition_dir("stac") / ".catalog.json.tmp").write_text("{}")
+    for path in ("dataset/manifest.json", "stac/../../secret.json", "scenes/leak.json", "stac/.catalog.json.tmp",
+                 "scenes/region=alpha/date=2024-04-15/nothing.tif", "stac/catalog.html", ""):
+        assert client.get(f"/store/{path}").status_code == 404, path
