@@ -95,6 +95,7 @@ bench: install
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_backfill.py
+	$(PY) benchmarks/bench_object_store.py
 	$(PY) benchmarks/bench_automation.py
 
 lock: install
