@@ -131,7 +131,7 @@ def stac_catalog(context: dg.AssetExecutionContext, data_store: DataStore, mlflo
                 "validates against the STAC and extension schemas (offline), every link and local asset resolves, "
                 "and every scene with a record is in it.")
 def stac_catalog_valid(data_store: DataStore) -> dg.AssetCheckResult:
-    from geoseg_assets.geo.stac_catalog import validate_catalog
+    from geoseg_assets.geo.stac_validation import validate_catalog
 
     root = data_store.file(STAC_CATALOG).parent
     if not data_store.exists(STAC_CATALOG):

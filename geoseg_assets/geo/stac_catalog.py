@@ -14,8 +14,8 @@ lies on its scene's grid, so its projection comes from the scene record: buildin
 mask and a prediction link to their scene item (`derived_from`), a prediction also to its model item, and the model
 item names the registered version, its MLflow run and its weights' checksum.
 
-`write_catalog` builds every object in memory and validates it against the bundled schemas (`validator()`, offline)
-before it writes anything; then it writes the items that changed, each by an atomic rename, the collections and the
+`write_catalog` builds every object in memory and validates it against the bundled schemas (`stac_validation.py`,
+offline) before it writes anything; then it writes the items that changed, each by an atomic rename, the collections and the
 root after them, and deletes the items of outputs that are gone last, so a reader crawling from catalog.json never
 meets a missing file. No Dagster here: `geoseg_assets/assets/catalog.py` wraps it.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,14 +31,9 @@ from pathlib import Path
 
 from .classmap import ClassMap
 from .publish import atomic_file
+from .stac_validation import CLASSIFICATION, PROJECTION, RASTER, StacCatalogError, validate, validator
 
 STAC_VERSION = "1.1.0"
-PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
-RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
-CLASSIFICATION = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
-SCHEMA_FILES = {PROJECTION: "projection-v2.0.0.json", RASTER: "raster-v1.1.0.json",
-                CLASSIFICATION: "classification-v1.1.0.json"}
-SCHEMA_DIR = Path(__file__).with_name("stac_schemas")
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 CATALOG_ID = "geoseg"
 COLLECTIONS = {
@@ -48,13 +42,8 @@ COLLECTIONS = {
     "predictions": "Predictions: the champion model's class map of a whole scene, with the model version.",
     "models": "Model versions from the MLflow registry that produced the predictions in this catalog.",
 }
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # an URI (http:, s3:, models:), not a relative path
 _RASTER_DATA_TYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32",
                       "float64", "cint16", "cint32", "cfloat32", "cfloat64"}
-
-
-class StacCatalogError(ValueError):
-    """A partition's records cannot be described (unreadable, or missing what an item needs); names the file."""
 
 
 @dataclass(frozen=True)
@@ -335,27 +324,6 @@ def _with_item_links(item: dict, path: Path, root: Path) -> dict:
     return item
 
 
-def validator():
-    """pystac's JSON-schema validator with the bundled extension schemas: validates offline."""
-    from pystac.validation import JsonSchemaSTACValidator
-
-    checker = JsonSchemaSTACValidator()
-    for uri, name in SCHEMA_FILES.items():
-        checker.schema_cache[uri] = json.loads((SCHEMA_DIR / name).read_text())
-    return checker
-
-
-def validate(stac_dict: dict, href: str, checker=None) -> None:
-    """Validate one STAC object against the core and extension schemas (pystac), offline: an extension without a
-    bundled schema is an error here, not a download."""
-    import pystac.validation
-
-    unknown = [uri for uri in stac_dict.get("stac_extensions", []) if uri not in SCHEMA_FILES]
-    if unknown:
-        raise StacCatalogError(f"{href}: no bundled schema for {', '.join(unknown)}")
-    pystac.validation.validate_dict(stac_dict, href=href, validator=checker or validator())
-
-
 def _encode(stac_dict: dict) -> bytes:
     return (json.dumps(stac_dict, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
 
@@ -428,28 +396,3 @@ def _prune_empty_dirs(folder: Path) -> None:
             path.rmdir()  # only if empty
         except OSError:
             pass
-
-
-def validate_catalog(root: Path) -> list[str]:
-    """Crawl the catalog from `root/catalog.json` as a client would (pystac), validate every object offline and check
-    that every link and local asset href resolves; the problems found, empty when none."""
-    import pystac
-
-    checker = validator()
-    problems: list[str] = []
-    catalog = pystac.Catalog.from_file(str(Path(root) / "catalog.json"))
-    for obj in [catalog, *catalog.get_children(), *catalog.get_items(recursive=True)]:
-        href = obj.get_self_href()
-        try:
-            raw = json.loads(Path(href).read_text())
-            validate(raw, href, checker)
-        except Exception as exc:  # noqa: BLE001 (every problem is reported, not only the first)
-            problems.append(f"{href}: {exc}")
-            continue
-        folder = Path(href).parent
-        targets = [(f"{link['rel']} link", link["href"]) for link in raw.get("links", [])]
-        targets += [(f"asset {key}", asset["href"]) for key, asset in raw.get("assets", {}).items()]
-        for what, target in targets:
-            if not _SCHEME.match(target) and not (folder / target).exists():
-                problems.append(f"{href}: {what} points at missing {os.path.normpath(folder / target)}")
-    return problems

@@ -278,7 +278,7 @@ def test_the_stac_catalog_describes_every_output_and_links_predictions_to_their_
     reason, while the other partitions stay in the catalog, and the check says which scene is missing."""
     import pystac
 
-    from geoseg_assets.geo.stac_catalog import validate_catalog
+    from geoseg_assets.geo.stac_validation import validate_catalog
     from resources.catalog import PREDICTION_RECORD, SCENE_RECORD
     from resources.mlflow_tracking import SHA_TAG
 

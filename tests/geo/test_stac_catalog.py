@@ -1,4 +1,4 @@
-"""The STAC catalog builder (geoseg_assets/geo/stac_catalog.py) on hand-made partitions: offline validation with
+"""The STAC catalog builder (geoseg_assets/geo/stac_catalog.py, validated by stac_validation.py) on hand-made partitions: offline validation with
 pystac, relative links a client can follow, the scene footprint in WGS84, a bad record skipped without stopping the
 others, items rewritten only when they change, and items of outputs that are gone deleted. The catalog of a real
 pipeline run is tested in tests/assets/test_predictions.py."""
@@ -11,16 +11,8 @@ import pystac
 import pytest
 
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
-from geoseg_assets.geo.stac_catalog import (
-    CLASSIFICATION,
-    PROJECTION,
-    ModelVersion,
-    PartitionOutputs,
-    StacCatalogError,
-    validate,
-    validate_catalog,
-    write_catalog,
-)
+from geoseg_assets.geo.stac_catalog import ModelVersion, PartitionOutputs, write_catalog
+from geoseg_assets.geo.stac_validation import CLASSIFICATION, PROJECTION, StacCatalogError, validate, validate_catalog
 
 CLASSES = ClassMap((ClassDef("vegetation", 1, (40, 160, 40)), ClassDef("water", 2, (0, 90, 255)),
                     ClassDef("built_up", 3, (200, 30, 30))))

@@ -95,7 +95,7 @@ def test_after_the_demo_sensors_request_nothing_and_a_demo_run_re_executes_from_
     skipped = [line for line in demo.stdout.splitlines() if "predictions" in line and "skipped: [bands]" in line]
     assert len(skipped) == 2 and all(line.split()[0] == "ok" for line in skipped), demo.stdout
     # The STAC catalog of the demo's outputs: 8 scenes (6 synthetic, the Landsat pair), 6 predictions, all valid.
-    from geoseg_assets.geo.stac_catalog import validate_catalog
+    from geoseg_assets.geo.stac_validation import validate_catalog
 
     catalog = json.loads((data / "store" / "stac" / "scenes" / "collection.json").read_text())
     assert len([link for link in catalog["links"] if link["rel"] == "item"]) == 8
