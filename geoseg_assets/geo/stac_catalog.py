@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .classmap import ClassMap
 from .publish import atomic_file
-from .stac_validation import CLASSIFICATION, PROJECTION, RASTER, StacCatalogError, validate, validator
+from .stac_validation import CLASSIFICATION, PROJECTION, RASTER, CompiledSchemas, StacCatalogError, validate
 
 STAC_VERSION = "1.1.0"
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -330,11 +330,12 @@ def _encode(stac_dict: dict) -> bytes:
 
 def write_catalog(root: Path, partitions: Iterable[PartitionOutputs], models: Mapping[tuple[str, str], ModelVersion],
                   skip_bad: bool = True) -> CatalogSummary:
-    """Bring the catalog under `root` in line with `partitions` and `models`: build and validate every object first
-    (a partition whose records are bad is skipped and reported, or raises with `skip_bad=False`), then write what
-    changed, the collections and the root, then delete the items of outputs that are gone."""
+    """Bring the catalog under `root` in line with `partitions` and `models`: build every object and validate each one
+    that differs from its file first (a partition whose records are bad is skipped and reported, or raises with
+    `skip_bad=False`), then write what changed, items before the collections and the root, then delete the items of
+    outputs that are gone."""
     root = Path(root)
-    checker = validator()
+    checker = CompiledSchemas()
     objects: dict[Path, dict] = {}
     per_collection: dict[str, list[tuple[Path, dict]]] = {name: [] for name in COLLECTIONS}
     skipped: dict[str, str] = {}
@@ -364,19 +365,19 @@ def write_catalog(root: Path, partitions: Iterable[PartitionOutputs], models: Ma
         per_collection["models"].append((path, item))
     heads = {root / name / "collection.json": _collection(name, per_collection[name], root) for name in COLLECTIONS}
     heads[root / "catalog.json"] = _root_catalog()
+    changed: dict[Path, bytes] = {}  # items first, then collections and root: a collection never links ahead
     for path, stac_dict in [*objects.items(), *heads.items()]:
-        validate(stac_dict, str(path), checker)
-
-    written = unchanged = 0
-    for path, stac_dict in [*objects.items(), *heads.items()]:  # items first: a collection never links ahead
         data = _encode(stac_dict)
         if path.is_file() and path.read_bytes() == data:
-            unchanged += 1
-            continue
+            continue  # validated when it was written: an incremental run validates only what changed
+        validate(stac_dict, str(path), checker)
+        changed[path] = data
+
+    for path, data in changed.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             tmp.write_bytes(data)
-        written += 1
+    written, unchanged = len(changed), len(objects) + len(heads) - len(changed)
     deleted = 0
     for collection in COLLECTIONS:
         for stale in sorted((root / collection).rglob("*.json")) if (root / collection).is_dir() else ():

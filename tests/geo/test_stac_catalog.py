@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pystac
+import pystac.validation
 import pytest
 
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.stac_catalog import ModelVersion, PartitionOutputs, write_catalog
-from geoseg_assets.geo.stac_validation import CLASSIFICATION, PROJECTION, StacCatalogError, validate, validate_catalog
+from geoseg_assets.geo.stac_validation import (CLASSIFICATION, PROJECTION, StacCatalogError, validate, validate_catalog,
+                                               validator)
 
 CLASSES = ClassMap((ClassDef("vegetation", 1, (40, 160, 40)), ClassDef("water", 2, (0, 90, 255)),
                     ClassDef("built_up", 3, (200, 30, 30))))
@@ -64,6 +66,8 @@ def test_a_catalog_validates_offline_and_links_predictions_to_their_scene_and_mo
     assert summary.items == {"scenes": 2, "masks": 1, "predictions": 1, "models": 1}
     assert summary.skipped == {} and summary.unchanged == 0 and summary.written == 5 + 5  # items, collections, root
     assert validate_catalog(root) == []
+    for path in root.rglob("*.json"):  # pystac's own validator (the bundled extension schemas added) agrees
+        pystac.validation.validate_dict(json.loads(path.read_text()), href=str(path), validator=validator())
 
     catalog = pystac.Catalog.from_file(str(root / "catalog.json"))  # what a client sees, crawling from the root
     items = {item.id: item for item in catalog.get_items(recursive=True)}
@@ -138,7 +142,9 @@ def test_a_crs_without_epsg_code_is_described_by_its_wkt_and_broken_objects_fail
 
     broken = json.loads((root / "scenes/laea/2024-04-15/scene-laea-2024-04-15.json").read_text())
     broken["properties"]["proj:shape"] = "512x512"
-    with pytest.raises(pystac.errors.STACValidationError):
+    with pytest.raises(StacCatalogError, match=r"broken.json: not valid STAC: .*projection/v2.0.0.* properties/proj:shape"):
         validate(broken, "broken.json")
+    with pytest.raises(pystac.errors.STACValidationError):  # pystac's own validator agrees
+        pystac.validation.validate_dict(broken, validator=validator())
     with pytest.raises(StacCatalogError, match="no bundled schema"):
         validate({**broken, "stac_extensions": ["https://example.com/ext/v1.0.0/schema.json"]}, "other.json")

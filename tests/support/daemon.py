@@ -76,10 +76,19 @@ class Ops:
                     "GEOSEG_SENSOR_INTERVALS": ",".join(f"{k}={v}" for k, v in INTERVALS.items())}
         self.daemon: subprocess.Popen | None = None
         self.daemon_logs: list[Path] = []
+        self.background: list[subprocess.Popen] = []  # CLI commands left running (cli_in_background)
         self.instance: DagsterInstance | None = None
 
     def cli(self, *args: str, timeout: float = 180) -> str:
         return cli([str(BIN / "dagster"), *args], self.env, timeout)
+
+    def cli_in_background(self, *args: str) -> tuple[subprocess.Popen, Path]:
+        """A dagster CLI command left running in its own session, and its output file; stopped at the module's end
+        if still there."""
+        log = self.tmp / f"cli{len(self.background) + 1}.log"
+        proc = start_group([str(BIN / "dagster"), *args], self.env, log)
+        self.background.append(proc)
+        return proc, log
 
     def start_daemon(self) -> None:
         log = self.tmp / f"daemon{len(self.daemon_logs) + 1}.log"
@@ -165,6 +174,8 @@ def running_ops(tmp: Path):
             ops.start_daemon()
             yield ops
         finally:
+            for proc in ops.background:
+                stop_group(proc, timeout=30)
             if ops.daemon is not None:
                 stop_group(ops.daemon)
                 assert not group_alive(ops.daemon.pid), "daemon processes left behind"
@@ -265,18 +276,28 @@ def run_failure_reason(instance, run_id: str) -> str:
     return " | ".join(f"{e.step_key or 'run'}: {why(e)}" for e in events) or "no failure event"
 
 def launch_imagery_run(ops, date: str, size: int = 256) -> str:
-    """Land a `size`² scene for `date` and submit imagery_job for it to the run queue; the new run's id."""
+    """Land a `size`² scene for `date` and submit imagery_job for it to the run queue; the new run's id, as soon as
+    the run exists: the CLI may take seconds more to exit (it stops the code server it started), in which the daemon
+    may run the whole small run. The CLI is stopped at the module's end (`Ops.background`)."""
     from geoseg_assets.partitions import partition_key
 
     partition = str(partition_key(REGION, date))
     ops.land(date, size=size)
     before = {r.run_id for r in all_runs(ops.instance)}
-    ops.cli("job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", "imagery_job",
-            "--tags", json.dumps({"dagster/partition": partition}))
-    # Automation may have launched a run meanwhile (e.g. the previous test's partition's follow-up): not this one.
-    (run_id,) = {r.run_id for r in all_runs(ops.instance, job_name="imagery_job", tags={"dagster/partition": partition})
-                 if r.run_id not in before and "dagster/sensor_name" not in r.tags}
-    return run_id
+    proc, log = ops.cli_in_background("job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", "imagery_job",
+                                      "--tags", json.dumps({"dagster/partition": partition}))
+    deadline = time.time() + 180
+    while True:
+        # Automation may have launched a run meanwhile (e.g. the previous test's partition's follow-up): not this one.
+        new = {r.run_id for r in all_runs(ops.instance, job_name="imagery_job", tags={"dagster/partition": partition})
+               if r.run_id not in before and "dagster/sensor_name" not in r.tags}
+        if new:
+            (run_id,) = new
+            return run_id
+        exited = proc.poll()
+        assert exited in (None, 0), f"dagster job launch -> {exited}:\n{tail(log)}"
+        assert time.time() < deadline, f"dagster job launch made no run within 180 s:\n{tail(log)}"
+        time.sleep(0.1)
 
 def wait_for_a_step(ops, run_id: str, pool: str | None = None):
     """Wait until the run executes (a step started or, with `pool`, a step of it waits for a slot of that pool);
