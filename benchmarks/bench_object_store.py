@@ -19,7 +19,6 @@ store costs).
 import argparse
 import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -44,13 +43,6 @@ def scene_cog(megapixels: float, work: Path) -> Path:
     return cog
 
 
-def scene_gets(log: Path, bucket: str, since: int) -> tuple[int, int]:
-    """GET requests for the scene's key in moto's log after line `since`, and the log's line count now."""
-    lines = log.read_text(errors="replace").splitlines()
-    pattern = re.compile(rf'"GET /{re.escape(bucket)}/{re.escape(KEY)}[ ?]')
-    return sum(1 for line in lines[since:] if pattern.search(line)), len(lines)
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (/proc, Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -71,7 +63,6 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_object_store_") as tmp, s3_server(Path(tmp)) as server:
         work = Path(tmp)
-        log = server.log
         scene = scene_cog(args.megapixels, work)
         client = server.client()
         bucket = server.new_bucket()
@@ -112,7 +103,7 @@ def main() -> int:
         for _ in range(args.passes):
             for case, run in cases.items():
                 for where in ("local", "remote"):
-                    _, mark = scene_gets(log, bucket, 0)
+                    _, mark = server.gets(bucket, KEY)
                     cpu = cpu_seconds(server.pid)
                     t = time.perf_counter()
                     if where == "remote":
@@ -122,7 +113,7 @@ def main() -> int:
                         results[(case, where)] = run(str(scene))
                     best[(case, where)] = min(best[(case, where)], time.perf_counter() - t)
                     if where == "remote":
-                        gets[case], _ = scene_gets(log, bucket, mark)
+                        gets[case], _ = server.gets(bucket, KEY, mark)
                         server_cpu[case] = cpu_seconds(server.pid) - cpu
 
         assert len(results[("tiling", "local")]) == len(results[("tiling", "remote")])

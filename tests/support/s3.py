@@ -2,6 +2,7 @@
 reached over HTTP exactly as an object store is (nothing in the test process is mocked), and the environment
 variables a client of it needs: AWS's standard ones, which boto3, s3fs (DVC) and MLflow all read."""
 
+import re
 import time
 import urllib.request
 import uuid
@@ -46,6 +47,13 @@ class S3Server:
         name = f"geoseg-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
+
+    def gets(self, bucket: str, key: str, since: int = 0) -> tuple[int, int]:
+        """GET requests for an object in the server's request log after line `since`, and the log's length now (the
+        `since` of a later count)."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        pattern = re.compile(rf'"GET /{re.escape(bucket)}/{re.escape(key)}[ ?]')
+        return sum(1 for line in lines[since:] if pattern.search(line)), len(lines)
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every object key under `prefix`, sorted."""
