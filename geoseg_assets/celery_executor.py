@@ -8,9 +8,11 @@ machines execute them. Workers and launcher must share
   run starts), else the run config (see below);
 - a persistent Dagster instance (PostgreSQL, see ``dagster.yaml``): the worker reads the run and
   writes the step events there;
-- the code (this repository, same version) and the data: the ``DataStore`` root, the landing
-  folder and Dagster's IO-manager storage (``$DAGSTER_HOME/storage``) must be the same paths on
-  every worker (one host, or a shared volume).
+- the code (this repository, same version) and the data: with the production profile's
+  ``GEOSEG_STORE_URL`` and ``GEOSEG_LANDING_URL`` the outputs and the landed scenes are in an object
+  store and workers share no disk (each keeps only caches under its own data root); with the folder
+  ``DataStore`` and landing folder, those must be the same paths on every worker (one host, or a
+  shared volume). The assets return no values, so Dagster's IO-manager storage holds nothing.
 
 Start a worker (repository root as working directory, same ``DAGSTER_HOME``)::
 

@@ -50,9 +50,9 @@ def scene_integrity(context: dg.AssetCheckExecutionContext, data_store: DataStor
     dims = partition_dims(context)
     path, summary = _output_and_scene_record(data_store, SCENE_COG, dims)
     if summary is None:
-        return _result([f"{path} is missing; materialize scenes for {dims}"])
+        return _result([f"{data_store.display(path)} is missing; materialize scenes for {dims}"])
     problems = audit_scene_cog(str(path), scene_source.spec_for(dims["region"]), summary)
-    return _result(problems, path=str(path), nodata_fraction=1 - summary["valid_pixels"] / (summary["width"] * summary["height"]))
+    return _result(problems, path=data_store.display(path), nodata_fraction=1 - summary["valid_pixels"] / (summary["width"] * summary["height"]))
 
 
 @dg.asset_check(asset=tiles, partitions_def=region_date_partitions,
@@ -61,7 +61,7 @@ def tile_stats_sanity(context: dg.AssetCheckExecutionContext, data_store: DataSt
     dims = partition_dims(context)
     path, summary = _output_and_scene_record(data_store, TILE_TABLE, dims)
     if summary is None:
-        return _result([f"{path} is missing; materialize tiles for {dims}"])
+        return _result([f"{data_store.display(path)} is missing; materialize tiles for {dims}"])
     frame = data_store.tile_table(dims)
     dtype = np.dtype(summary["dtype"])
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)

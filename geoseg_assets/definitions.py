@@ -41,6 +41,7 @@ from resources.geopackage_labels import GeoPackageLabelStore
 from resources.landing_source import LandingFolderSource
 from resources.mlflow_tracking import MlflowTracking
 from resources.notifier import Notifier
+from resources.object_data_store import ObjectDataStore
 from resources.postgis_labels import PostgisLabelStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,16 +93,23 @@ def default_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
 
 def production_resources(data_dir: Path, dvc_repo: Path = REPO_ROOT) -> dict:
     """A shared deployment: labels in PostGIS, runs and models on an MLflow tracking server, datasets on a
-    shared DVC remote (a folder, s3://, MinIO), and scenes landed in a bucket when `GEOSEG_LANDING_URL` is set
-    (s3://bucket/prefix; downloaded copies cached under `<data>/landing-cache`). Connection settings are
+    shared DVC remote (a folder, s3://, MinIO), scenes landed in a bucket when `GEOSEG_LANDING_URL` is set
+    (s3://bucket/prefix; downloaded copies cached under `<data>/landing-cache`), and every output in a bucket when
+    `GEOSEG_STORE_URL` is set (s3://bucket/prefix; `ObjectDataStore`, caches under `<data>/store-cache`), so workers
+    on machines that share no disk run any step. Connection settings are
     `dg.EnvVar`s, resolved when a run starts (an unset variable fails the run naming it) and shown by name,
     never by value, in the UI; object-store credentials are AWS's standard variables, read by boto itself."""
     landing = ({"scene_source": BucketLandingSource(url=dg.EnvVar("GEOSEG_LANDING_URL"),
                                                     cache_dir=str(data_dir / "landing-cache"))}
                if os.environ.get("GEOSEG_LANDING_URL") else {})
+    outputs = ({"data_store": ObjectDataStore(
+        url=dg.EnvVar("GEOSEG_STORE_URL"), root=str(data_dir / "store-cache"), viewer_url=default_viewer_url(),
+        endpoint_url=dg.EnvVar("AWS_ENDPOINT_URL_S3") if os.environ.get("AWS_ENDPOINT_URL_S3") else None)}
+        if os.environ.get("GEOSEG_STORE_URL") else {})
     return {
         **default_resources(data_dir, dvc_repo),
         **landing,
+        **outputs,
         "label_store": PostgisLabelStore(
             host=dg.EnvVar("GEOSEG_PG_HOST"), port=dg.EnvVar.int("GEOSEG_PG_PORT"), user=dg.EnvVar("GEOSEG_PG_USER"),
             password=dg.EnvVar("GEOSEG_PG_PASSWORD"), dbname=dg.EnvVar("GEOSEG_PG_DB")),

@@ -44,7 +44,8 @@ from geoseg_assets.partitions import region_date_partitions, region_partitions
 from geoseg_assets.assets.masks import ImportLabelsConfig, import_labels_job, masks
 from geoseg_assets.sensors import label_change_sensor, new_scene_sensor
 from geoseg_assets.workspace_runs import WorkspaceRuns, workspace_runs
-from resources.catalog import PREDICTED_CLASSES
+from resources.catalog import PREDICTED_CLASSES, STAC_CATALOG
+from resources.data_store import DataStore
 from resources.landing_source import REGION_SPEC_FILE
 from resources.synthetic_source import SyntheticSource
 
@@ -177,9 +178,9 @@ def dagster_logs_to(log_file: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def run_pipeline(demo: DemoRuns, synthetic: SyntheticSource, training_config: dict) -> dict:
+def run_pipeline(demo: DemoRuns, synthetic: SyntheticSource, training_config: dict, data_store: DataStore) -> dict:
     """Sensors, labels, dataset, training (`training_config`: op name -> config over its defaults), predictions and
-    reports, as in the module docstring."""
+    reports, as in the module docstring; `data_store` is the code location's, built (its settings resolved)."""
     instance, resources = demo.runs.instance, defs.resources
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         scene_tick = new_scene_sensor(context)
@@ -220,7 +221,7 @@ def run_pipeline(demo: DemoRuns, synthetic: SyntheticSource, training_config: di
     for key in partitions:
         dims = region_date_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
         selection = [dg.AssetKey("data_quality_report"), dg.AssetKey("data_drift_report")]
-        if resources["data_store"].exists(PREDICTED_CLASSES, dims):
+        if data_store.exists(PREDICTED_CLASSES, dims):
             selection.append(dg.AssetKey("prediction_drift_report"))
         demo.run("monitoring_job", f"{len(selection)} reports", str(key), partition_key=key, asset_selection=selection)
     quality = demo.run(IMPLICIT_ASSET_JOB_NAME, "model quality", asset_selection=[model_quality_report.key])
@@ -248,29 +249,34 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = stage_landing(landing)
     instance = dg.DagsterInstance.get()
     print(f"geoseg demo: Dagster's log lines of every run go to {log_file}", flush=True)
-    with dagster_logs_to(log_file), workspace_runs(instance, REPO_ROOT / "workspace.yaml", LOCATION, defs) as runs:
+    # the resources as a run builds them (EnvVar settings of the production profile resolved)
+    wanted = {name: defs.resources[name] for name in ("data_store", "dvc", "mlflow_tracking")}
+    with dagster_logs_to(log_file), workspace_runs(instance, REPO_ROOT / "workspace.yaml", LOCATION, defs) as runs, \
+            dg.build_resources(wanted) as built:
         demo = DemoRuns(runs)
-        summary = run_pipeline(demo, synthetic, args.training_config)
+        summary = run_pipeline(demo, synthetic, args.training_config, built.data_store)
+        store, dvc, tracking = built.data_store, built.dvc, built.mlflow_tracking
+        remote = dvc.remote_location()
 
-    resources = defs.resources
     version = summary["dataset_version"]
-    store = Path(resources["data_store"].root)
+    labels = defs.resources["label_store"]
     print(f"\nDemo finished in {time.time() - started:.0f}s: {summary['partitions']} partitions, "
           f"{summary['mask_updates']} mask updates, {len(demo.failed)} failed{': ' if demo.failed else '.'}"
           f"{', '.join(demo.failed)}")
     print(f"  landing folder : {landing}")
-    print(f"  labels         : {resources['label_store'].path}")
-    print(f"  outputs        : {store}  (scenes/, tiles/, masks/, predictions/, *_report/ by region=/date=; dataset/)")
-    print(f"  STAC catalog   : {store / 'stac' / 'catalog.json'}  (scenes, masks, predictions, models; pystac, QGIS)")
-    print(f"  dataset        : version {version} in dvc.lock, pushed to {resources['dvc'].repo_dir}/data/dvc-remote, "
+    print(f"  labels         : {getattr(labels, 'path', None) or 'PostGIS (GEOSEG_PG_* settings)'}")
+    print(f"  outputs        : {store.location()}  (scenes/, tiles/, masks/, "
+          "predictions/, *_report/ by region=/date=; dataset/)")
+    print(f"  STAC catalog   : {store.display(store.file(STAC_CATALOG))}  (scenes, masks, predictions, models; "
+          "pystac, QGIS)")
+    print(f"  dataset        : version {version} in dvc.lock, pushed to {remote}, "
           f"recorded as refs/geoseg/datasets/{version.removesuffix('.dir')} "
           f"(`python -m geoseg_assets.reproduce --dataset {version}` restores it)")
-    print(f"  MLflow         : {resources['mlflow_tracking'].tracking_uri}  (make ui serves it on "
-          f"{resources['mlflow_tracking'].ui_url or 'your MLflow server'})")
+    print(f"  MLflow         : {tracking.tracking_uri}  (make ui serves it on {tracking.ui_url or 'your MLflow server'})")
     print(f"  Dagster home   : {instance.root_directory}  (Dagster's log: {log_file})")
     print("  open the UI    : make ui   -> http://127.0.0.1:3000  (every run above can be opened and re-executed; "
           "new_scene_sensor and label_change_sensor resume from the demo's cursors)")
-    print(f"  viewer         : {resources['data_store'].viewer_url}  (make ui starts it: maps, legends, reports)")
+    print(f"  viewer         : {store.viewer_url}  (make ui starts it: maps, legends, reports)")
     return 1 if demo.failed else 0
 
 

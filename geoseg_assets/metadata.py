@@ -6,6 +6,7 @@ import base64
 
 import dagster as dg
 
+from geoseg_assets.geo.object_store import object_url_of
 from geoseg_assets.geo.preview import thumbnail_png
 from geoseg_assets.viewer.links import map_url, report_url
 
@@ -25,7 +26,8 @@ def image(png: bytes, alt: str = "preview", max_bytes: int | None = INLINE_IMAGE
 
 
 def path(p) -> dg.MetadataValue:
-    return dg.MetadataValue.path(str(p))
+    """A file of the data store: its local path, or an object's s3:// URL."""
+    return dg.MetadataValue.path(object_url_of(str(p)))
 
 
 def viewer_map(viewer_url: str, dims: dict) -> dg.MetadataValue:

@@ -5,9 +5,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dagster import ConfigurableResource, Failure
 from pydantic import Field
@@ -41,6 +41,21 @@ def check_partition_value(value: str, what: str = "partition key") -> str:
 DIMENSION_ORDER = ("region", "date")
 
 
+def partition_folder(asset: str, partition: Mapping[str, str] | str | None = None) -> PurePosixPath:
+    """`<asset>/<dim>=<value>/...` of one asset partition, relative to the store's root, every key checked: one level
+    per dimension, region before date (then any other dimension by name), whatever order the mapping has (Dagster's
+    multi-partition keys list date first)."""
+    path = PurePosixPath(check_partition_value(asset, "asset name"))
+    if partition is None:
+        return path
+    if isinstance(partition, str):
+        return path / check_partition_value(partition)
+    for dim in sorted(partition, key=lambda d: (DIMENSION_ORDER.index(d) if d in DIMENSION_ORDER else 99, d)):
+        check_partition_value(dim, "partition dimension")
+        path = path / f"{dim}={check_partition_value(partition[dim], f'{dim} key')}"
+    return path
+
+
 class DataStore(ConfigurableResource):
     """Asset outputs under `root`, laid out as `<asset>/<dim>=<value>/.../<file>`.
 
@@ -58,20 +73,16 @@ class DataStore(ConfigurableResource):
         "into its folder deletes it. Live writes touch their files far more often.",
     )
 
+    @property
+    def remote(self) -> bool:
+        """Whether outputs live elsewhere than on this machine's disk (`ObjectDataStore`)."""
+        return False
+
     def partition_dir(self, asset: str, partition: Mapping[str, str] | str | None = None) -> Path:
         """Folder of one asset partition: one `<dim>=<value>` level per dimension, region before date
         (then any other dimension by name), whatever order the mapping has (Dagster's multi-partition
         keys list date first)."""
-        check_partition_value(asset, "asset name")
-        path = Path(self.root) / asset
-        if partition is None:
-            return path
-        if isinstance(partition, str):
-            return path / check_partition_value(partition)
-        for dim in sorted(partition, key=lambda d: (DIMENSION_ORDER.index(d) if d in DIMENSION_ORDER else 99, d)):
-            check_partition_value(dim, "partition dimension")
-            path = path / f"{dim}={check_partition_value(partition[dim], f'{dim} key')}"
-        return path
+        return Path(self.root) / partition_folder(asset, partition)
 
     def path(self, asset: str, partition: Mapping[str, str] | str | None, filename: str) -> Path:
         """Path of one output file of an asset partition."""
@@ -111,6 +122,50 @@ class DataStore(ConfigurableResource):
         """The `predictions` record of a partition: model version, class pixels and areas, inference settings."""
         return self.read_json(PREDICTION_RECORD, partition)
 
+    def read_bytes(self, path: str | os.PathLike) -> bytes:
+        """The bytes of a file of this store given by its path (`file`, `path`); FileNotFoundError if absent."""
+        return Path(path).read_bytes()
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        """The SHA-256 of a file of this store given by its path, streamed."""
+        from geoseg_assets.geo.scene_io import sha256_file
+
+        return sha256_file(path)
+
+    def path_exists(self, path: str | os.PathLike) -> bool:
+        """Whether a file of this store given by its path has been written."""
+        return Path(path).is_file()
+
+    def version_of(self, path: str | os.PathLike) -> str:
+        """What changes when a file of this store is replaced: its size and modification time."""
+        stat = Path(path).stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+    @contextmanager
+    def local_copy(self, path: str | os.PathLike) -> Iterator[Path]:
+        """A local file with the content of a file of this store, for readers that cannot take the store's paths (a
+        GeoPackage opened by another GDAL): the file itself here."""
+        yield Path(path)
+
+    def location(self) -> str:
+        """Where the outputs are, as a user names it: the root folder."""
+        return str(self.root)
+
+    def display(self, path: str | os.PathLike) -> str:
+        """How a path of this store is shown to a user (metadata, logs): the local path as it is."""
+        return str(path)
+
+    def catalog_files(self):
+        """Where the STAC catalog's files are read and written (geo/catalog_files.py): this machine's disk."""
+        from geoseg_assets.geo.catalog_files import LocalFiles
+
+        return LocalFiles()
+
+    @contextmanager
+    def raster_env(self) -> Iterator[None]:
+        """The GDAL configuration under which the store's raster paths open (none needed for local files)."""
+        yield
+
     def dataset_dir(self) -> Path | None:
         """The current training set folder, or None when `dataset` was never built."""
         return self.partition_dir(DATASET) if self.exists(DATASET_MANIFEST) else None
@@ -134,6 +189,10 @@ class DataStore(ConfigurableResource):
         files = sorted(self.partition_dir(output.asset).glob(f"region=*/date=*/{output.name}"))
         return [{"region": f.parent.parent.name.removeprefix("region="), "date": f.parent.name.removeprefix("date=")}
                 for f in files]
+
+    def scratch_dir(self, asset: str, name: str) -> Path:
+        """A local folder an asset keeps between attempts of a step (training checkpoints, so a retry resumes)."""
+        return self.partition_dir(asset) / check_partition_value(name, "folder name")
 
     def tmp_dir(self) -> Path:
         """Scratch folder on the same filesystem as the outputs (so renames are atomic), swept of what
@@ -160,22 +219,15 @@ class DataStore(ConfigurableResource):
         """Stage every output of a step; they replace their targets only when the whole block succeeds,
         so a failure after the first file (a preview, a report) leaves all earlier outputs as they were."""
         publication = Publication(lambda folder: sweep_stale_temps(folder, self.stale_temp_seconds))
-        try:
-            yield publication
-        except Exception as exc:
+
+        def disk_full(exc: Exception) -> Failure | None:
             full = disk_full_error(exc, sorted({t.parent for t in publication.staged}))
-            publication.discard()
-            if full is not None:
-                raise Failure(f"{full}; every earlier output was kept. Fix: free space on that disk or move the data "
-                              "root (GEOSEG_DATA_DIR) to a larger one, then re-run", allow_retries=False) from exc
-            raise
-        except BaseException:
-            publication.discard()
-            raise
-        try:
-            publication.commit()
-        except PublishError as exc:
-            raise Failure(str(exc), allow_retries=False) from exc.__cause__
+            return None if full is None else Failure(
+                f"{full}; every earlier output was kept. Fix: free space on that disk or move the data root "
+                "(GEOSEG_DATA_DIR) to a larger one, then re-run", allow_retries=False)
+
+        with committed_on_success(publication, disk_full):
+            yield publication
 
     @contextmanager
     def provisional_dir(self, target: Path, staged: Path, keep: tuple[Path, ...] = ()) -> Iterator[Path]:
@@ -184,6 +236,28 @@ class DataStore(ConfigurableResource):
         bytes of the `keep` files (e.g. dvc.lock) are put back, so outputs and their records stay in step."""
         with swap_dir(target, staged, keep) as live:
             yield live
+
+
+@contextmanager
+def committed_on_success(publication, failure_of: Callable[[Exception], Failure | None] = lambda exc: None):
+    """Run a step's block around its publication (a folder's `Publication` or a bucket's `ObjectPublication`): commit
+    it when the block succeeds, discard it when it fails (raising `failure_of(error)` instead, when that gives a
+    Failure); a commit that cannot complete becomes a non-retryable Failure naming the output."""
+    try:
+        yield publication
+    except Exception as exc:
+        failure = failure_of(exc)
+        publication.discard()
+        if failure is not None:
+            raise failure from exc
+        raise
+    except BaseException:
+        publication.discard()
+        raise
+    try:
+        publication.commit()
+    except PublishError as exc:
+        raise Failure(str(exc), allow_retries=False) from exc.__cause__
 
 
 def sweep_stale_temps(folder: Path, older_than_s: float, everything: bool = False) -> list[Path]:

@@ -237,17 +237,27 @@ class DvcStore(ConfigurableResource):
         if not os.access(path, os.W_OK | os.X_OK):
             raise DvcError(f"the DVC remote folder {path} is not writable; fix its permissions or change remote_url")
 
-    def stage_out(self, stage: str) -> Path:
-        """The single output folder the stage declares in dvc.yaml."""
+    def _stage_entries(self, stage: str, field: str) -> list[str]:
+        """The paths or URLs a dvc.yaml stage lists under `deps` or `outs` (a dict entry by its key)."""
         dvc_yaml = self._root() / "dvc.yaml"
         try:
-            outs = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]["outs"]
-            (out,) = outs
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
-            raise DvcError(f"{dvc_yaml} has no stage {stage!r} with exactly one out ({err!r}); "
+            entries = yaml.safe_load(dvc_yaml.read_text())["stages"][stage][field]
+            return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+        except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration) as err:
+            raise DvcError(f"{dvc_yaml} has no stage {stage!r} with a list of {field} ({err!r}); "
                            "restore dvc.yaml from git") from err
-        path = out if isinstance(out, str) else next(iter(out))
-        return self._root() / path
+
+    def stage_out(self, stage: str) -> Path:
+        """The single output folder the stage declares in dvc.yaml."""
+        outs = self._stage_entries(stage, "outs")
+        if len(outs) != 1:
+            raise DvcError(f"{self._root() / 'dvc.yaml'} stage {stage!r} lists {len(outs)} outs, expected exactly one; "
+                           "restore dvc.yaml from git")
+        return self._root() / outs[0]
+
+    def stage_deps(self, stage: str) -> list[str]:
+        """What the stage depends on per dvc.yaml: repository paths, or URLs of an object store's folders."""
+        return self._stage_entries(stage, "deps")
 
     def commit(self, stage: str, push: bool = True) -> DvcVersion:
         """Record the stage's current outputs (hash, cache, dvc.lock) and push them to the remote."""

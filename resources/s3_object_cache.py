@@ -31,12 +31,16 @@ class S3ObjectCache:
     """Downloaded copies of S3 objects under `cache_dir/<bucket>/<key>` (a cache: safe to delete at any time)."""
 
     cache_dir: str
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL_S3 if set, else AWS
 
     @staticmethod
-    def client():
+    def client(endpoint_url: str | None = None):
         import boto3
 
-        return boto3.client("s3")  # the standard chain: AWS_* variables, profiles, instance roles
+        return boto3.client("s3", endpoint_url=endpoint_url)  # the standard chain: AWS_* variables, profiles, roles
+
+    def _s3(self):
+        return self.client(self.endpoint_url)
 
     def cached(self, bucket: str, key: str) -> Path:
         return Path(self.cache_dir) / bucket / key
@@ -58,7 +62,7 @@ class S3ObjectCache:
 
         url = f"s3://{bucket}/{key}"
         try:
-            found = self.client().head_object(Bucket=bucket, Key=key)
+            found = self._s3().head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -80,7 +84,7 @@ class S3ObjectCache:
         from botocore.exceptions import BotoCoreError, ClientError
 
         url = f"s3://{bucket}/{key}"
-        client, local = self.client(), self.cached(bucket, key)
+        client, local = self._s3(), self.cached(bucket, key)
         try:
             if check_tiff:
                 head = client.get_object(Bucket=bucket, Key=key, IfMatch=etag, Range="bytes=0-3")["Body"].read()

@@ -11,6 +11,7 @@ from geoseg_assets import metadata as md
 from geoseg_assets.assets.masks import masks, resolve_class_map
 from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
+from geoseg_assets.geo.catalog_files import CatalogFiles
 from geoseg_assets.geo.classmap import ClassDef, ClassMap
 from geoseg_assets.geo.stac_catalog import ModelVersion, PartitionOutputs, StacCatalogError, read_record
 from geoseg_assets.viewer.links import catalog_url
@@ -60,7 +61,7 @@ def partition_outputs(data_store: DataStore, class_map: ClassMapResource) -> Ite
         if "data" in prediction_files and data_store.exists(PREDICTION_RECORD, dims):
             prediction_record = data_store.file(PREDICTION_RECORD, dims)
             try:
-                classes = prediction_classes(read_record(prediction_record), region_map)
+                classes = prediction_classes(read_record(prediction_record, data_store.catalog_files()), region_map)
             except (StacCatalogError, KeyError, TypeError, ValueError):
                 classes = None  # the catalog reports the record as unreadable
         mask_files = files(MASK_ASSETS)
@@ -71,14 +72,15 @@ def partition_outputs(data_store: DataStore, class_map: ClassMapResource) -> Ite
             prediction_files=prediction_files if prediction_record else {}, prediction_classes=classes)
 
 
-def registered_models(tracking: MlflowTracking, partitions: list[PartitionOutputs]) -> dict[tuple[str, str], ModelVersion]:
+def registered_models(tracking: MlflowTracking, partitions: list[PartitionOutputs],
+                      files: CatalogFiles) -> dict[tuple[str, str], ModelVersion]:
     """The registry's record of every model version the partitions' predictions name (those it lacks are left out:
     the catalog skips their predictions, saying why)."""
     wanted = set()
     for p in partitions:
         if p.prediction_record is not None:
             try:
-                record = read_record(p.prediction_record)
+                record = read_record(p.prediction_record, files)
                 wanted.add((str(record["model_name"]), str(record["model_version"])))
             except (StacCatalogError, KeyError):
                 continue
@@ -108,10 +110,9 @@ def stac_catalog(context: dg.AssetExecutionContext, data_store: DataStore, mlflo
 
     started = time.perf_counter()
     partitions = list(partition_outputs(data_store, class_map))
-    models = registered_models(mlflow_tracking, partitions)
-    root = data_store.file(STAC_CATALOG).parent
-    root.mkdir(parents=True, exist_ok=True)
-    summary = write_catalog(root, partitions, models)
+    files = data_store.catalog_files()
+    models = registered_models(mlflow_tracking, partitions, files)
+    summary = write_catalog(data_store.file(STAC_CATALOG).parent, partitions, models, files=files)
     for key, why in summary.skipped.items():
         context.log.warning(f"partition {key} is not in the catalog: {why}")
     return dg.MaterializeResult(metadata={
@@ -135,10 +136,12 @@ def stac_catalog_valid(data_store: DataStore) -> dg.AssetCheckResult:
 
     root = data_store.file(STAC_CATALOG).parent
     if not data_store.exists(STAC_CATALOG):
-        return dg.AssetCheckResult(passed=False, metadata={"problems": [f"{root}/catalog.json is missing; "
+        return dg.AssetCheckResult(passed=False, metadata={"problems": [f"{data_store.display(root / 'catalog.json')} is missing; "
                                                                         "materialize stac_catalog"]})
-    problems = validate_catalog(root)
-    scene_items = {p.parent.parent.name + "|" + p.parent.name for p in (root / "scenes").glob("*/*/scene-*.json")}
+    files = data_store.catalog_files()
+    problems = validate_catalog(root, files)
+    scene_items = {p.parent.parent.name + "|" + p.parent.name for p in files.json_files(root / "scenes")
+                   if p.name.startswith("scene-") and len(p.relative_to(root / "scenes").parts) == 3}
     missing = sorted(f"{d['region']}|{d['date']}" for d in data_store.partitions_with(SCENE_RECORD)
                      if f"{d['region']}|{d['date']}" not in scene_items)
     severity = dg.AssetCheckSeverity.ERROR if problems else dg.AssetCheckSeverity.WARN

@@ -13,7 +13,7 @@ from geoseg_assets.geo.audit import mask_grid_problem
 from geoseg_assets.geo.dataset import DatasetError, build_dataset
 from geoseg_assets.geo.dataset_inputs import PartitionInput
 from geoseg_assets.geo.synthetic import BAND_NAMES
-from resources.catalog import DATASET, MASK, SCENE_COG
+from resources.catalog import DATASET, MASK, SCENE_COG, TILE_TABLE
 from resources.class_map import ClassMapResource
 from resources.data_store import DataStore
 from resources.dvc_store import DvcError, DvcStore
@@ -69,6 +69,7 @@ def collect_partitions(instance: dg.DagsterInstance, data_store: DataStore, conf
             mask_path=str(data_store.file(MASK, dims)),
             tiles=part_tiles,
             scene_sha256=scene["fingerprint"],
+            mask_sha256=data_store.sha256(data_store.file(MASK, dims)),
         ))
     return parts, left_out
 
@@ -85,6 +86,21 @@ def stale_mask_problem(instance: dg.DagsterInstance, key: str, scene: dict, mask
             return (f"its mask was made from scene {made_from[:12]}..., the scene is now {str(scene.get('fingerprint'))[:12]}... "
                     "(the scene was replaced after the mask)")
     return mask_grid_problem(str(mask_path), scene)
+
+
+def check_object_store_deps(data_store: DataStore, dvc: DvcStore) -> None:
+    """With outputs in an object store, the DVC stage must depend on the store's tiles and masks folders (DVC hashes
+    them by their objects' ETags), not on local folders that do not exist; a Failure with the dvc.yaml to write."""
+    wanted = [data_store.display(data_store.partition_dir(asset)) for asset in (TILE_TABLE.asset, MASK.asset)]
+    try:
+        deps = dvc.stage_deps(DVC_STAGE)
+    except DvcError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    if not all(url in deps for url in wanted):
+        raise dg.Failure(
+            f"{Path(dvc.repo_dir) / 'dvc.yaml'}: stage {DVC_STAGE!r} depends on {deps}, but the tiles and masks live "
+            f"in the object store. Fix: list {wanted[0]} and {wanted[1]} under its deps (in place of data/store/tiles "
+            "and data/store/masks), or set version_with_dvc=false", allow_retries=False)
 
 
 REPRODUCE = "python -m geoseg_assets.reproduce"
@@ -127,10 +143,15 @@ def record_metadata(record: DatasetRecord, pushed: PushResult, git_remote: str) 
 def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store: DataStore,
             class_map: ClassMapResource, dvc: DvcStore) -> dg.MaterializeResult:
     out_dir = data_store.partition_dir(DATASET)
-    if config.version_with_dvc and dvc.stage_out(DVC_STAGE).resolve() != out_dir.resolve():
+    # DVC versions a local folder: the output itself, or, when outputs live in an object store, a working copy in
+    # the DVC repository that goes once the version is committed, pushed and published (DVC's cache keeps the bytes)
+    workspace = dvc.stage_out(DVC_STAGE) if data_store.remote else out_dir
+    if config.version_with_dvc and not data_store.remote and dvc.stage_out(DVC_STAGE).resolve() != out_dir.resolve():
         raise dg.Failure(
             f"{out_dir}: DVC versions the dataset at {dvc.stage_out(DVC_STAGE)} (dvc.yaml); keep the data root at "
             f"<repo>/data (GEOSEG_DATA_DIR) or set version_with_dvc=false", allow_retries=False)
+    if config.version_with_dvc and data_store.remote:
+        check_object_store_deps(data_store, dvc)
     parts, left_out = collect_partitions(context.instance, data_store, config, context.log)
     if not parts:
         raise dg.Failure("no partition has tiles and masks with the configured bands; materialize tiles and masks first",
@@ -142,7 +163,11 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
                          "(set `regions`)", allow_retries=False)
     # Versioned with DVC, the new folder is built aside and replaces the old one only while `dvc commit` +
     # `dvc push` run; if either fails, the old folder and dvc.lock come back, so bytes and record stay in step.
-    build_dir = data_store.tmp_dir() / f"dataset-{context.run.run_id[:8]}" if config.version_with_dvc else out_dir
+    if data_store.remote:  # beside the DVC working copy (the same disk, so it is renamed into place)
+        workspace.parent.mkdir(parents=True, exist_ok=True)
+        build_dir = workspace.with_name(f".{workspace.name}-{context.run.run_id[:8]}")
+    else:
+        build_dir = data_store.tmp_dir() / f"dataset-{context.run.run_id[:8]}" if config.version_with_dvc else out_dir
     try:
         summary = build_dataset(
             parts, build_dir, {c.name: c.id for c in first.classes}, config.band_names, seed=config.seed,
@@ -155,22 +180,32 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, data_store
     version, record_meta = None, {"dataset_ref": "none (not versioned: `dvc repro` commits it; the model records it)"}
     if config.version_with_dvc:
         try:
-            with data_store.provisional_dir(out_dir, build_dir, keep=(dvc.lock_path(),)):
+            with data_store.provisional_dir(workspace, build_dir, keep=(dvc.lock_path(),)):
                 version = dvc.commit(DVC_STAGE).md5
                 # the git record of this version (code commit + this dvc.lock), so it stays restorable once
                 # dvc.lock moves on; part of publishing: if it cannot be made, the earlier dataset comes back
                 record = dvc.record(DVC_STAGE)
+                if data_store.remote:
+                    data_store.publish_folder(DATASET, workspace)
         except DvcError as exc:
-            raise dg.Failure(f"{exc}; the earlier dataset at {out_dir} and {dvc.lock_path()} were kept as they were",
-                             allow_retries=False, metadata={"error": str(exc), "kept": str(out_dir)}) from exc
+            raise dg.Failure(f"{exc}; the earlier dataset at {data_store.display(out_dir)} and {dvc.lock_path()} were "
+                             "kept as they were", allow_retries=False,
+                             metadata={"error": str(exc), "kept": data_store.display(out_dir)}) from exc
         finally:
             shutil.rmtree(build_dir, ignore_errors=True)
+            if data_store.remote:
+                shutil.rmtree(workspace, ignore_errors=True)
         pushed = dvc.push_record(record)
         if pushed.status == "failed":
             context.log.warning(pushed.message)
         context.log.info(f"dataset version {version} committed to dvc.lock, pushed to the DVC remote and recorded as "
                          f"{record.ref} ({record.commit[:12]}; {pushed.message})")
         record_meta = record_metadata(record, pushed, dvc.git_remote)
+    elif data_store.remote:
+        try:
+            data_store.publish_folder(DATASET, build_dir)
+        finally:
+            shutil.rmtree(build_dir, ignore_errors=True)
     counts = summary.tile_counts
     return dg.MaterializeResult(
         metadata={

@@ -39,7 +39,7 @@ def feedback_labels(context: dg.OpExecutionContext, config: FeedbackConfig, data
             raise fail_on_bad_input(exc, partition=item) from exc
         polygons = data_store.file(PREDICTED_POLYGONS, dims)
         if not data_store.exists(PREDICTED_POLYGONS, dims) or not data_store.exists(PREDICTION_RECORD, dims):
-            raise dg.Failure(f"{polygons}: no predicted polygons for {item}; materialize `predictions` (vectorize on) first",
+            raise dg.Failure(f"{data_store.display(polygons)}: no predicted polygons for {item}; materialize `predictions` (vectorize on) first",
                              allow_retries=False)
         record = data_store.prediction_record(dims)
         annotator = f"{record['model_name']} v{record['model_version']}"
@@ -52,8 +52,9 @@ def feedback_labels(context: dg.OpExecutionContext, config: FeedbackConfig, data
                                 valid_from=dims["date"], valid_to=dims["date"])
         scene = data_store.scene_record(dims)
         try:
-            report = label_store.import_file(str(polygons), dims["region"], scene["crs_wkt"],
-                                             class_map.for_region(dims["region"]), options)
+            with data_store.local_copy(polygons) as local:
+                report = label_store.import_file(str(local), dims["region"], scene["crs_wkt"],
+                                                 class_map.for_region(dims["region"]), options)
         except (LabelError, ClassMapError) as exc:
             raise fail_on_bad_input(exc) from exc
         context.log.info(f"{item}: {report.features} polygon(s) of {annotator} added for review: {report.class_counts}")

@@ -167,12 +167,12 @@ def model(context: dg.AssetExecutionContext, config: ModelConfig, data_store: Da
 
     dataset_dir, manifest = data_store.dataset_dir(), data_store.dataset_manifest()
     if dataset_dir is None:
-        raise dg.Failure(f"{data_store.partition_dir(DATASET)}: no dataset; materialize `dataset` first",
+        raise dg.Failure(f"{data_store.display(data_store.partition_dir(DATASET))}: no dataset; materialize `dataset` first",
                          allow_retries=False)
     dataset_version = dvc.version(DVC_STAGE) or "unversioned"
     record = dataset_record(context, dvc) if dataset_version != "unversioned" else None
     key = checkpoint_key(config, dataset_version, context.run.run_id)
-    checkpoints = data_store.partition_dir(MODELS) / "checkpoints" / key
+    checkpoints = data_store.scratch_dir(MODELS, "checkpoints") / key
     tags = {
         "geoseg.dataset_version": dataset_version,
         # the git record of that dataset version: `python -m geoseg_assets.reproduce <model> <version>` reads these
@@ -289,7 +289,11 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         raise mlflow_tracking.no_alias_failure(CHALLENGER, "materialize `model` first")
     preprocessing = mlflow_tracking.read_json_artifact(challenger.run_id, PREPROCESSING_FILE)
     net = load_registered(mlflow_tracking, str(challenger.version))
-    report = evaluate_split(net, data_store.partition_dir(DATASET), "test", preprocessing["indices"], config.gallery_tiles)
+    dataset_dir = data_store.dataset_dir()
+    if dataset_dir is None:
+        raise dg.Failure(f"{data_store.display(data_store.partition_dir(DATASET))}: no dataset; materialize `dataset` "
+                         "first", allow_retries=False)
+    report = evaluate_split(net, dataset_dir, "test", preprocessing["indices"], config.gallery_tiles)
     test_miou, test_miou_all = report.metrics["miou"], report.metrics["miou_all_classes"]
 
     champion = mlflow_tracking.alias_version(CHAMPION)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from rasterio.windows import Window
 
 from .classmap import IGNORE_ID, usable_class_ids
@@ -67,15 +69,27 @@ def _same_grid(a, b) -> bool:
     return all(abs(x - y) <= tol for x, y in zip(tuple(a.transform)[:6], tuple(b.transform)[:6]))
 
 
+@contextmanager
+def _opened(path: str, part: PartitionInput, what: str):
+    """The raster at `path`, or DatasetError naming it (an object of the store that is missing or unreadable)."""
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise DatasetError(f"{what} file {path} of {part.region}/{part.date} cannot be opened ({exc})",
+                           f"materialize the {what} of this partition first") from exc
+    with src:
+        yield src
+
+
 def check_partition(part: PartitionInput, band_names: Sequence[str]) -> dict:
     """Refuse a partition whose mask is not on its scene's grid, is not one uint8 band, whose scene
     has the wrong band count, or whose tile table is malformed. Returns the scene's dtype and size."""
     scene, mask = str(part.scene_path), str(part.mask_path)
     for path, what in ((scene, "scene"), (mask, "mask")):
-        if not Path(path).exists():
+        if not path.startswith("/vsi") and not Path(path).exists():  # an object is checked by opening it, below
             raise DatasetError(f"{what} file {path} of {part.region}/{part.date} does not exist",
                                f"materialize the {what} of this partition first")
-    with raster_env(), rasterio.open(scene) as src, rasterio.open(mask) as msk:
+    with raster_env(), _opened(scene, part, "scene") as src, _opened(mask, part, "mask") as msk:
         if not _same_grid(src, msk):
             raise DatasetError(
                 f"mask {mask} is not on the grid of scene {scene} "

@@ -19,6 +19,7 @@ class PartitionInput:
     mask_path: str
     tiles: gpd.GeoDataFrame
     scene_sha256: str
+    mask_sha256: str | None = None  # None: hashed from `mask_path` (a local file) when the manifest is written
 
     @property
     def key(self) -> tuple[str, str]:

@@ -110,7 +110,7 @@ def build_manifest(
         "min_labelled_fraction": float(min_labelled_fraction),
         "tiles_per_shard": int(tiles_per_shard),
         "partitions": [
-            {"region": p.region, "date": p.date, "scene_sha256": p.scene_sha256, "mask_sha256": sha256_file(p.mask_path),
+            {"region": p.region, "date": p.date, "scene_sha256": p.scene_sha256, "mask_sha256": p.mask_sha256 or sha256_file(p.mask_path),
              "width": infos[p.key]["width"], "height": infos[p.key]["height"], "tiles_offered": len(p.tiles),
              "tiles_selected": len(kept[p.key])}
             for p in parts

@@ -22,6 +22,11 @@ def vsis3_path(bucket: str, key: str) -> str:
     return f"/vsis3/{bucket}/{key.lstrip('/')}"
 
 
+def object_url_of(path: str) -> str:
+    """The s3:// URL of a `/vsis3/` path (what users, boto and QGIS take); any other path as it is."""
+    return f"s3://{path[len('/vsis3/'):]}" if path.startswith("/vsis3/") else path
+
+
 # GDAL's remote file systems and their streaming variants: one GET read front to back instead of a range request per
 # block run. For a scan that reads a whole COG in file order (tiling), that is one request for the whole object.
 _STREAMING = {"/vsis3/": "/vsis3_streaming/", "/vsigs/": "/vsigs_streaming/", "/vsiaz/": "/vsiaz_streaming/",

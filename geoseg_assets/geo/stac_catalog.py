@@ -15,9 +15,10 @@ mask and a prediction link to their scene item (`derived_from`), a prediction al
 item names the registered version, its MLflow run and its weights' checksum.
 
 `write_catalog` builds every object in memory and validates it against the bundled schemas (`stac_validation.py`,
-offline) before it writes anything; then it writes the items that changed, each by an atomic rename, the collections and the
-root after them, and deletes the items of outputs that are gone last, so a reader crawling from catalog.json never
-meets a missing file. No Dagster here: `geoseg_assets/assets/catalog.py` wraps it.
+offline) before it writes anything; then it writes the items that changed, each whole (an atomic rename on disk, a
+published object in a bucket: `catalog_files.py`), the collections and the root after them, and deletes the items of
+outputs that are gone last, so a reader crawling from catalog.json never meets a missing file. No Dagster here:
+`geoseg_assets/assets/catalog.py` wraps it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import PurePath
 
 from .classmap import ClassMap
-from .publish import atomic_file
+from .catalog_files import CatalogFiles, LocalFiles
 from .stac_validation import CLASSIFICATION, PROJECTION, RASTER, CompiledSchemas, StacCatalogError, validate
 
 STAC_VERSION = "1.1.0"
@@ -42,6 +43,7 @@ COLLECTIONS = {
     "predictions": "Predictions: the champion model's class map of a whole scene, with the model version.",
     "models": "Model versions from the MLflow registry that produced the predictions in this catalog.",
 }
+LOCAL = LocalFiles()
 _RASTER_DATA_TYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32",
                       "float64", "cint16", "cint32", "cfloat32", "cfloat64"}
 
@@ -53,12 +55,12 @@ class PartitionOutputs:
 
     region: str
     date: str
-    scene_record: Path
-    scene_files: Mapping[str, Path]  # asset key in the item -> file ("data", "thumbnail", "metadata")
-    mask_files: Mapping[str, Path] = field(default_factory=dict)  # empty: no mask
+    scene_record: PurePath
+    scene_files: Mapping[str, PurePath]  # asset key in the item -> file ("data", "thumbnail", "metadata")
+    mask_files: Mapping[str, PurePath] = field(default_factory=dict)  # empty: no mask
     mask_classes: ClassMap | None = None
-    prediction_record: Path | None = None
-    prediction_files: Mapping[str, Path] = field(default_factory=dict)
+    prediction_record: PurePath | None = None
+    prediction_files: Mapping[str, PurePath] = field(default_factory=dict)
     prediction_classes: ClassMap | None = None
 
 
@@ -78,7 +80,7 @@ class ModelVersion:
 class CatalogSummary:
     """What a `write_catalog` call did: items per collection, files written and deleted, partitions skipped."""
 
-    root: Path
+    root: PurePath
     items: dict[str, int]
     written: int
     deleted: int
@@ -86,10 +88,10 @@ class CatalogSummary:
     skipped: dict[str, str]  # "region|date" -> why
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: PurePath, files: CatalogFiles = LOCAL) -> dict:
     """A JSON record the assets wrote, or StacCatalogError naming it."""
     try:
-        record = json.loads(Path(path).read_text())
+        record = json.loads(files.read_bytes(path))
     except (OSError, ValueError) as exc:
         raise StacCatalogError(f"{path}: unreadable record ({exc}); re-materialize its partition") from exc
     if not isinstance(record, dict):
@@ -97,13 +99,13 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def _need(record: dict, keys: Iterable[str], path: Path) -> None:
+def _need(record: dict, keys: Iterable[str], path: PurePath) -> None:
     missing = [k for k in keys if record.get(k) in (None, "")]
     if missing:
         raise StacCatalogError(f"{path}: no {', '.join(missing)}; re-materialize its partition with this version")
 
 
-def _footprint(record: dict, path: Path) -> tuple[dict, list[float]]:
+def _footprint(record: dict, path: PurePath) -> tuple[dict, list[float]]:
     """The scene's outline in WGS84 (its four corners reprojected, densified along the edges) and its bbox."""
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
@@ -160,7 +162,7 @@ def _classes(class_map: ClassMap) -> list[dict]:
              "color_hint": "".join(f"{v:02X}" for v in c.color)} for c in class_map.classes]
 
 
-def _media_type(path: Path) -> str:
+def _media_type(path: PurePath) -> str:
     return {".tif": COG_TYPE, ".png": "image/png", ".json": "application/json",
             ".gpkg": "application/geopackage+sqlite3"}.get(path.suffix, "application/octet-stream")
 
@@ -169,7 +171,7 @@ ROLES = {"data": ["data"], "thumbnail": ["thumbnail"], "overlay": ["overview"], 
          "probabilities": ["data"], "polygons": ["data"]}
 
 
-def _file_assets(files: Mapping[str, Path], item_dir: Path, titles: Mapping[str, str]) -> dict:
+def _file_assets(files: Mapping[str, PurePath], item_dir: PurePath, titles: Mapping[str, str]) -> dict:
     return {key: _asset(os.path.relpath(path, item_dir), _media_type(path), titles.get(key, key), ROLES.get(key, []))
             for key, path in files.items()}
 
@@ -179,10 +181,10 @@ def _class_band(class_map: ClassMap, spatial_resolution: float) -> dict:
             "classification:classes": _classes(class_map)}
 
 
-def partition_items(p: PartitionOutputs, root: Path) -> dict[str, dict]:
+def partition_items(p: PartitionOutputs, root: PurePath, files: CatalogFiles = LOCAL) -> dict[str, dict]:
     """The items of one partition (collection -> item dict, hrefs relative to each item's file under `root`), and
     of the model its prediction came from under "model_version" (a ModelVersion-free reference: name, version)."""
-    scene = read_record(p.scene_record)
+    scene = read_record(p.scene_record, files)
     _need(scene, ("crs", "transform", "width", "height", "bounds", "dtype", "count"), p.scene_record)
     geometry, bbox = _footprint(scene, p.scene_record)
     proj = _projection(scene)
@@ -229,7 +231,7 @@ def partition_items(p: PartitionOutputs, root: Path) -> dict[str, dict]:
         items["masks"] = item
 
     if p.prediction_record is not None:
-        prediction = read_record(p.prediction_record)
+        prediction = read_record(p.prediction_record, files)
         _need(prediction, ("model_name", "model_version", "mlflow_run_id"), p.prediction_record)
         classes = p.prediction_classes
         if classes is None:
@@ -261,19 +263,19 @@ def model_item_id(name: str, version: str) -> str:
     return f"model-{name}-v{version}"
 
 
-def item_dir(root: Path, collection: str, region: str, date: str) -> Path:
+def item_dir(root: PurePath, collection: str, region: str, date: str) -> PurePath:
     return root / collection / region / date
 
 
-def item_path(root: Path, collection: str, item_id: str, region: str, date: str) -> Path:
+def item_path(root: PurePath, collection: str, item_id: str, region: str, date: str) -> PurePath:
     return item_dir(root, collection, region, date) / f"{item_id}.json"
 
 
-def model_item_path(root: Path, model_id: str) -> Path:
+def model_item_path(root: PurePath, model_id: str) -> PurePath:
     return root / "models" / model_id.removeprefix("model-") / f"{model_id}.json"
 
 
-def model_item(model: ModelVersion, root: Path) -> dict:
+def model_item(model: ModelVersion, root: PurePath) -> dict:
     """A registered model version: no footprint (it applies anywhere), its registration time as datetime."""
     model_id = model_item_id(model.name, model.version)
     return {"type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [], "id": model_id,
@@ -288,7 +290,7 @@ def model_item(model: ModelVersion, root: Path) -> dict:
                                 "Registered model files (weights and architecture)", ["model"])}}
 
 
-def _collection(name: str, items: list[tuple[Path, dict]], root: Path) -> dict:
+def _collection(name: str, items: list[tuple[PurePath, dict]], root: PurePath) -> dict:
     boxes = [d["bbox"] for _, d in items if d.get("bbox")]
     times = sorted(d["properties"]["datetime"] for _, d in items)
     spatial = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
@@ -313,7 +315,7 @@ def _root_catalog() -> dict:
                          "title": name.capitalize()} for name in COLLECTIONS)]}
 
 
-def _with_item_links(item: dict, path: Path, root: Path) -> dict:
+def _with_item_links(item: dict, path: PurePath, root: PurePath) -> dict:
     folder = path.parent
     item["links"] = [{"rel": "root", "href": os.path.relpath(root / "catalog.json", folder), "type": "application/json"},
                      {"rel": "parent", "href": os.path.relpath(root / item["collection"] / "collection.json", folder),
@@ -328,21 +330,20 @@ def _encode(stac_dict: dict) -> bytes:
     return (json.dumps(stac_dict, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
-def write_catalog(root: Path, partitions: Iterable[PartitionOutputs], models: Mapping[tuple[str, str], ModelVersion],
-                  skip_bad: bool = True) -> CatalogSummary:
+def write_catalog(root: PurePath, partitions: Iterable[PartitionOutputs], models: Mapping[tuple[str, str], ModelVersion],
+                  skip_bad: bool = True, files: CatalogFiles = LOCAL) -> CatalogSummary:
     """Bring the catalog under `root` in line with `partitions` and `models`: build every object and validate each one
     that differs from its file first (a partition whose records are bad is skipped and reported, or raises with
     `skip_bad=False`), then write what changed, items before the collections and the root, then delete the items of
     outputs that are gone."""
-    root = Path(root)
     checker = CompiledSchemas()
-    objects: dict[Path, dict] = {}
-    per_collection: dict[str, list[tuple[Path, dict]]] = {name: [] for name in COLLECTIONS}
+    objects: dict[PurePath, dict] = {}
+    per_collection: dict[str, list[tuple[PurePath, dict]]] = {name: [] for name in COLLECTIONS}
     skipped: dict[str, str] = {}
     used_models: set[tuple[str, str]] = set()
     for p in partitions:
         try:
-            items = partition_items(p, root)
+            items = partition_items(p, root, files)
             if "predictions" in items:
                 key = (items["predictions"]["properties"]["geoseg:model_name"],
                        items["predictions"]["properties"]["geoseg:model_version"])
@@ -365,35 +366,25 @@ def write_catalog(root: Path, partitions: Iterable[PartitionOutputs], models: Ma
         per_collection["models"].append((path, item))
     heads = {root / name / "collection.json": _collection(name, per_collection[name], root) for name in COLLECTIONS}
     heads[root / "catalog.json"] = _root_catalog()
-    changed: dict[Path, bytes] = {}  # items first, then collections and root: a collection never links ahead
+    changed: dict[PurePath, bytes] = {}  # items first, then collections and root: a collection never links ahead
     for path, stac_dict in [*objects.items(), *heads.items()]:
         data = _encode(stac_dict)
-        if path.is_file() and path.read_bytes() == data:
+        if _current(files, path) == data:
             continue  # validated when it was written: an incremental run validates only what changed
         validate(stac_dict, str(path), checker)
         changed[path] = data
 
-    for path, data in changed.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as tmp:
-            tmp.write_bytes(data)
+    files.write(changed)
     written, unchanged = len(changed), len(objects) + len(heads) - len(changed)
-    deleted = 0
-    for collection in COLLECTIONS:
-        for stale in sorted((root / collection).rglob("*.json")) if (root / collection).is_dir() else ():
-            if stale not in objects and stale not in heads:
-                stale.unlink(missing_ok=True)
-                deleted += 1
-        _prune_empty_dirs(root / collection)
+    stale = [path for collection in COLLECTIONS for path in files.json_files(root / collection)
+             if path not in objects and path not in heads]
+    files.delete(stale)
     return CatalogSummary(root=root, items={name: len(v) for name, v in per_collection.items()}, written=written,
-                          deleted=deleted, unchanged=unchanged, skipped=skipped)
+                          deleted=len(stale), unchanged=unchanged, skipped=skipped)
 
 
-def _prune_empty_dirs(folder: Path) -> None:
-    if not folder.is_dir():
-        return
-    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
-            path.rmdir()  # only if empty
-        except OSError:
-            pass
+def _current(files: CatalogFiles, path: PurePath) -> bytes | None:
+    try:
+        return files.read_bytes(path)
+    except FileNotFoundError:
+        return None

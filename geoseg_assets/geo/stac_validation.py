@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
@@ -88,26 +88,42 @@ def validate(stac_dict: dict, href: str, checker: CompiledSchemas | None = None)
         raise StacCatalogError(f"{href}: not valid STAC: {'; '.join(problems[:5])}")
 
 
-def validate_catalog(root: Path) -> list[str]:
-    """Crawl the catalog from `root/catalog.json` as a client would (pystac), validate every object offline and check
-    that every link and local asset href resolves; the problems found, empty when none."""
+def validate_catalog(root: PurePath, files=None) -> list[str]:
+    """Crawl the catalog from `root/catalog.json` as a client would (pystac, reading through `files`: the local disk by
+    default, or an object store's `CatalogFiles`), validate every object offline and check that every link and local
+    asset href resolves; the problems found, empty when none."""
     import pystac
+
+    from .catalog_files import LocalFiles
+
+    files = files or LocalFiles()
+
+    class FilesStacIO(pystac.StacIO):
+        """pystac's reads through `files` (a `/vsis3/` href is a path to it, not a local file)."""
+
+        def read_text(self, source, *args, **kwargs) -> str:
+            return files.read_bytes(PurePath(str(source))).decode()
+
+        def write_text(self, dest, txt, *args, **kwargs) -> None:
+            raise NotImplementedError("the catalog is only read here")
 
     checker = CompiledSchemas()
     problems: list[str] = []
-    catalog = pystac.Catalog.from_file(str(Path(root) / "catalog.json"))
+    stac_io = FilesStacIO()
+    catalog = pystac.Catalog.from_file(str(PurePath(root) / "catalog.json"), stac_io=stac_io)
     for obj in [catalog, *catalog.get_children(), *catalog.get_items(recursive=True)]:
         href = obj.get_self_href()
         try:
-            raw = json.loads(Path(href).read_text())
+            raw = json.loads(stac_io.read_text(href))
             validate(raw, href, checker)
         except Exception as exc:  # noqa: BLE001 (every problem is reported, not only the first)
             problems.append(f"{href}: {exc}")
             continue
-        folder = Path(href).parent
+        folder = PurePath(href).parent
         targets = [(f"{link['rel']} link", link["href"]) for link in raw.get("links", [])]
         targets += [(f"asset {key}", asset["href"]) for key, asset in raw.get("assets", {}).items()]
         for what, target in targets:
-            if not _SCHEME.match(target) and not (folder / target).exists():
-                problems.append(f"{href}: {what} points at missing {os.path.normpath(folder / target)}")
+            resolved = PurePath(os.path.normpath(folder / target))
+            if not _SCHEME.match(target) and not files.exists(resolved):
+                problems.append(f"{href}: {what} points at missing {resolved}")
     return problems

@@ -9,6 +9,7 @@ them.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -55,11 +56,15 @@ def training_reference(manifest: Mapping, region: str, date: str, version: str, 
 
 
 def training_features(reference: TrainingReference, dataset_dir: str | os.PathLike, cache: Path,
-                      atomic_path: Callable[[Path], AbstractContextManager[Path]]) -> pd.DataFrame:
-    """The reference's train-tile features, read from `cache` when an earlier partition computed them, else
-    computed and written there through `atomic_path` (a complete file or none)."""
-    if cache.exists():
-        return pd.read_parquet(cache)
+                      atomic_path: Callable[[Path], AbstractContextManager[Path]],
+                      read_bytes: Callable[[Path], bytes]) -> pd.DataFrame:
+    """The reference's train-tile features, read from `cache` (through `read_bytes`: a file or an object) when an
+    earlier partition computed them, else computed and written there through `atomic_path` (a complete file or
+    none)."""
+    try:
+        return pd.read_parquet(io.BytesIO(read_bytes(cache)))
+    except FileNotFoundError:
+        pass
     features = dataset_reference_features(dataset_dir, "train", tile=reference.tile, regions=reference.regions)
     with atomic_path(cache) as tmp:
         features.to_parquet(tmp)

@@ -15,10 +15,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
+    import dagster as dg
+
     from geoseg_assets.definitions import defs  # the code location's resources, profile and data root
 
-    app = create_app(defs.resources["data_store"], defs.resources["class_map"])
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Built as a step builds them: `EnvVar` settings resolved, and an object store's GDAL settings entered for the
+    # app's lifetime, so its tiles read COGs in place.
+    wanted = {name: defs.resources[name] for name in ("data_store", "class_map")}
+    with dg.build_resources(wanted) as built:
+        app = create_app(built.data_store, built.class_map)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ date is checked as a partition key before it becomes a path, and only the data s
 from __future__ import annotations
 
 import html
+import io
 import json
-from pathlib import Path
+from pathlib import Path, PurePath
 
-from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from geoseg_assets.viewer import tiles
@@ -52,13 +53,13 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
     app = FastAPI(title="geoseg viewer", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    def existing(output: OutputFile, region: str, date: str) -> Path:
-        """The output's file of a partition; 404 naming it when it does not exist, 400 for a bad key."""
+    def existing(output: OutputFile, region: str, date: str) -> PurePath:
+        """The output's file (or object) of a partition; 404 naming it when it does not exist, 400 for a bad key."""
         try:
             path = store.file(output, {"region": region, "date": date})
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
-        if not path.is_file():
+        if not store.path_exists(path):
             raise HTTPException(404, f"no {output.asset} output for region={region} date={date}")
         return path
 
@@ -110,7 +111,9 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
         if layer not in LAYERS:
             raise HTTPException(404, f"no layer {layer!r}; layers: {', '.join(LAYERS)}")
         path = existing(LAYERS[layer], region, date)
-        return _tile_response(tiles.scene_tile(path, z, x, y) if layer == "scene" else tiles.class_tile(path, z, x, y))
+        if layer == "scene":
+            return _tile_response(tiles.scene_tile(path, z, x, y, store.version_of(path)))
+        return _tile_response(tiles.class_tile(path, z, x, y))
 
     @app.get("/tiles/probability/{region}/{date}/{class_name}/{z}/{x}/{y}.png")
     def probability_tile(region: str, date: str, class_name: str, z: int, x: int, y: int) -> Response:
@@ -124,16 +127,19 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
     def polygons(region: str, date: str) -> Response:
         import geopandas as gpd
 
-        frame = gpd.read_file(existing(PREDICTED_POLYGONS, region, date)).to_crs(4326)
+        frame = gpd.read_file(io.BytesIO(store.read_bytes(existing(PREDICTED_POLYGONS, region, date)))).to_crs(4326)
         return Response(frame.to_json(drop_id=True), media_type="application/geo+json")
 
     @app.get(STORE_PREFIX + "/{path:path}")
-    def store_file(path: str) -> FileResponse:
+    def store_file(path: str, request: Request) -> Response:
         """A file of the STAC catalog or of an output it lists, with HTTP ranges (GDAL's /vsicurl/ reads COGs so)."""
         parts = Path(path).parts
         if (not parts or parts[0] not in STORE_FOLDERS or any(p in ("..", ".") or p.startswith(".") for p in parts)
                 or Path(path).suffix not in STORE_TYPES):
             raise HTTPException(404, f"{path!r} is not a file of the STAC catalog or of the outputs it lists")
+        if store.remote:
+            return object_response(store, store.partition_dir(parts[0]).joinpath(*parts[1:]),
+                                   STORE_TYPES[Path(path).suffix], request.headers.get("range"))
         root = Path(store.root).resolve()
         target = (root / path).resolve()  # a symlink out of the data root is not served
         if not target.is_relative_to(root) or not target.is_file():
@@ -141,16 +147,16 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
         return FileResponse(target, media_type=STORE_TYPES[target.suffix])
 
     @app.get("/reports/model_quality")
-    def model_quality() -> FileResponse:
+    def model_quality() -> Response:
         if not store.exists(MODEL_QUALITY_HTML):
             raise HTTPException(404, "no model quality report yet: materialize model_quality_report")
-        return FileResponse(store.file(MODEL_QUALITY_HTML), media_type="text/html")
+        return Response(store.read_bytes(store.file(MODEL_QUALITY_HTML)), media_type="text/html")
 
     @app.get("/reports/{report}/{region}/{date}")
-    def report(report: str, region: str, date: str) -> FileResponse:
+    def report(report: str, region: str, date: str) -> Response:
         if report not in REPORTS:
             raise HTTPException(404, f"no report {report!r}; reports: {', '.join(REPORTS)}")
-        return FileResponse(existing(REPORTS[report], region, date), media_type="text/html")
+        return Response(store.read_bytes(existing(REPORTS[report], region, date)), media_type="text/html")
 
     return app
 
@@ -162,7 +168,24 @@ def _tile_response(png: bytes | None) -> Response:
     return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
 
 
-def _legend(class_map: ClassMapResource, region: str, class_cog: Path | None) -> list[tuple[int, str, tuple]]:
+def object_response(store: DataStore, path: PurePath, media_type: str, byte_range: str | None) -> Response:
+    """An object of the store as a response: whole, or the one byte range a `Range: bytes=a-b` header asks for (206),
+    fetched by a ranged GET and streamed on, so a COG read through the viewer costs the store only the bytes asked for
+    and the viewer no more than a chunk of memory."""
+    try:
+        found = store.open_range(path, byte_range)
+    except FileNotFoundError as exc:
+        raise HTTPException(404, f"no object {store.display(path)}") from exc
+    except ValueError as exc:
+        raise HTTPException(416, str(exc)) from exc
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(found.length)}
+    if found.served is not None:
+        headers["Content-Range"] = f"bytes {found.served[0]}-{found.served[1]}/{found.size}"
+    return StreamingResponse(found.chunks, status_code=200 if found.served is None else 206, media_type=media_type,
+                             headers=headers)
+
+
+def _legend(class_map: ClassMapResource, region: str, class_cog: PurePath | None) -> list[tuple[int, str, tuple]]:
     """(id, name, colour) of the region's classes, coloured as the class COG draws them when there is one."""
     classes = class_map.for_region(region)
     colours = tiles.class_colours(class_cog) if class_cog is not None else {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 from rasterio.crs import CRS
@@ -44,14 +44,17 @@ def display_bands(descriptions: tuple[str | None, ...]) -> tuple[int, int, int]:
     return tuple(min(i, count) for i in (1, 2, 3))
 
 
-def scene_stretch(path: Path) -> SceneStretch:
-    """The stretch of a scene COG, cached per (path, size, mtime): a replaced scene gets a new one."""
-    stat = path.stat()
-    return _scene_stretch(str(path), stat.st_size, stat.st_mtime_ns)
+def scene_stretch(path: PurePath, version: str | None = None) -> SceneStretch:
+    """The stretch of a scene COG, cached per (path, version): a replaced scene gets a new one. The version of a local
+    file is its size and mtime; an object's is its ETag, which the caller passes."""
+    if version is None:
+        stat = Path(path).stat()
+        version = f"{stat.st_size}-{stat.st_mtime_ns}"
+    return _scene_stretch(str(path), version)
 
 
 @lru_cache(maxsize=256)
-def _scene_stretch(path: str, size: int, mtime_ns: int) -> SceneStretch:
+def _scene_stretch(path: str, version: str) -> SceneStretch:
     with Reader(path) as src:
         indexes = display_bands(tuple(src.dataset.descriptions))
         preview = src.preview(indexes=indexes, max_size=512)
@@ -63,9 +66,9 @@ def _scene_stretch(path: str, size: int, mtime_ns: int) -> SceneStretch:
     return SceneStretch(indexes=indexes, ranges=tuple(ranges))
 
 
-def scene_tile(path: Path, z: int, x: int, y: int) -> bytes | None:
-    """PNG of a scene tile (transparent where nodata), None outside the scene."""
-    stretch = scene_stretch(path)
+def scene_tile(path: PurePath, z: int, x: int, y: int, version: str | None = None) -> bytes | None:
+    """PNG of a scene tile (transparent where nodata), None outside the scene (`version`: see `scene_stretch`)."""
+    stretch = scene_stretch(path, version)
     try:
         with Reader(str(path)) as src:
             image = src.tile(x, y, z, tilesize=TILE_SIZE, indexes=stretch.indexes)

@@ -18,6 +18,7 @@ import redis
 from geoseg_assets.celery_executor import celery_imagery_job
 from geoseg_assets.definitions import build_defs
 from geoseg_assets.partitions import partition_key, region_date_partitions
+from resources.catalog import SCENE_COG
 from resources.data_store import DataStore
 from resources.synthetic_source import SyntheticSource
 from tests.support.paths import REPO
@@ -45,14 +46,32 @@ def celery_imagery_job_for_test(root: str) -> dg.JobDefinition:
     return defs.resolve_job_def("celery_imagery_job")
 
 
-def start_worker(home: Path, tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
+def celery_object_store_job_for_test(bucket: str, endpoint: str) -> dg.JobDefinition:
+    """The job on a machine that shares no disk with the others: outputs in `s3://<bucket>/outputs`, scenes landed
+    under `s3://<bucket>/landing`, and this process's own local folder ($GEOSEG_TEST_LOCAL_ROOT: the launcher's and
+    the worker's differ) for caches and scratch files only."""
+    from resources.bucket_landing_source import BucketLandingSource
+    from resources.object_data_store import ObjectDataStore
+
+    root = Path(os.environ["GEOSEG_TEST_LOCAL_ROOT"])
+    resources = with_test_resources({
+        "data_store": ObjectDataStore(url=f"s3://{bucket}/outputs", endpoint_url=endpoint, root=str(root / "store-cache")),
+        "scene_source": BucketLandingSource(url=f"s3://{bucket}/landing", cache_dir=str(root / "landing-cache")),
+    })
+    defs = dg.Definitions.merge(build_defs(resources), dg.Definitions(jobs=[celery_imagery_job]))
+    return defs.resolve_job_def("celery_imagery_job")
+
+
+def start_worker(home: Path, tmp_path: Path, name: str, env_extra: dict | None = None) -> tuple[subprocess.Popen, Path]:
     """`dagster-celery worker start` in its own session (so its Celery pool children share its process
-    group), the repository importable, the same DAGSTER_HOME; waits until Celery says it is ready."""
+    group), the repository importable, the same DAGSTER_HOME (its dagster.yaml); waits until Celery says it is
+    ready."""
     config = tmp_path / "celery.yaml"
     config.write_text(f"execution:\n  config:\n    broker: {BROKER}\n    backend: {BROKER}\n")
     log = tmp_path / "worker.log"
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the CLI runs `celery` from PATH
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the CLI runs `celery` from PATH
+           **(env_extra or {})}
     cmd = [str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
            "-n", name, "--loglevel", "INFO",
            "--", "--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -191,3 +210,68 @@ def test_celery_worker_executes_the_imagery_steps(tmp_path, postgres_dagster_hom
         instance.dispose()
         stop_worker(worker)
     assert worker.poll() is not None and not worker_group_pids(worker)
+
+
+@pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore:Task name 'execute_plan' is already registered")
+def test_a_worker_with_its_own_empty_root_works_from_the_object_store_alone(tmp_path, postgres_dagster_home,
+                                                                           redis_broker, s3_env, monkeypatch):
+    """Issue 19, item 4: the worker's local folder and its DAGSTER_HOME folder are its own, empty at the start; the
+    scene is landed in a bucket; every step reads and writes only the object store. Afterwards the bucket holds the
+    partition's outputs, and neither the launcher's folder nor the worker's holds a file of them (only caches)."""
+    from resources.object_data_store import ObjectDataStore
+    from tests.support.rasters import random_scene, write_tif
+
+    s3, bucket = s3_env, s3_env.new_bucket()
+    scene = write_tif(tmp_path / "upload" / "scene.tif", random_scene(bands=4, height=256, width=256))
+    s3.client().upload_file(str(scene), bucket, f"landing/{REGION}/{DATE}/scene.tif")
+    launcher_root, worker_root, worker_home = tmp_path / "launcher", tmp_path / "worker", tmp_path / "worker_home"
+    for folder in (launcher_root, worker_root, worker_home):
+        folder.mkdir()
+    (worker_home / "dagster.yaml").write_text((postgres_dagster_home / "dagster.yaml").read_text())  # same instance
+    monkeypatch.setenv("GEOSEG_TEST_LOCAL_ROOT", str(launcher_root))
+    worker, log = start_worker(worker_home, worker_root, f"geoseg-test-{uuid.uuid4().hex[:6]}",
+                               {"GEOSEG_TEST_LOCAL_ROOT": str(worker_root)})
+    instance = dg.DagsterInstance.get()
+    try:
+        instance.add_dynamic_partitions("region", [REGION])
+        key = partition_key(REGION, DATE)
+        recon = dg.build_reconstructable_job(__name__, celery_object_store_job_for_test.__name__,
+                                             reconstructable_kwargs={"bucket": bucket, "endpoint": s3.endpoint})
+        result = dg.execute_job(
+            recon, instance, tags=region_date_partitions.get_tags_for_partition_key(str(key)),
+            run_config={"execution": {"config": {"broker": redis_broker, "backend": redis_broker}}},
+        )
+        worker_pids = worker_group_pids(worker)
+        assert result.success, log.read_text(errors="replace")[-5000:]
+        events = [r.dagster_event for r in instance.all_logs(result.run_id) if r.dagster_event]
+        starts = {e.step_key: e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
+        assert set(starts) >= set(ASSETS) and set(starts.values()) <= worker_pids - {worker.pid}, (starts, worker_pids)
+        prefix = f"outputs/%s/region={REGION}/date={DATE}/"
+        keys = s3.keys(bucket, "outputs/")
+        for asset, names in (("scenes", {"scene.tif", "scene.json", "quicklook.png"}),
+                             ("tiles", {"tiles.parquet", "grid.png"}), ("masks", {"mask.tif", "overlay.png"})):
+            assert {k.rsplit("/", 1)[1] for k in keys if k.startswith(prefix % asset)} == names, keys
+            (materialization,) = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+                                  and e.asset_key == dg.AssetKey(asset)]
+            assert materialization.pid in worker_pids
+            assert materialization.step_materialization_data.materialization.metadata["path"].value.startswith(
+                f"s3://{bucket}/{prefix % asset}")
+        checks = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert len(checks) == 3 and all(e.event_specific_data.passed for e in checks)
+        store = ObjectDataStore(url=f"s3://{bucket}/outputs", endpoint_url=s3.endpoint, root=str(tmp_path / "check"))
+        with dg.build_resources({"data_store": store}) as built:
+            import rasterio
+
+            with rasterio.open(str(built.data_store.file(SCENE_COG, {"region": REGION, "date": DATE}))) as cog, \
+                    rasterio.open(scene) as landed:
+                assert (cog.read() == landed.read()).all()  # the worker's COG, read back from the bucket
+        output_names = {k.rsplit("/", 1)[1] for k in keys}
+        for root, caches in ((launcher_root, ()), (worker_root, ("landing-cache",))):
+            files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
+            outputs = [f for f in files if f.name in output_names and f.parts[0] not in caches]
+            assert outputs == [], (root, files)
+        assert not [p for p in launcher_root.rglob("*") if p.is_file()]  # the launcher touched no file at all
+    finally:
+        instance.dispose()
+        stop_worker(worker)

@@ -5,7 +5,6 @@ pushes a dataset that a fresh clone gets back byte for byte with plain `dvc pull
 loads through the server without any credential of its own, and a tampered object is refused. Credentials and
 the endpoint come from AWS's standard variables only: no config file the project writes holds them."""
 
-import os
 
 import dagster as dg
 import pytest
@@ -16,11 +15,10 @@ from geoseg_assets.ml.model_artifact import ModelArtifactError
 from resources.dvc_store import DvcError, DvcStore
 from resources.mlflow_tracking import CHAMPION, MODEL_ARTIFACT_DIR, MlflowTracking
 from tests.support.models import SPEC, tiny_model
-from tests.support.paths import BIN
-from tests.support.processes import start_group, stop_group
+from tests.support.mlflow_server import mlflow_server as running_mlflow_server
 from tests.support.repos import DATASET, digests, dvc, git, new_git_repo, write_npy_dataset
 from tests.support.s3 import CREDENTIALS
-from tests.support.webserver import free_port, wait_for_server
+from tests.support.webserver import free_port
 
 AWS_VARS = (*CREDENTIALS, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE", "MLFLOW_S3_ENDPOINT_URL")
 
@@ -75,20 +73,10 @@ def mlflow_server(s3, tmp_path, monkeypatch):
     """`mlflow server` with its runs in SQLite and its artifacts in a fresh bucket; only the server has the
     store's credentials (the clients in this process have none). (URL, bucket)."""
     bucket = s3.new_bucket()
-    port = free_port()
-    log = tmp_path / "mlflow_server.log"
-    # No job-execution workers: MLflow 3 starts 7 huey consumers (~250 MB each) for features geoseg does not use.
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **s3.env()}
-    proc = start_group([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        "--artifacts-destination", f"s3://{bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port),
-                        "--workers", "1"], env, log)
-    try:
-        wait_for_server(port, {"mlflow server": proc}, {"mlflow server": log}, path="/health")
+    with running_mlflow_server(s3, bucket, tmp_path) as url:
         for var in AWS_VARS:
             monkeypatch.delenv(var, raising=False)
-        yield f"http://127.0.0.1:{port}", bucket
-    finally:
-        stop_group(proc)
+        yield url, bucket
 
 
 def test_a_model_round_trips_through_an_mlflow_server_whose_artifacts_live_on_s3(s3, mlflow_server):

@@ -6,6 +6,7 @@ import psycopg2
 import pytest
 
 from geoseg_assets.definitions import RESOURCE_PROFILES, profile_resources
+from resources.catalog import SCENE_COG
 from resources.geopackage_labels import GeoPackageLabelStore
 from resources.postgis_labels import PostgisLabelStore
 from tests.support.postgres import PG, throwaway_database
@@ -61,3 +62,22 @@ def test_production_profile_lands_from_a_bucket_when_geoseg_landing_url_is_set(t
         assert isinstance(built.scene_source, BucketLandingSource)
         assert built.scene_source.location() == "s3://imagery/landing/"
         assert built.scene_source.cache_dir == str(tmp_path / "landing-cache")
+
+
+def test_production_profile_keeps_outputs_in_a_bucket_when_geoseg_store_url_is_set(tmp_path, monkeypatch):
+    from resources.data_store import DataStore
+    from resources.object_data_store import ObjectDataStore
+
+    for var in ("GEOSEG_STORE_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    assert type(profile_resources("production", tmp_path)["data_store"]) is DataStore
+    monkeypatch.setenv("GEOSEG_STORE_URL", "s3://geoseg-outputs/prod")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    store = profile_resources("production", tmp_path)["data_store"]
+    with dg.build_resources({"data_store": store}) as built:
+        assert isinstance(built.data_store, ObjectDataStore)
+        assert built.data_store.location() == "s3://geoseg-outputs/prod"
+        assert built.data_store.endpoint_url == "http://127.0.0.1:9000"
+        assert built.data_store.root == str(tmp_path / "store-cache")  # caches only
+        assert str(built.data_store.file(SCENE_COG, {"region": "a", "date": "2024-01-01"})) == \
+            "/vsis3/geoseg-outputs/prod/scenes/region=a/date=2024-01-01/scene.tif"

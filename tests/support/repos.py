@@ -66,16 +66,21 @@ def digests(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def new_project_repo(repo: Path, ignore: str = "/data/\n") -> Path:
+def new_project_repo(repo: Path, ignore: str = "/data/\n", store_url: str | None = None) -> Path:
     """`repo` as a committed git repository laid out like this one for the DVC dataset stage: `ignore` in its
     .gitignore (the data root), this dvc.yaml and the code files its `dataset` stage depends on (its deps outside the
-    data root, so `dvc commit dataset` finds every dependency it hashes)."""
+    data root, so `dvc commit dataset` finds every dependency it hashes). With `store_url` (s3://bucket/prefix, an
+    `ObjectDataStore`'s), the stage depends on the store's tiles and masks folders instead of local ones."""
     repo.mkdir(parents=True, exist_ok=True)
     git(repo, "init", "-q")
     git(repo, "config", "user.name", "geoseg tests")
     git(repo, "config", "user.email", "tests@geoseg.invalid")
     (repo / ".gitignore").write_text(ignore)
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    dvc_yaml = (REPO / "dvc.yaml").read_text()
+    if store_url is not None:
+        for folder in ("tiles", "masks"):
+            dvc_yaml = dvc_yaml.replace(f"- data/store/{folder}\n", f"- {store_url.rstrip('/')}/{folder}\n")
+    (repo / "dvc.yaml").write_text(dvc_yaml)
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["dataset"]
     for dep in stage["deps"]:
         if not dep.startswith("data/"):

@@ -20,6 +20,7 @@ from resources.catalog import DATA_DRIFT_HTML, PREDICTED_CLASSES, PREDICTED_PROB
 from resources.class_map import ClassMapResource
 from resources.data_store import DataStore
 from tests.support.rasters import random_scene, write_tif
+from tests.support.stac import first_scene_item
 
 DIMS = {"region": "alpha", "date": "2024-04-15"}
 WATER = DEFAULT_CLASS_MAP.classes[0]
@@ -128,12 +129,7 @@ def test_the_stac_catalog_and_its_outputs_are_served_with_ranges_and_nothing_els
         scene_files={"data": scene, "metadata": store.file(SCENE_RECORD, DIMS)})], {})
     assert "/store/stac/catalog.json" in client.get("/").text
 
-    base = "http://testserver/store/stac/catalog.json"
-    catalog = client.get(base).json()
-    collection_url = urljoin(base, next(link["href"] for link in catalog["links"] if link.get("title") == "Scenes"))
-    collection = client.get(collection_url).json()
-    item_url = urljoin(collection_url, next(link["href"] for link in collection["links"] if link["rel"] == "item"))
-    item = client.get(item_url).json()
+    item, item_url = first_scene_item(client)
     assert item["id"] == "scene-alpha-2024-04-15"
     cog_url = urljoin(item_url, item["assets"]["data"]["href"])
     assert cog_url == "http://testserver/store/scenes/region=alpha/date=2024-04-15/scene.tif"
