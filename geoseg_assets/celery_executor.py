@@ -1,4 +1,4 @@
-"""Scale-out on Celery: the imagery job with every step executed by a Celery worker.
+"""Scale-out on Celery: the imagery and prediction jobs with every step executed by a Celery worker.
 
 The launcher (``dagster job launch``, the run launcher, ``execute_job``) orchestrates the run and
 submits one Celery task per step to the queue ``dagster``; any number of workers on any number of
@@ -36,6 +36,7 @@ from dagster_celery import celery_executor
 from dagster_celery.executor import CELERY_CONFIG
 
 from geoseg_assets.assets.masks import masks
+from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
 
@@ -80,4 +81,14 @@ celery_imagery_job = dg.define_asset_job(
     executor_def=geoseg_celery_executor,
     description="imagery_job (scenes -> tiles and masks, with their checks) with every step executed by a "
     "Celery worker (`dagster-celery worker start -A dagster_celery.app`); needs a PostgreSQL instance.",
+)
+
+
+celery_prediction_job = dg.define_asset_job(
+    "celery_prediction_job",
+    selection=dg.AssetSelection.assets(predictions),
+    executor_def=geoseg_celery_executor,
+    description="prediction_job (the champion's map of the selected partitions) with the step executed by a Celery "
+    "worker; with outputs in an object store (GEOSEG_STORE_URL) and an MLflow server, the worker needs no shared "
+    "disk. Needs a PostgreSQL instance.",
 )

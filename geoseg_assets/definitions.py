@@ -20,7 +20,7 @@ from geoseg_assets.assets.monitoring import (
 from geoseg_assets.assets.predictions import predictions
 from geoseg_assets.assets.scenes import scenes
 from geoseg_assets.assets.tiles import tiles
-from geoseg_assets.celery_executor import celery_imagery_job
+from geoseg_assets.celery_executor import celery_imagery_job, celery_prediction_job
 from geoseg_assets.checks import (
     dataset_class_coverage,
     dataset_no_leakage,
@@ -196,7 +196,7 @@ def build_defs(resources: dict, intervals: SensorIntervals = SensorIntervals()) 
         sensors=build_sensors(intervals),
         schedules=[catalog_schedule],
         jobs=[imagery_job, import_labels_job, dataset_job, training_job, retraining_job, prediction_job, monitoring_job,
-              feedback_job, celery_imagery_job, catalog_job],
+              feedback_job, celery_imagery_job, celery_prediction_job, catalog_job],
         resources=resources,
         executor=default_executor,
     )

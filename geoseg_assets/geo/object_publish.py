@@ -73,6 +73,7 @@ class ObjectPublication:
         """Upload every staged file under a temp key, then copy each over its final key. An error before the copies
         leaves every object as it was; one during them puts back the earlier versions of those already replaced
         (PublishError says which target failed)."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         missing = [str(t) for t, tmp in self.staged.items() if not tmp.exists()]
@@ -92,7 +93,7 @@ class ObjectPublication:
                 current = key
                 backups[key] = self._backup(key, f"{temp_root}previous/{key}")
                 self._copy(temp_key, key)
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except (Boto3Error, BotoCoreError, ClientError, OSError) as exc:  # Boto3Error: a failed managed upload
             self._restore(backups)
             self._delete(list(uploaded.values()) + [b for b in backups.values() if b])
             self.discard()

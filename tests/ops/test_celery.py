@@ -3,17 +3,13 @@ real `dagster-celery` worker process over the local Redis broker, on a PostgreSQ
 (a throwaway database) that launcher and worker share."""
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import redis
 
 from geoseg_assets.celery_executor import celery_imagery_job
 from geoseg_assets.definitions import build_defs
@@ -21,13 +17,12 @@ from geoseg_assets.partitions import partition_key, region_date_partitions
 from resources.catalog import SCENE_COG
 from resources.data_store import DataStore
 from resources.synthetic_source import SyntheticSource
-from tests.support.paths import REPO
 from tests.support.pipeline import with_test_resources
-from tests.support.postgres import PG, throwaway_database
+from tests.support.celery import flushed_redis, start_worker, stop_worker, worker_group_pids
+from tests.support.celery import postgres_dagster_home as postgres_dagster_home_in
 
 pytestmark = pytest.mark.slow(minutes=0.5)  # wall time alone on 2 cores: started first (tests/conftest.py)
 
-VENV_BIN = Path(sys.executable).parent
 # A Redis database of its own, flushed before and after, so stale tasks of other runs never interfere.
 BROKER = os.environ.get("GEOSEG_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/5")
 REGION, DATE = "alpha", "2024-06-15"
@@ -62,90 +57,18 @@ def celery_object_store_job_for_test(bucket: str, endpoint: str) -> dg.JobDefini
     return defs.resolve_job_def("celery_imagery_job")
 
 
-def start_worker(home: Path, tmp_path: Path, name: str, env_extra: dict | None = None) -> tuple[subprocess.Popen, Path]:
-    """`dagster-celery worker start` in its own session (so its Celery pool children share its process
-    group), the repository importable, the same DAGSTER_HOME (its dagster.yaml); waits until Celery says it is
-    ready."""
-    config = tmp_path / "celery.yaml"
-    config.write_text(f"execution:\n  config:\n    broker: {BROKER}\n    backend: {BROKER}\n")
-    log = tmp_path / "worker.log"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the CLI runs `celery` from PATH
-           **(env_extra or {})}
-    cmd = [str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
-           "-n", name, "--loglevel", "INFO",
-           "--", "--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with open(log, "wb") as out:
-        worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    deadline = time.monotonic() + 120
-    while " ready." not in log.read_text(errors="replace"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            stop_worker(worker)
-            pytest.fail(f"the Celery worker did not start (exit {worker.returncode}):\n{log.read_text(errors='replace')}")
-        time.sleep(0.5)
-    return worker, log
-
-
-def stop_worker(worker: subprocess.Popen) -> None:
-    """SIGTERM (Celery's warm shutdown) to the worker's whole process group, SIGKILL to whatever is
-    left after 30 s; returns once no process of the group is alive."""
-    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(worker.pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            worker.poll()  # reap the CLI itself
-            if not worker_group_pids(worker):
-                return
-            time.sleep(0.2)
-
-
-def worker_group_pids(worker: subprocess.Popen) -> set[int]:
-    """Live (not zombie) pids of the worker's process group: CLI, Celery main process, pool children."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may contain spaces.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == worker.pid:
-            pids.add(int(entry.name))
-    return pids
-
-
 @pytest.fixture
 def postgres_dagster_home(tmp_path, monkeypatch):
     """DAGSTER_HOME whose dagster.yaml stores runs, events and schedules in a throwaway database."""
-    with throwaway_database() as db:
-        home = tmp_path / "dagster_home"
-        home.mkdir()
-        url = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
-        (home / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: {url}\ntelemetry:\n  enabled: false\nnux:\n  enabled: false\n"
-        )
+    with postgres_dagster_home_in(tmp_path) as home:
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         yield home
 
 
 @pytest.fixture
 def redis_broker():
-    client = redis.Redis.from_url(BROKER)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis is not reachable at {BROKER} ({exc}); start it or set GEOSEG_TEST_CELERY_BROKER")
-    client.flushdb()
-    try:
-        yield BROKER
-    finally:
-        client.flushdb()
-        client.close()
+    with flushed_redis(BROKER) as url:
+        yield url
 
 
 @pytest.mark.postgres
@@ -154,7 +77,7 @@ def redis_broker():
 def test_celery_worker_executes_the_imagery_steps(tmp_path, postgres_dagster_home, redis_broker):
     started = time.monotonic()
     name = f"geoseg-test-{uuid.uuid4().hex[:6]}"
-    worker, log = start_worker(postgres_dagster_home, tmp_path, name)
+    worker, log = start_worker(postgres_dagster_home, tmp_path, name, BROKER)
     instance = dg.DagsterInstance.get()
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -230,7 +153,7 @@ def test_a_worker_with_its_own_empty_root_works_from_the_object_store_alone(tmp_
         folder.mkdir()
     (worker_home / "dagster.yaml").write_text((postgres_dagster_home / "dagster.yaml").read_text())  # same instance
     monkeypatch.setenv("GEOSEG_TEST_LOCAL_ROOT", str(launcher_root))
-    worker, log = start_worker(worker_home, worker_root, f"geoseg-test-{uuid.uuid4().hex[:6]}",
+    worker, log = start_worker(worker_home, worker_root, f"geoseg-test-{uuid.uuid4().hex[:6]}", BROKER,
                                {"GEOSEG_TEST_LOCAL_ROOT": str(worker_root)})
     instance = dg.DagsterInstance.get()
     try:

@@ -5,7 +5,9 @@
 the local disk (only the landing folder the demo stages, the Dagster home and the store's caches); the STAC catalog in
 the bucket validates and links every prediction to its scene and model; the viewer serves it by URL, and GDAL reads a
 prediction it lists by HTTP ranges, pixel for pixel the object; `dvc pull` from the S3 remote in a fresh clone gives
-back the dataset the bucket holds; the registered model's weights in the bucket load with their recorded checksum."""
+back the dataset the bucket holds; the registered model's weights in the bucket load with their recorded checksum.
+Then a Celery worker whose data root and DAGSTER_HOME folder are its own, empty folders re-predicts a demo partition
+(`celery_prediction_job`) from the bucket and the MLflow server alone, leaving no file of the outputs behind."""
 
 import hashlib
 import json
@@ -13,7 +15,10 @@ import os
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from resources.catalog import PREDICTED_CLASSES
@@ -24,16 +29,18 @@ from tests.support.processes import start_group, stop_group
 from tests.support.repos import DATASET, digests, dvc, git, new_project_repo
 from tests.support.webserver import free_port, wait_for_server
 
-pytestmark = [pytest.mark.slow(minutes=2.5), pytest.mark.postgres]
+pytestmark = [pytest.mark.slow(minutes=2.8), pytest.mark.postgres]
 
 QUICK_TRAINING = {"model": {"epochs": 1, "max_steps_per_epoch": 2, "export_onnx": False},
                   "model_evaluation": {"min_miou": 0.0}}
 PREFIX = "geoseg/outputs"
 # What the local data root may hold afterwards: the demo's inputs, the Dagster instance and the store's caches.
 LOCAL_ALLOWED = {"landing", "dagster_home", "store-cache", "demo.log"}
+# A Redis database of its own (tests/ops/test_celery.py uses 5): flushed before and after.
+CELERY_BROKER = os.environ.get("GEOSEG_TEST_CELERY_BROKER_DEMO", "redis://127.0.0.1:6379/6")
 
 
-def test_the_demo_runs_on_object_storage_and_leaves_no_output_on_the_local_disk(s3_env, tmp_path):
+def test_the_demo_runs_on_object_storage_and_leaves_no_output_on_the_local_disk(s3_env, tmp_path, monkeypatch):
     import pystac
     import rasterio
 
@@ -128,3 +135,57 @@ def test_the_demo_runs_on_object_storage_and_leaves_no_output_on_the_local_disk(
         assert [k for k in s3.keys(bucket, "mlflow/") if k.endswith("weights.safetensors")]
         champion = MlflowTracking(tracking_uri=mlflow_url).load(CHAMPION)
         assert sum(p.numel() for p in champion.parameters()) > 0
+
+        predict_on_a_celery_worker_with_its_own_empty_root(s3, bucket, env, tmp_path, monkeypatch)
+
+
+def celery_prediction_job_on_the_production_profile() -> dg.JobDefinition:
+    """The code location's `celery_prediction_job` with the production profile, built from this process's environment
+    (the launcher and the worker each have their own GEOSEG_DATA_DIR)."""
+    from geoseg_assets.definitions import build_defs, profile_resources
+
+    resources = profile_resources("production", Path(os.environ["GEOSEG_DATA_DIR"]), Path(os.environ["GEOSEG_DVC_REPO"]))
+    return build_defs(resources).resolve_job_def("celery_prediction_job")
+
+
+def predict_on_a_celery_worker_with_its_own_empty_root(s3, bucket: str, env: dict, tmp_path: Path, monkeypatch) -> None:
+    """Issue 19, item 4, for the predictions step: a Celery worker whose data root and DAGSTER_HOME folder are its own
+    and empty re-predicts a demo partition, reading the scene from the bucket and the champion through the MLflow
+    server, writing the class COG back to the bucket; neither it nor the launcher leaves a file of the outputs."""
+    from geoseg_assets.partitions import partition_key, region_date_partitions
+    from tests.support.celery import flushed_redis, postgres_dagster_home, start_worker, stop_worker, worker_group_pids
+
+    launcher_data, worker_data, worker_home = tmp_path / "launcher-data", tmp_path / "worker-data", tmp_path / "worker-home"
+    for folder in (launcher_data, worker_data, worker_home, tmp_path / "celery"):
+        folder.mkdir()
+    for var, value in {**env, "GEOSEG_DATA_DIR": str(launcher_data)}.items():
+        monkeypatch.setenv(var, value)
+    classes_key = f"{PREFIX}/predictions/region=alpha/date=2024-04-15/classes.tif"
+    before = s3.client().head_object(Bucket=bucket, Key=classes_key)
+    with postgres_dagster_home(tmp_path / "celery") as home, flushed_redis(CELERY_BROKER) as broker:
+        (worker_home / "dagster.yaml").write_text((home / "dagster.yaml").read_text())  # the same instance
+        worker, log = start_worker(worker_home, tmp_path / "celery", f"geoseg-demo-{uuid.uuid4().hex[:6]}", broker,
+                                   {**env, "GEOSEG_DATA_DIR": str(worker_data)})
+        try:
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                instance.add_dynamic_partitions("region", ["alpha"])
+                key = str(partition_key("alpha", "2024-04-15"))
+                result = dg.execute_job(
+                    dg.build_reconstructable_job(__name__, celery_prediction_job_on_the_production_profile.__name__),
+                    instance, tags=region_date_partitions.get_tags_for_partition_key(key),
+                    run_config={"execution": {"config": {"broker": broker, "backend": broker}}})
+                pids = worker_group_pids(worker)
+                assert result.success, log.read_text(errors="replace")[-5000:]
+                events = [r.dagster_event for r in instance.all_logs(result.run_id) if r.dagster_event]
+                (materialization,) = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+                assert materialization.pid in pids - {worker.pid} and materialization.partition == key
+                metadata = materialization.step_materialization_data.materialization.metadata
+                assert metadata["classes_path"].value == f"s3://{bucket}/{classes_key}"
+        finally:
+            stop_worker(worker)
+    after = s3.client().head_object(Bucket=bucket, Key=classes_key)
+    assert after["LastModified"] >= before["LastModified"] and after["ContentLength"] > 0
+    assert not [k for k in s3.keys(bucket, f"{PREFIX}/.tmp/")]
+    assert not [p for p in launcher_data.rglob("*") if p.is_file()]
+    worker_files = [p.relative_to(worker_data) for p in worker_data.rglob("*") if p.is_file()]
+    assert not [f for f in worker_files if f.suffix in (".tif", ".gpkg", ".png", ".json")], worker_files
