@@ -1,6 +1,7 @@
 """Scale-out on Celery: one partition of `celery_imagery_job` launched here, its steps executed by a
 real `dagster-celery` worker process over the local Redis broker, on a PostgreSQL Dagster instance
-(a throwaway database) that launcher and worker share."""
+(a throwaway database) that launcher and worker share; then the same with no shared disk: the scene landed in a
+bucket and the outputs in it (`ObjectDataStore`), the worker with local folders of its own."""
 
 import os
 import socket
