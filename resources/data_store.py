@@ -106,7 +106,7 @@ class DataStore(ConfigurableResource):
 
     def read_json(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> dict:
         """A JSON record written by an asset; raises what reading it raises (FileNotFoundError, ValueError)."""
-        return json.loads(self.file(output, partition).read_text())
+        return json.loads(self.read_bytes(self.file(output, partition)))
 
     def scene_record(self, partition: Mapping[str, str]) -> dict:
         """The `scenes` record of a partition: grid, CRS, bands, dtype, nodata, source fingerprint."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -33,14 +32,20 @@ from typing import Any
 from dagster import Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from geoseg_assets.geo.object_publish import ObjectPublication, object_url, sweep_stale_temp_keys
+from geoseg_assets.geo.object_publish import (
+    ObjectPublication,
+    delete_keys,
+    is_missing,
+    object_key,
+    object_url,
+    sweep_stale_temp_keys,
+)
 from geoseg_assets.geo.object_store import s3_raster_env, vsis3_path
 from resources.catalog import DATASET, DATASET_MANIFEST, TILE_TABLE, OutputFile
 from resources.data_store import DataStore, check_partition_value, committed_on_success, partition_folder
 from resources.s3_object_cache import S3ObjectCache
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_MISSING = ("404", "NoSuchKey", "NotFound")
 _RANGE = re.compile(r"^bytes=(\d+-\d*|-\d+)$")
 DATASET_ATTEMPTS = 3
 
@@ -93,11 +98,7 @@ class ObjectDataStore(DataStore):
 
     def key_of(self, path: str | os.PathLike) -> str:
         """The object key of one of this store's paths; ValueError for a path elsewhere."""
-        bucket, prefix = self.bucket_and_prefix()
-        head, text = f"/vsis3/{bucket}/", str(path)
-        if not text.startswith(head + prefix):
-            raise ValueError(f"{text}: not a path of the store {self.url}")
-        return text[len(head):]
+        return object_key(path, *self.bucket_and_prefix())
 
     def location(self) -> str:
         """s3://<bucket>/<prefix>, without a trailing slash."""
@@ -121,9 +122,7 @@ class ObjectDataStore(DataStore):
 
     def _errors(self, url: str, exc: Exception) -> OSError:
         """FileNotFoundError for a missing object, else ObjectStoreError naming the URL and the fix."""
-        from botocore.exceptions import ClientError
-
-        if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _MISSING:
+        if is_missing(exc):
             return FileNotFoundError(2, "no such object", url)
         return ObjectStoreError(f"{url}: cannot be read ({exc}). Fix: check that the object store "
                                 f"{self.endpoint_url or 'AWS S3'} is reachable and the AWS_* credentials may read it")
@@ -207,9 +206,6 @@ class ObjectDataStore(DataStore):
         bucket, key = self.bucket_and_prefix()[0], self.key_of(self.file(output, partition))
         self.client().delete_object(Bucket=bucket, Key=key)
 
-    def read_json(self, output: OutputFile, partition: Mapping[str, str] | str | None = None) -> dict:
-        return json.loads(self.read_bytes(self.file(output, partition)))
-
     def tile_table(self, partition: Mapping[str, str]):
         import geopandas as gpd
 
@@ -280,9 +276,7 @@ class ObjectDataStore(DataStore):
 
     def delete_paths(self, paths: Iterable[str | os.PathLike]) -> None:
         """Delete objects of this store given by their paths (1000 per request)."""
-        bucket, keys = self.bucket_and_prefix()[0], [self.key_of(p) for p in paths]
-        for start in range(0, len(keys), 1000):
-            self.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+        delete_keys(self.client(), self.bucket_and_prefix()[0], [self.key_of(p) for p in paths])
 
     def publish_folder(self, asset: str, folder: str | os.PathLike) -> list[str]:
         """Replace the objects of an unpartitioned folder asset (the training set) with the files of the local
@@ -290,8 +284,8 @@ class ObjectDataStore(DataStore):
         Returns the object keys of the new version."""
         with self.publishing() as outputs:
             new = {self.key_of(p) for p in outputs.add_folder(self.partition_dir(asset), folder)}
-        bucket = self.bucket_and_prefix()[0]
-        self.delete_paths(vsis3_path(bucket, o["Key"]) for o in self.objects(self.partition_dir(asset)) if o["Key"] not in new)
+        gone = [o["Key"] for o in self.objects(self.partition_dir(asset)) if o["Key"] not in new]
+        delete_keys(self.client(), self.bucket_and_prefix()[0], gone)
         return sorted(new)
 
     # ---- the training set, local ----

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg_assets.geo.errors import SceneError
+from geoseg_assets.geo.object_publish import is_missing
 from geoseg_assets.geo.scene_checks import check_tiff_signature
 
 
@@ -64,8 +65,7 @@ class S3ObjectCache:
         try:
             found = self._s3().head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if is_missing(exc):
                 raise SceneError(url, "does not exist", "check the href, or upload the object") from exc
             raise SceneError(url, f"cannot be read ({exc})", "check that AWS_* credentials may read the bucket") from exc
         except BotoCoreError as exc:

@@ -104,7 +104,7 @@ def data_drift_report(context: dg.AssetExecutionContext, config: DriftReportConf
                                  config.feature_tile)
         in_training_set = ref.in_training_set
         cache = data_store.path(DRIFT_REFERENCE_CACHE, None, ref.cache_name)
-        reference = training_features(ref, data_store.dataset_dir(), cache, data_store.atomic_path,
+        reference = training_features(ref, data_store.dataset_dir, cache, data_store.atomic_path,
                                       data_store.read_bytes)
         against = ref.against
     else:

@@ -28,7 +28,8 @@ class CatalogFiles(Protocol):
 
 
 class LocalFiles:
-    """Files on this machine's disk: each written by an atomic rename; folders left empty by deletes removed."""
+    """Files on this machine's disk: each written by an atomic rename; folders left empty by deletes removed (up to
+    the first that is not: a collection's folder holds its collection.json)."""
 
     def read_bytes(self, path: PurePath) -> bytes:
         return Path(path).read_bytes()
@@ -51,7 +52,6 @@ class LocalFiles:
             Path(path).unlink(missing_ok=True)
             folders.add(Path(path).parent)
         for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-            while folder.is_dir() and not any(folder.iterdir()) and folder.name not in ("scenes", "masks", "predictions",
-                                                                                       "models"):
+            while folder.is_dir() and not any(folder.iterdir()):
                 os.rmdir(folder)
                 folder = folder.parent

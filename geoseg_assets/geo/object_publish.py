@@ -27,6 +27,28 @@ def object_url(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
+def object_key(path: str | os.PathLike, bucket: str, prefix: str) -> str:
+    """The key of an object given by its GDAL path `/vsis3/<bucket>/<key>`; ValueError for a path outside the bucket's
+    `prefix`."""
+    head, text = f"/vsis3/{bucket}/", str(path)
+    if not text.startswith(head + prefix):
+        raise ValueError(f"{text}: not a path of the store s3://{bucket}/{prefix}")
+    return text[len(head):]
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Whether a boto error says the object (or bucket) does not exist."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def delete_keys(client, bucket: str, keys: list[str]) -> None:
+    """Delete objects, 1000 keys per request (the API's limit)."""
+    for start in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+
+
 class ObjectPublication:
     """Local temp files standing for objects of one bucket; `commit` makes them the objects (all of them, or on an
     error none), `discard` drops them. Targets are the keys' GDAL paths (`/vsis3/<bucket>/<key>`), as
@@ -40,11 +62,7 @@ class ObjectPublication:
 
     def key(self, target: str | os.PathLike) -> str:
         """The object key of a target path; ValueError for a path outside this bucket."""
-        head = f"/vsis3/{self.bucket}/"
-        text = str(target)
-        if not text.startswith(head) or not text[len(head):].startswith(self.prefix):
-            raise ValueError(f"{text}: not an object of s3://{self.bucket}/{self.prefix}")
-        return text[len(head):]
+        return object_key(target, self.bucket, self.prefix)
 
     def path(self, target: str | os.PathLike) -> Path:
         """The local temp file to write `target`'s new content to (the same one if asked twice); its name ends like
@@ -111,12 +129,10 @@ class ObjectPublication:
         self.client.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, key)
 
     def _backup(self, key: str, backup_key: str) -> str | None:
-        from botocore.exceptions import ClientError
-
         try:
             self._copy(key, backup_key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except Exception as exc:  # noqa: BLE001 - only a missing object is an answer; the rest is re-raised
+            if is_missing(exc):
                 return None
             raise
         return backup_key
@@ -133,12 +149,10 @@ class ObjectPublication:
                 continue
 
     def _delete(self, keys: list[str]) -> None:
-        for start in range(0, len(keys), 1000):
-            chunk = keys[start:start + 1000]
-            try:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
-            except Exception:  # noqa: BLE001 - leftovers under .tmp/ are swept by `sweep_stale_temp_keys`
-                continue
+        try:
+            delete_keys(self.client, self.bucket, keys)
+        except Exception:  # noqa: BLE001 - leftovers under .tmp/ are swept by `sweep_stale_temp_keys`
+            pass
 
 
 def sweep_stale_temp_keys(client, bucket: str, prefix: str, older_than_s: float) -> list[str]:
@@ -148,8 +162,7 @@ def sweep_stale_temp_keys(client, bucket: str, prefix: str, older_than_s: float)
     stale = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}{TEMP_PREFIX}"):
         stale += [o["Key"] for o in page.get("Contents", []) if o["LastModified"].timestamp() < cutoff]
-    for start in range(0, len(stale), 1000):
-        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start:start + 1000]]})
+    delete_keys(client, bucket, stale)
     uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}{TEMP_PREFIX}").get("Uploads", [])
     for upload in uploads:
         if upload["Initiated"].timestamp() < cutoff:

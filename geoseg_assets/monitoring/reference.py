@@ -55,17 +55,17 @@ def training_reference(manifest: Mapping, region: str, date: str, version: str, 
     return TrainingReference(version, regions, tile, (region, date) in dataset_partitions(manifest))
 
 
-def training_features(reference: TrainingReference, dataset_dir: str | os.PathLike, cache: Path,
+def training_features(reference: TrainingReference, dataset_dir: Callable[[], str | os.PathLike], cache: Path,
                       atomic_path: Callable[[Path], AbstractContextManager[Path]],
                       read_bytes: Callable[[Path], bytes]) -> pd.DataFrame:
     """The reference's train-tile features, read from `cache` (through `read_bytes`: a file or an object) when an
-    earlier partition computed them, else computed and written there through `atomic_path` (a complete file or
-    none)."""
+    earlier partition computed them, else computed from the training set (`dataset_dir()`, asked only then: an
+    object store downloads it) and written there through `atomic_path` (a complete file or none)."""
     try:
         return pd.read_parquet(io.BytesIO(read_bytes(cache)))
     except FileNotFoundError:
         pass
-    features = dataset_reference_features(dataset_dir, "train", tile=reference.tile, regions=reference.regions)
+    features = dataset_reference_features(dataset_dir(), "train", tile=reference.tile, regions=reference.regions)
     with atomic_path(cache) as tmp:
         features.to_parquet(tmp)
     return features

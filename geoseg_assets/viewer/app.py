@@ -53,14 +53,21 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
     app = FastAPI(title="geoseg viewer", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    def existing(output: OutputFile, region: str, date: str) -> PurePath:
-        """The output's file (or object) of a partition; 404 naming it when it does not exist, 400 for a bad key."""
+    def partition_file(output: OutputFile, region: str, date: str) -> PurePath:
+        """The output's file (or object) of a partition, whether or not it exists; 400 for a bad key."""
         try:
-            path = store.file(output, {"region": region, "date": date})
+            return store.file(output, {"region": region, "date": date})
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
+
+    def missing(output: OutputFile, region: str, date: str) -> HTTPException:
+        return HTTPException(404, f"no {output.asset} output for region={region} date={date}")
+
+    def existing(output: OutputFile, region: str, date: str) -> PurePath:
+        """The output's file (or object) of a partition; 404 naming it when it does not exist, 400 for a bad key."""
+        path = partition_file(output, region, date)
         if not store.path_exists(path):
-            raise HTTPException(404, f"no {output.asset} output for region={region} date={date}")
+            raise missing(output, region, date)
         return path
 
     def dates_of(region: str) -> list[str]:
@@ -110,10 +117,14 @@ def create_app(store: DataStore, class_map: ClassMapResource) -> FastAPI:
     def tile(layer: str, region: str, date: str, z: int, x: int, y: int) -> Response:
         if layer not in LAYERS:
             raise HTTPException(404, f"no layer {layer!r}; layers: {', '.join(LAYERS)}")
-        path = existing(LAYERS[layer], region, date)
-        if layer == "scene":
-            return _tile_response(tiles.scene_tile(path, z, x, y, store.version_of(path)))
-        return _tile_response(tiles.class_tile(path, z, x, y))
+        if layer != "scene":
+            return _tile_response(tiles.class_tile(existing(LAYERS[layer], region, date), z, x, y))
+        path = partition_file(SCENE_COG, region, date)
+        try:  # its version (size + mtime, or ETag) is also the existence check: one stat or HEAD per tile
+            version = store.version_of(path)
+        except FileNotFoundError as exc:
+            raise missing(SCENE_COG, region, date) from exc
+        return _tile_response(tiles.scene_tile(path, z, x, y, version))
 
     @app.get("/tiles/probability/{region}/{date}/{class_name}/{z}/{x}/{y}.png")
     def probability_tile(region: str, date: str, class_name: str, z: int, x: int, y: int) -> Response:
